@@ -1,0 +1,114 @@
+"""Wiring: configuration → poller → registry → HTTP server, and the process lifecycle."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from prometheus_client import (
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    generate_latest,
+)
+from prometheus_client.registry import Collector
+
+from qf_exporter import __version__
+from qf_exporter.config import Config, ConfigError, load_config
+from qf_exporter.health import HealthCollector, ReloadState
+from qf_exporter.logs import REDACTOR
+from qf_exporter.poller import Poller, Shard
+from qf_exporter.telemetry import ApiMetrics
+from qf_exporter.web import ExporterHTTPServer
+from qf_exporter.webconfig import WebConfig
+
+log = logging.getLogger(__name__)
+
+
+class Exporter:
+    """Everything one exporter process runs."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        config_path: str | None = None,
+        shard: Shard | None = None,
+        clock: Callable[[], float] = time.time,
+        process_metrics: bool = True,
+    ) -> None:
+        self.config_path = config_path
+        self.shard = shard or Shard()
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.metrics = ApiMetrics(self.registry)
+        self.poller = Poller(config, self.metrics, shard=self.shard, clock=clock)
+        self.reload_state = ReloadState(successful=True, last_success=time.time())
+        self.registry.register(
+            HealthCollector(
+                lambda: self.poller.snapshot,
+                lambda: list(self.poller.accounts),
+                __version__,
+                self.reload_state,
+                (self.shard.index, self.shard.total),
+            )
+        )
+        if process_metrics:
+            extra: tuple[Collector, ...] = (PROCESS_COLLECTOR, PLATFORM_COLLECTOR)
+            for collector in extra:
+                self.registry.register(collector)
+        REDACTOR.set(config.secrets())
+        self.server: ExporterHTTPServer | None = None
+        self._reload_lock = threading.Lock()
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry) + self.poller.rendered.text
+
+    def serve(
+        self, host: str, port: int, telemetry_path: str, web_config: WebConfig | None
+    ) -> ExporterHTTPServer:
+        self.server = ExporterHTTPServer(
+            (host, port),
+            registry=self.registry,
+            rendered=lambda: self.poller.rendered,
+            snapshot=lambda: self.poller.snapshot,
+            ready=self.poller.ready,
+            telemetry_path=telemetry_path,
+            web_config=web_config,
+            reload=self.reload if self.config_path else None,
+            version=__version__,
+        )
+        self.server.serve_in_thread()
+        return self.server
+
+    def start(self) -> None:
+        self.poller.start()
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+        self.poller.stop()
+
+    def reload(self) -> tuple[bool, str]:
+        """Re-read the config file; a bad one is refused and the old one keeps running."""
+        if not self.config_path:
+            return False, "no configuration file to reload"
+        with self._reload_lock:
+            try:
+                config = load_config(self.config_path)
+            except ConfigError as exc:
+                self.reload_state.successful = False
+                for problem in exc.problems:
+                    log.error("configuration reload refused", extra={"problem": problem})
+                return False, "configuration refused, still running the previous one:\n" + str(exc)
+            for warning in config.warnings:
+                log.warning(warning)
+            REDACTOR.set(config.secrets() + self.poller.config.secrets())
+            self.poller.reload(config)
+            REDACTOR.set(config.secrets())
+            self.reload_state.successful = True
+            self.reload_state.last_success = time.time()
+            log.info("configuration reloaded", extra={"accounts": len(config.accounts)})
+            return True, "configuration reloaded"

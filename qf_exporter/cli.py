@@ -1,0 +1,186 @@
+"""The command line (flags follow the Prometheus exporter conventions)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+
+from qf_exporter import __version__
+from qf_exporter.config import Config, ConfigError, load_config
+from qf_exporter.logs import LEVELS, setup
+from qf_exporter.poller import Shard
+
+log = logging.getLogger("qf_exporter")
+
+DEFAULT_PORT = 9788
+EXIT_OK, EXIT_TARGETS_DOWN, EXIT_INVALID = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="qf-exporter",
+        description="Prometheus exporter for Baidu Qianfan (千帆) model fine-tuning runs.",
+    )
+    p.add_argument("--config.file", dest="config_file", metavar="PATH",
+                   help="configuration file (YAML)")
+    p.add_argument("--config.check", dest="config_check", action="store_true",
+                   help="validate the configuration file and exit (0 valid, 2 invalid)")
+    p.add_argument("--demo", action="store_true",
+                   help="run against the built-in simulated Qianfan; no credentials needed")
+    p.add_argument("--demo.speed", dest="demo_speed", type=float, default=1.0,
+                   metavar="X", help="with --demo: run the simulated runs X times faster")
+    p.add_argument("--once", action="store_true",
+                   help="poll once, print the metrics to stdout, exit 0 if every target was "
+                   "read, else 1")
+    p.add_argument("--web.listen-address", dest="listen", default=f":{DEFAULT_PORT}",
+                   metavar="HOST:PORT", help=f"address to serve on (default :{DEFAULT_PORT})")
+    p.add_argument("--web.telemetry-path", dest="telemetry_path", default="/metrics",
+                   metavar="PATH", help="path of the metrics (default /metrics)")
+    p.add_argument("--web.config.file", dest="web_config", metavar="PATH",
+                   help="TLS and basic auth, in the Prometheus exporter-toolkit format")
+    p.add_argument("--log.level", dest="log_level", default="info", choices=list(LEVELS))
+    p.add_argument("--log.format", dest="log_format", default="logfmt",
+                   choices=["logfmt", "json"])
+    p.add_argument("--shard", type=int, default=0, metavar="I",
+                   help="this replica's shard, 0 <= I < --total-shards")
+    p.add_argument("--total-shards", dest="total_shards", type=int, default=1, metavar="N",
+                   help="number of replicas that split the targets between them")
+    p.add_argument("--version", action="version", version=f"qf-exporter {__version__}")
+    return p
+
+
+def parse_listen(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"--web.listen-address {address!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def _fail(problems: Sequence[str]) -> int:
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    return EXIT_INVALID
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup(args.log_level, args.log_format)
+    problems = []
+    if not args.demo and not args.config_file:
+        problems.append("--config.file is required (or --demo to try the simulated Qianfan)")
+    if args.demo and args.config_check:
+        problems.append("--config.check needs --config.file, not --demo")
+    if not 0 <= args.shard < max(args.total_shards, 1) or args.total_shards < 1:
+        problems.append("--shard must be between 0 and --total-shards - 1")
+    if not args.telemetry_path.startswith("/") or args.telemetry_path in ("/", "/-/healthy",
+                                                                          "/-/ready"):
+        problems.append("--web.telemetry-path must be a path like /metrics")
+    try:
+        host, port = parse_listen(args.listen)
+    except ValueError as exc:
+        problems.append(str(exc))
+        host, port = "", DEFAULT_PORT
+    if problems:
+        return _fail(problems)
+
+    simulator = None
+    if args.demo:
+        from qf_exporter.demo import start_demo
+
+        simulator, config = start_demo(speed=args.demo_speed)
+        log.info("demo: simulated Qianfan started", extra={"url": simulator.url})
+    else:
+        try:
+            config = load_config(args.config_file)
+        except ConfigError as exc:
+            return _fail(exc.problems)
+        for warning in config.warnings:
+            log.warning(warning)
+    if args.config_check:
+        _describe(config)
+        return EXIT_OK
+
+    web_config = None
+    if args.web_config and not args.once:
+        from qf_exporter.webconfig import load_web_config
+
+        try:
+            web_config = load_web_config(args.web_config)
+        except ConfigError as exc:
+            return _fail([f"{args.web_config}: {p}" for p in exc.problems])
+
+    from qf_exporter.app import Exporter
+
+    exporter = Exporter(
+        config,
+        config_path=None if args.demo else args.config_file,
+        shard=Shard(args.shard, args.total_shards),
+    )
+    try:
+        if args.once:
+            snapshot = exporter.poller.poll_all(force=True)
+            sys.stdout.buffer.write(exporter.exposition())
+            sys.stdout.flush()
+            ok = all(s.up for s in snapshot.accounts.values())
+            return EXIT_OK if ok else EXIT_TARGETS_DOWN
+        return _serve(exporter, host, port, args.telemetry_path, web_config)
+    finally:
+        exporter.poller.stop()
+        if simulator is not None:
+            simulator.stop()
+
+
+def _describe(config: Config) -> None:
+    for account in config.accounts:
+        print(
+            f"account {account.name}: endpoint {account.endpoint}, qps {account.qps:g}, "
+            f"{len(account.jobs)} job(s), {len(account.tasks)} V1 pair(s)"
+            + (", discovery on" if account.discover else "")
+        )
+    for warning in config.warnings:
+        print(f"warning: {warning}")
+    print("configuration is valid")
+
+
+def _serve(exporter: object, host: str, port: int, path: str, web_config: object) -> int:
+    from qf_exporter.app import Exporter
+    from qf_exporter.webconfig import WebConfig
+
+    assert isinstance(exporter, Exporter)
+    assert web_config is None or isinstance(web_config, WebConfig)
+    stop = threading.Event()
+
+    def on_term(signum: int, _frame: object) -> None:
+        log.info("stopping", extra={"signal": signal.Signals(signum).name})
+        stop.set()
+
+    def on_hup(_signum: int, _frame: object) -> None:
+        threading.Thread(target=exporter.reload, name="reload", daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, on_hup)
+    try:
+        server = exporter.serve(host, port, path, web_config)
+    except OSError as exc:
+        log.error("cannot listen", extra={"address": f"{host}:{port}", "error": exc.strerror})
+        return EXIT_INVALID
+    scheme = "https" if web_config and web_config.ssl_context else "http"
+    log.info("listening", extra={"address": f"{scheme}://{host or '0.0.0.0'}:{server.port}",
+                                 "telemetry_path": path})
+    exporter.start()
+    stop.wait()
+    exporter.stop()
+    log.info("stopped")
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # In-flight Qianfan requests may sit in worker threads until their timeout; none
+    # of them holds anything that needs flushing, so do not wait for them.
+    os._exit(EXIT_OK)

@@ -1,0 +1,283 @@
+"""The signed Qianfan client: one account's requests, budgeted, signed and retried.
+
+Each request waits for its turn in the account's ``RateLimiter``, is signed just
+before it goes out (a signature made before a wait could expire), and its failure,
+if any, becomes a typed ``QianfanError`` whose ``reason`` is counted. Retryable
+failures are retried with capped exponential backoff and jitter, honouring
+``Retry-After``, but never past the caller's deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from qf_exporter import errors
+from qf_exporter.config import Account
+from qf_exporter.errors import InvalidResponse, QianfanError
+from qf_exporter.models import Page, parse_page
+from qf_exporter.ratelimit import RateLimiter
+from qf_exporter.signing import bce_timestamp, sign
+from qf_exporter.telemetry import ApiMetrics
+
+log = logging.getLogger(__name__)
+
+V1_JOB_DETAIL = "/wenxinworkshop/finetune/jobDetail"
+V2_FINETUNING = "/v2/finetuning"
+MAX_KEYS = 100  # the most one V2 page holds
+MAX_PAGES = 10_000  # a guard against a server whose markers never end
+SIGNATURE_EXPIRATION = 1800
+
+
+class QianfanClient:
+    def __init__(
+        self,
+        account: Account,
+        *,
+        metrics: ApiMetrics,
+        timeout: float = 10.0,
+        retries: int = 3,
+        pool_size: int = 4,
+        limiter: RateLimiter | None = None,
+        clock: Callable[[], float] = time.time,
+        stop: threading.Event | None = None,
+        backoff_base: float = 0.5,
+        backoff_cap: float = 10.0,
+    ) -> None:
+        self.account = account
+        self.metrics = metrics
+        self.timeout = timeout
+        self.retries = retries
+        self.limiter = limiter or RateLimiter(account.qps)
+        self.clock = clock
+        self.stop = stop or threading.Event()
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self._host = urlsplit(account.endpoint).netloc
+        self._session = requests.Session()
+        self._session.trust_env = False  # never send IAM-signed calls through a stray proxy
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=max(pool_size, 1), max_retries=0)
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
+
+    def close(self) -> None:
+        self._session.close()
+
+    # --- the API calls -----------------------------------------------------------------
+
+    def job_detail(self, task_id: int, job_id: int, deadline: float | None = None) -> Any:
+        """V1: one run's detail (``result`` object)."""
+        return self.call(
+            "jobDetail", V1_JOB_DETAIL, None, {"taskId": task_id, "jobId": job_id}, deadline
+        )
+
+    def describe_task(self, task_id: str, deadline: float | None = None) -> Any:
+        return self.call(
+            "DescribeFineTuningTask",
+            V2_FINETUNING,
+            {"Action": "DescribeFineTuningTask"},
+            {"taskId": task_id},
+            deadline,
+        )
+
+    def describe_tasks(self, job_id: str, deadline: float | None = None) -> list[dict[str, Any]]:
+        """V2: every run of a job, all pages."""
+        items: list[dict[str, Any]] = []
+        for page in self._pages("DescribeFineTuningTasks", {"jobId": job_id}, "taskList", deadline):
+            items.extend(dict(item) for item in page.items)
+        return items
+
+    def describe_jobs(self, deadline: float | None = None) -> list[dict[str, Any]]:
+        """V2: every fine-tuning job of the account, all pages."""
+        items: list[dict[str, Any]] = []
+        for page in self._pages("DescribeFineTuningJobs", {}, "jobList", deadline):
+            items.extend(dict(item) for item in page.items)
+        return items
+
+    def _pages(
+        self, action: str, body: dict[str, Any], list_key: str, deadline: float | None
+    ) -> Iterator[Page]:
+        marker: str | None = None
+        seen: set[str] = set()
+        for _ in range(MAX_PAGES):
+            request = dict(body, maxKeys=MAX_KEYS)
+            if marker:
+                request["marker"] = marker
+            result = self.call(action, V2_FINETUNING, {"Action": action}, request, deadline)
+            page = parse_page(result, list_key)
+            yield page
+            if not page.truncated:
+                return
+            if not page.next_marker or page.next_marker in seen:
+                raise InvalidResponse(f"{action}: isTruncated without a new nextMarker")
+            seen.add(page.next_marker)
+            marker = page.next_marker
+        raise InvalidResponse(f"{action}: more than {MAX_PAGES} pages")
+
+    # --- one call, with retries --------------------------------------------------------
+
+    def call(
+        self,
+        action: str,
+        path: str,
+        query: dict[str, str] | None,
+        body: dict[str, Any],
+        deadline: float | None = None,
+    ) -> Any:
+        """Send one API call, retrying what can be retried; returns its ``result``."""
+        attempt = 0
+        while True:
+            try:
+                return self._attempt(action, path, query, body, deadline)
+            except QianfanError as exc:
+                self.metrics.failures.labels(self.account.name, action, exc.reason).inc()
+                if not exc.retryable or attempt >= self.retries or self.stop.is_set():
+                    raise
+                delay = min(self.backoff_cap, self.backoff_base * 2**attempt)
+                delay = delay / 2 + random.uniform(0, delay / 2)  # jitter spreads out retries
+                if exc.retry_after is not None:
+                    delay = max(delay, exc.retry_after)
+                if deadline is not None and self.clock() + delay >= deadline:
+                    raise
+                log.debug(
+                    "retrying Qianfan call",
+                    extra={"account": self.account.name, "action": action,
+                           "reason": exc.reason, "delay": round(delay, 3)},
+                )
+                attempt += 1
+                if self.stop.wait(delay):
+                    raise
+
+    def _attempt(
+        self,
+        action: str,
+        path: str,
+        query: dict[str, str] | None,
+        body: dict[str, Any],
+        deadline: float | None,
+    ) -> Any:
+        monotonic_deadline = None
+        if deadline is not None:
+            monotonic_deadline = time.monotonic() + (deadline - self.clock())
+        if not self.limiter.acquire(monotonic_deadline):
+            raise errors.Timeout(f"{action}: no request budget left before the poll deadline")
+        payload = json.dumps(body, separators=(",", ":")).encode()
+        query_items = list((query or {}).items())
+        url = self.account.endpoint + path
+        if query_items:
+            url += "?" + urlencode(query_items)
+        now = self.clock()
+        headers = {
+            "Host": self._host,
+            "Content-Type": "application/json",
+            "x-bce-date": bce_timestamp(now),
+        }
+        headers["Authorization"] = sign(
+            method="POST",
+            path=path,
+            query=query_items,
+            headers=headers,
+            access_key=self.account.access_key.reveal(),
+            secret_key=self.account.secret_key.reveal(),
+            timestamp=now,
+            expiration=SIGNATURE_EXPIRATION,
+        ).authorization
+        timeout = self.timeout
+        if deadline is not None:
+            timeout = max(0.1, min(timeout, deadline - now))
+        self.metrics.requests.labels(self.account.name, action).inc()
+        started = time.perf_counter()
+        try:
+            response = self._session.post(url, data=payload, headers=headers, timeout=timeout)
+            content = response.content
+        except requests.Timeout:
+            raise errors.Timeout(f"{action}: no answer within {timeout:g}s") from None
+        except requests.exceptions.ChunkedEncodingError:
+            raise InvalidResponse(f"{action}: the answer was cut off") from None
+        except requests.RequestException as exc:
+            raise errors.ConnectionFailed(
+                f"{action}: cannot reach {self._host}: {type(exc).__name__}"
+            ) from None
+        finally:
+            self.metrics.duration.labels(self.account.name, action).observe(
+                time.perf_counter() - started
+            )
+        return self._result(action, response, content)
+
+    def _result(self, action: str, response: requests.Response, content: bytes) -> Any:
+        status = response.status_code
+        data: Any = None
+        try:
+            data = json.loads(content) if content.strip() else None
+        except ValueError:
+            data = None
+        request_id = None
+        if isinstance(data, dict):
+            request_id = _text(data.get("requestId") or data.get("log_id"))
+        if status >= 300 or status < 200:
+            code = response.headers.get("X-Bce-Error-Code")
+            message = response.headers.get("X-Bce-Error-Message", "")
+            if isinstance(data, dict):
+                code = _text(data.get("code") or data.get("error_code")) or code
+                message = _text(data.get("message") or data.get("error_msg")) or message
+            raise errors.from_http(
+                status,
+                code,
+                self._scrub(f"{action}: {message}" if message else action),
+                request_id,
+                _retry_after(response.headers.get("Retry-After")),
+            )
+        if data is None:
+            what = "an empty answer" if not content.strip() else "an answer that is not JSON"
+            raise InvalidResponse(f"{action}: {what}", status=status)
+        if not isinstance(data, dict):
+            raise InvalidResponse(f"{action}: the answer is not a JSON object", status=status)
+        code_value = data.get("error_code")
+        if code_value not in (None, 0, "0", ""):
+            message = self._scrub(_text(data.get("error_msg")) or "")
+            try:
+                code_int = int(code_value)
+            except (TypeError, ValueError):
+                raise InvalidResponse(f"{action}: error_code {code_value!r}") from None
+            raise errors.from_error_code(code_int, f"{action}: {message}", request_id)
+        if "result" not in data:
+            if data.get("code"):
+                raise errors.from_http(
+                    status, _text(data.get("code")), self._scrub(_text(data.get("message"))),
+                    request_id,
+                )
+            raise InvalidResponse(f"{action}: the answer has no result", status=status)
+        if data["result"] is None:
+            raise InvalidResponse(f"{action}: result is null", status=status)
+        return data["result"]
+
+    def _scrub(self, text: str) -> str:
+        """Upstream messages may echo the access key; never let one through."""
+        for secret in self.account.secrets():
+            if secret:
+                text = text.replace(secret, "<redacted>")
+        return text
+
+
+def _text(value: Any) -> str:
+    if value is None or isinstance(value, dict | list):
+        return ""
+    return str(value)
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, min(float(value), 300.0))
+    except ValueError:
+        return None

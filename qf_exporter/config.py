@@ -1,0 +1,495 @@
+"""The configuration file: validated classes that report every problem at once.
+
+``load_config`` reads YAML, replaces ``${VAR}`` from the environment, applies
+defaults and checks every value. It either returns a complete ``Config`` or raises
+``ConfigError`` listing each problem with its path (``accounts[0].qps: must be > 0``).
+Secrets are held in ``Secret`` objects whose ``repr`` and ``str`` never show them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_ENDPOINT = "https://qianfan.baidubce.com"
+ENV_ACCESS_KEY = "QIANFAN_ACCESS_KEY"
+ENV_SECRET_KEY = "QIANFAN_SECRET_KEY"
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; ``problems`` holds one line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class Secret:
+    """A credential. Printing, logging or formatting it shows ``<redacted>``."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret(<redacted>)"
+
+    def __str__(self) -> str:
+        return "<redacted>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class V1Target:
+    task_id: int
+    job_id: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.task_id}/{self.job_id}"
+
+
+@dataclass(frozen=True)
+class Discovery:
+    """Which jobs ``discover: true`` adds (all of them unless filtered)."""
+
+    interval: float = 600.0
+    include: tuple[re.Pattern[str], ...] = ()
+    exclude: tuple[re.Pattern[str], ...] = ()
+    models: tuple[str, ...] = ()
+    train_modes: tuple[str, ...] = ()
+    max_age: float | None = None
+
+
+@dataclass(frozen=True)
+class Account:
+    name: str
+    access_key: Secret
+    secret_key: Secret
+    endpoint: str = DEFAULT_ENDPOINT
+    qps: float = 5.0
+    jobs: tuple[str, ...] = ()
+    tasks: tuple[V1Target, ...] = ()
+    discover: bool = False
+    discovery: Discovery = field(default_factory=Discovery)
+    max_runs: int | None = None
+
+    def secrets(self) -> tuple[str, ...]:
+        return (self.access_key.reveal(), self.secret_key.reveal())
+
+
+@dataclass(frozen=True)
+class Poll:
+    interval: float = 60.0
+    finished_interval: float = 1800.0
+    stale_after: float = 600.0
+    timeout: float = 10.0
+    concurrency: int = 4
+    retries: int = 3
+    finished_retention: float | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    accounts: tuple[Account, ...]
+    poll: Poll = field(default_factory=Poll)
+    warnings: tuple[str, ...] = ()
+
+    def secrets(self) -> tuple[str, ...]:
+        return tuple(s for a in self.accounts for s in a.secrets() if s)
+
+
+# --- parsing helpers ----------------------------------------------------------------
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+_UNIT = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def parse_duration(value: Any) -> float:
+    """``30s``, ``5m``, ``1h``, ``1h30m``, ``7d`` or plain seconds."""
+    if isinstance(value, bool):
+        raise ValueError("must be a duration like 30s, 5m, 1h or a number of seconds")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return float(text)
+        except ValueError:
+            pass
+        pos, total = 0, 0.0
+        for match in _DURATION.finditer(text):
+            if match.start() != pos:
+                break
+            total += float(match.group(1)) * _UNIT[match.group(2)]
+            pos = match.end()
+        if text and pos == len(text):
+            return total
+    raise ValueError(f"{value!r} is not a duration like 30s, 5m, 1h or a number of seconds")
+
+
+class _Checker:
+    """Collects problems while walking the raw YAML."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.problems: list[str] = []
+        self.environ = environ
+
+    def problem(self, path: str, message: str) -> None:
+        self.problems.append(f"{path}: {message}")
+
+    def expand(self, value: Any, path: str) -> Any:
+        """Replace ``${VAR}`` in strings from the environment (recursively)."""
+        if isinstance(value, str):
+            missing = [m for m in _ENV_REF.findall(value) if m not in self.environ]
+            for name in missing:
+                self.problem(path, f"environment variable {name} is not set")
+            return _ENV_REF.sub(lambda m: self.environ.get(m.group(1), ""), value)
+        if isinstance(value, list):
+            return [self.expand(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        if isinstance(value, dict):
+            return {k: self.expand(v, _join(path, str(k))) for k, v in value.items()}
+        return value
+
+    def mapping(self, value: Any, path: str, allowed: set[str]) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.problem(path or "(top level)", "must be a mapping")
+            return {}
+        for key in value:
+            if key not in allowed:
+                self.problem(_join(path, str(key)), "unknown key")
+        return value
+
+    def get(
+        self,
+        raw: Mapping[str, Any],
+        path: str,
+        key: str,
+        convert: Callable[[Any], Any],
+        default: Any,
+    ) -> Any:
+        if key not in raw or raw[key] is None:
+            return default
+        try:
+            return convert(raw[key])
+        except (TypeError, ValueError) as exc:
+            self.problem(_join(path, key), str(exc))
+            return default
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _positive(convert: Callable[[Any], float]) -> Callable[[Any], float]:
+    def check(value: Any) -> float:
+        result = convert(value)
+        if not result > 0:
+            raise ValueError("must be > 0")
+        return result
+
+    return check
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be a number")
+    return float(value)
+
+
+def _integer(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("must be an integer")
+    return value
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("must be true or false")
+    return value
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    return value
+
+
+def _string_list(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ValueError("must be a list of non-empty strings")
+    return tuple(value)
+
+
+def _regex_list(value: Any) -> tuple[re.Pattern[str], ...]:
+    patterns = []
+    for text in _string_list(value):
+        try:
+            patterns.append(re.compile(text))
+        except re.error as exc:
+            raise ValueError(f"{text!r} is not a valid regular expression: {exc}") from None
+    return tuple(patterns)
+
+
+_ACCOUNT_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+_JOB_ID = re.compile(r"^\S{1,128}$")
+
+_TOP_KEYS = {"accounts", "poll"}
+_POLL_KEYS = {
+    "interval",
+    "finished_interval",
+    "stale_after",
+    "timeout",
+    "concurrency",
+    "retries",
+    "finished_retention",
+}
+_ACCOUNT_KEYS = {
+    "name",
+    "endpoint",
+    "access_key",
+    "secret_key",
+    "secret_key_file",
+    "qps",
+    "jobs",
+    "tasks",
+    "discover",
+    "discovery",
+    "max_runs",
+}
+_DISCOVERY_KEYS = {"interval", "include", "exclude", "models", "train_modes", "max_age"}
+
+
+# --- the loader -----------------------------------------------------------------------
+
+
+def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a config file. Raises ``ConfigError`` with every problem."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read the file: {exc.strerror}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}: not UTF-8 text"]) from None
+    warnings = []
+    try:
+        mode = os.stat(path).st_mode
+        if mode & stat.S_IROTH and re.search(r"^\s*secret_key\s*:\s*[^$\s#]", text, re.M):
+            warnings.append(
+                f"{path} holds a secret_key and can be read by every user on this machine: "
+                f"chmod o-r it, or use secret_key_file or {ENV_SECRET_KEY}"
+            )
+    except OSError:
+        pass
+    config = parse_config(text, environ, source=str(path))
+    return Config(config.accounts, config.poll, tuple(warnings) + config.warnings)
+
+
+def parse_config(
+    text: str, environ: Mapping[str, str] | None = None, source: str = "config"
+) -> Config:
+    env = os.environ if environ is None else environ
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = ""
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError([f"{source}: invalid YAML{where}: {problem}"]) from None
+    c = _Checker(env)
+    top = c.mapping(raw, "", _TOP_KEYS)
+    top = c.expand(top, "")
+    poll = _poll(c, c.mapping(top.get("poll"), "poll", _POLL_KEYS))
+    accounts_raw = top.get("accounts")
+    accounts: list[Account] = []
+    warnings: list[str] = []
+    if not isinstance(accounts_raw, list) or not accounts_raw:
+        c.problem("accounts", "must be a non-empty list of accounts")
+    else:
+        names: set[str] = set()
+        for i, item in enumerate(accounts_raw):
+            account = _account(c, item, f"accounts[{i}]", env, warnings)
+            if account is None:
+                continue
+            if account.name in names:
+                c.problem(f"accounts[{i}].name", f"duplicate account name {account.name!r}")
+            names.add(account.name)
+            accounts.append(account)
+    if c.problems:
+        raise ConfigError(c.problems)
+    return Config(tuple(accounts), poll, tuple(warnings))
+
+
+def _poll(c: _Checker, raw: dict[str, Any]) -> Poll:
+    d = Poll()
+    duration = _positive(parse_duration)
+    interval = c.get(raw, "poll", "interval", duration, d.interval)
+    finished = c.get(raw, "poll", "finished_interval", duration, d.finished_interval)
+    stale = c.get(raw, "poll", "stale_after", duration, d.stale_after)
+    timeout = c.get(raw, "poll", "timeout", duration, d.timeout)
+    concurrency = c.get(raw, "poll", "concurrency", _positive(_integer), d.concurrency)
+    retries = c.get(raw, "poll", "retries", _integer, d.retries)
+    if retries < 0:
+        c.problem("poll.retries", "must be >= 0")
+    if concurrency > 64:
+        c.problem("poll.concurrency", "must be at most 64")
+    retention = c.get(raw, "poll", "finished_retention", duration, None)
+    if finished < interval:
+        c.problem("poll.finished_interval", "must be >= poll.interval")
+    if stale < interval:
+        c.problem("poll.stale_after", "must be >= poll.interval")
+    return Poll(interval, finished, stale, timeout, concurrency, retries, retention)
+
+
+def _account(
+    c: _Checker, item: Any, path: str, env: Mapping[str, str], warnings: list[str]
+) -> Account | None:
+    raw = c.mapping(item, path, _ACCOUNT_KEYS)
+    if not isinstance(item, dict):
+        return None
+    name = c.get(raw, path, "name", _string, "")
+    if not name:
+        c.problem(f"{path}.name", "is required")
+    elif not _ACCOUNT_NAME.match(name):
+        c.problem(f"{path}.name", "must be 1-64 characters of letters, digits, _ . : -")
+    endpoint = c.get(raw, path, "endpoint", _string, DEFAULT_ENDPOINT).rstrip("/")
+    if not re.match(r"^https?://[^/\s]+$", endpoint):
+        c.problem(f"{path}.endpoint", "must be an http:// or https:// URL with no path")
+    qps = c.get(raw, path, "qps", _positive(_number), 5.0)
+    jobs = c.get(raw, path, "jobs", _string_list, ())
+    for j, job in enumerate(jobs):
+        if not _JOB_ID.match(job):
+            c.problem(f"{path}.jobs[{j}]", "must be a job id without spaces")
+    if len(set(jobs)) != len(jobs):
+        c.problem(f"{path}.jobs", "lists a job more than once")
+    tasks = _tasks(c, raw.get("tasks"), f"{path}.tasks")
+    discover = c.get(raw, path, "discover", _boolean, False)
+    discovery = _discovery(
+        c,
+        c.mapping(raw.get("discovery"), f"{path}.discovery", _DISCOVERY_KEYS),
+        f"{path}.discovery",
+    )
+    max_runs = c.get(raw, path, "max_runs", _positive(_integer), None)
+    if not jobs and not tasks and not discover:
+        c.problem(path, "has nothing to poll: give jobs, tasks or discover: true")
+    access_key, secret_key = _credentials(c, raw, path, env, warnings)
+    if access_key is None or secret_key is None:
+        return None
+    return Account(
+        name=name,
+        access_key=access_key,
+        secret_key=secret_key,
+        endpoint=endpoint,
+        qps=qps,
+        jobs=jobs,
+        tasks=tasks,
+        discover=discover,
+        discovery=discovery,
+        max_runs=max_runs,
+    )
+
+
+def _tasks(c: _Checker, raw: Any, path: str) -> tuple[V1Target, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        c.problem(path, "must be a list of {task_id, job_id}")
+        return ()
+    result: list[V1Target] = []
+    for i, item in enumerate(raw):
+        p = f"{path}[{i}]"
+        entry = c.mapping(item, p, {"task_id", "job_id"})
+        if not isinstance(item, dict):
+            continue
+        ids = []
+        for key in ("task_id", "job_id"):
+            value = entry.get(key)
+            if isinstance(value, str) and value.isdigit():
+                value = int(value)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                c.problem(f"{p}.{key}", "is required and must be a positive integer")
+            else:
+                ids.append(value)
+        if len(ids) == 2:
+            target = V1Target(ids[0], ids[1])
+            if target in result:
+                c.problem(p, f"duplicate task/job pair {target.name}")
+            result.append(target)
+    return tuple(result)
+
+
+def _discovery(c: _Checker, raw: dict[str, Any], path: str) -> Discovery:
+    d = Discovery()
+    return Discovery(
+        interval=c.get(raw, path, "interval", _positive(parse_duration), d.interval),
+        include=c.get(raw, path, "include", _regex_list, ()),
+        exclude=c.get(raw, path, "exclude", _regex_list, ()),
+        models=c.get(raw, path, "models", _string_list, ()),
+        train_modes=c.get(raw, path, "train_modes", _string_list, ()),
+        max_age=c.get(raw, path, "max_age", _positive(parse_duration), None),
+    )
+
+
+def _credentials(
+    c: _Checker, raw: dict[str, Any], path: str, env: Mapping[str, str], warnings: list[str]
+) -> tuple[Secret | None, Secret | None]:
+    access = raw.get("access_key")
+    if access is None:
+        access = env.get(ENV_ACCESS_KEY)
+    if not isinstance(access, str) or not access.strip():
+        c.problem(f"{path}.access_key", f"is required (or set {ENV_ACCESS_KEY})")
+        access = None
+    secret = raw.get("secret_key")
+    secret_file = raw.get("secret_key_file")
+    if secret is not None and secret_file is not None:
+        c.problem(f"{path}.secret_key_file", "give secret_key or secret_key_file, not both")
+        return None, None
+    if secret_file is not None:
+        if not isinstance(secret_file, str) or not secret_file:
+            c.problem(f"{path}.secret_key_file", "must be a file path")
+            return None, None
+        try:
+            secret = Path(secret_file).read_text(encoding="utf-8").strip()
+            if os.stat(secret_file).st_mode & stat.S_IROTH:
+                warnings.append(
+                    f"{path}.secret_key_file {secret_file} can be read by every user: chmod o-r it"
+                )
+        except OSError as exc:
+            c.problem(f"{path}.secret_key_file", f"cannot read {secret_file}: {exc.strerror}")
+            return None, None
+        except UnicodeDecodeError:
+            c.problem(f"{path}.secret_key_file", f"{secret_file} is not UTF-8 text")
+            return None, None
+    if secret is None:
+        secret = env.get(ENV_SECRET_KEY)
+    if not isinstance(secret, str) or not secret.strip():
+        c.problem(
+            f"{path}.secret_key", f"is required (or secret_key_file, or set {ENV_SECRET_KEY})"
+        )
+        secret = None
+    if access is None or secret is None:
+        return None, None
+    return Secret(access.strip()), Secret(secret.strip())

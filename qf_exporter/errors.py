@@ -1,0 +1,141 @@
+"""A small typed error hierarchy: every failure to read Qianfan has one ``reason``.
+
+The reasons are the values of the ``reason`` label of
+``qianfan_api_request_failures_total``. Messages never carry credentials: they are
+built from status codes and the API's own error codes and texts only.
+"""
+
+from __future__ import annotations
+
+REASONS = (
+    "rate_limited",
+    "auth",
+    "server",
+    "client",
+    "timeout",
+    "connection",
+    "invalid_response",
+)
+
+
+class QianfanError(Exception):
+    """A request to Qianfan failed. Subclasses fix ``reason`` and ``retryable``."""
+
+    reason = "server"
+    retryable = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        request_id: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+        self.request_id = request_id
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        bits = [self.message]
+        if self.status is not None:
+            bits.append(f"http={self.status}")
+        if self.code:
+            bits.append(f"code={self.code}")
+        if self.request_id:
+            bits.append(f"request_id={self.request_id}")
+        return " ".join(bits)
+
+
+class RateLimited(QianfanError):
+    reason = "rate_limited"
+    retryable = True
+
+
+class AuthError(QianfanError):
+    reason = "auth"
+
+
+class ServerError(QianfanError):
+    reason = "server"
+    retryable = True
+
+
+class ClientError(QianfanError):
+    """The request was refused as bad (500001, other 4xx). Retrying will not help."""
+
+    reason = "client"
+
+
+class NotFound(ClientError):
+    """An unknown run or job (510202, 510301)."""
+
+
+class Timeout(QianfanError):
+    reason = "timeout"
+    retryable = True
+
+
+class ConnectionFailed(QianfanError):
+    reason = "connection"
+    retryable = True
+
+
+class InvalidResponse(QianfanError):
+    """The answer could not be understood (not JSON, or not of the expected shape)."""
+
+    reason = "invalid_response"
+    retryable = True
+
+
+# Qianfan's numeric error codes (V1 ``error_code``; sometimes seen in V2 bodies too).
+RATE_LIMIT_CODES = frozenset({4, 17, 18, 19})
+AUTH_CODES = frozenset({13, 14, 110, 111})
+SERVER_CODES = frozenset({2, 336100, 500000})
+NOT_FOUND_CODES = frozenset({510202, 510301})
+
+
+def from_error_code(code: int, message: str, request_id: str | None = None) -> QianfanError:
+    """Classify a numeric Qianfan error code."""
+    text = f"Qianfan error {code}: {message}"
+    kwargs: dict[str, str | None] = {"code": str(code), "request_id": request_id}
+    if code in RATE_LIMIT_CODES:
+        return RateLimited(text, **kwargs)
+    if code in AUTH_CODES:
+        return AuthError(text, **kwargs)
+    if code in SERVER_CODES:
+        return ServerError(text, **kwargs)
+    if code in NOT_FOUND_CODES:
+        return NotFound(text, **kwargs)
+    return ClientError(text, **kwargs)
+
+
+def from_http(
+    status: int,
+    code: str | None,
+    message: str,
+    request_id: str | None = None,
+    retry_after: float | None = None,
+) -> QianfanError:
+    """Classify a non-2xx answer from the V2 API or the gateway."""
+    text = f"HTTP {status}: {message}" if message else f"HTTP {status}"
+    if code and code.isdigit():
+        err = from_error_code(int(code), message, request_id)
+        err.status = status
+        err.retry_after = retry_after
+        return err
+    kw = {"status": status, "code": code, "request_id": request_id, "retry_after": retry_after}
+    lowered = (code or "").lower()
+    if status == 429 or "throttl" in lowered or "ratelimit" in lowered or "limitexceeded" in lowered:
+        return RateLimited(text, **kw)  # type: ignore[arg-type]
+    if status in (401, 403) or "auth" in lowered or lowered == "accessdenied":
+        return AuthError(text, **kw)  # type: ignore[arg-type]
+    if status >= 500:
+        return ServerError(text, **kw)  # type: ignore[arg-type]
+    if status == 404 or "notfound" in lowered or "notexist" in lowered:
+        return NotFound(text, **kw)  # type: ignore[arg-type]
+    return ClientError(text, **kw)  # type: ignore[arg-type]

@@ -1,0 +1,369 @@
+"""Parsed models of Qianfan's answers: one ``Run`` per training run.
+
+This is where every field of the API is read, and where its quirks are absorbed:
+field names in any case and either spelling, "0000-00-00..." sentinels for unset
+times, zone-less V1 times in Beijing time, percentages as strings in every shape,
+and status values nobody has heard of. Parsing never raises on odd values: a
+field that cannot be read is absent from the model. Only an answer of the wrong
+*shape* (not an object, a list that is not a list) raises ``InvalidResponse``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from qf_exporter.errors import InvalidResponse
+
+STATUSES = ("waiting", "running", "succeeded", "stopped", "failed", "unknown")
+FINAL_STATUSES = frozenset({"succeeded", "stopped", "failed"})
+
+_V1_STATUS = {"running": "running", "finish": "succeeded", "stop": "stopped", "fail": "failed"}
+_V2_STATUS = {
+    "waiting": "waiting",
+    "running": "running",
+    "done": "succeeded",
+    "stopped": "stopped",
+    "failed": "failed",
+}
+
+BEIJING = timezone(timedelta(hours=8))
+# Label values are upstream strings; very long ones are cut so that one odd run
+# cannot blow up every scrape. Error messages are cut shorter, as SPEC fixes.
+MAX_LABEL_LENGTH = 256
+MAX_ERROR_MESSAGE_LENGTH = 200
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    step: float | None
+    perplexity: float | None
+    training_loss: float | None
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run, as the exporter shows it. Immutable: snapshots share them."""
+
+    account: str
+    api: str  # "v1" or "v2"
+    job_id: str
+    task_id: str
+    status: str
+    upstream_status: str
+    job_name: str = ""
+    task_name: str = ""
+    model: str = ""
+    train_mode: str = ""
+    parameter_scale: str = ""
+    version: str = ""
+    vdl_link: str = ""
+    progress: float | None = None
+    duration: float | None = None
+    train_duration: float | None = None
+    start_time: float | None = None
+    finish_time: float | None = None
+    evaluation: tuple[tuple[str, float], ...] = ()
+    checkpoints: int | None = None
+    checkpoint_step: float | None = None
+    training_loss: float | None = None
+    perplexity: float | None = None
+    error_code: str = ""
+    error_message: str = ""
+    last_read: float = 0.0
+
+    @property
+    def key(self) -> tuple[str, str, str, str]:
+        return (self.account, self.api, self.job_id, self.task_id)
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+
+
+@dataclass(frozen=True)
+class Job:
+    """A fine-tuning job (V2), as ``DescribeFineTuningJobs`` lists it."""
+
+    job_id: str
+    name: str = ""
+    model: str = ""
+    train_mode: str = ""
+    create_time: float | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a V2 listing."""
+
+    items: tuple[Mapping[str, Any], ...]
+    truncated: bool
+    next_marker: str | None
+
+
+# --- field readers -------------------------------------------------------------------
+
+
+class Fields:
+    """Case-insensitive access to one JSON object, accepting several spellings."""
+
+    def __init__(self, raw: Mapping[str, Any]) -> None:
+        self._by_lower = {str(k).lower(): v for k, v in raw.items()}
+
+    def get(self, *names: str) -> Any:
+        for name in names:
+            value = self._by_lower.get(name.lower())
+            if value is not None:
+                return value
+        return None
+
+    def text(self, *names: str, limit: int = MAX_LABEL_LENGTH) -> str:
+        value = self.get(*names)
+        if value is None or isinstance(value, dict | list):
+            return ""
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        return cut(str(value), limit)
+
+
+def cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit]
+
+
+def number(value: Any) -> float | None:
+    """A finite number from an int, float or numeric string; otherwise ``None``."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float):
+        result = float(value)
+    elif isinstance(value, str):
+        try:
+            result = float(value.strip())
+        except ValueError:
+            return None
+    else:
+        return None
+    return result if math.isfinite(result) else None
+
+
+def percent(value: Any) -> float | None:
+    """A percentage as a ratio: ``"17.03%"`` → 0.1703.
+
+    A bare number (``17.03`` or ``"17.03"``) is read in the field's own unit, which
+    for every percentage field of the API is percent. Empty, ``"-"``, or anything
+    else that is not a number gives ``None``: no series rather than NaN.
+    """
+    if isinstance(value, str):
+        value = value.strip().removesuffix("%").strip()
+    parsed = number(value)
+    return None if parsed is None else parsed / 100.0
+
+
+_SENTINEL = re.compile(r"^0{4}-0{2}-0{2}")
+
+
+def timestamp(value: Any, naive_zone: timezone) -> float | None:
+    """Seconds since the epoch, or ``None`` for unset and unreadable times.
+
+    Times without a zone are taken to be in ``naive_zone`` (Beijing for both APIs:
+    the V1 API writes local times, and a V2 time without ``Z`` would be the same).
+    Numbers are epoch seconds (milliseconds when they are that large).
+    """
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        if not math.isfinite(value) or value <= 0:
+            return None
+        return float(value) / 1000.0 if value > 1e11 else float(value)
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if not text or _SENTINEL.match(text):
+        return None
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=naive_zone)
+    return parsed.timestamp()
+
+
+def map_status(raw: str, api: str) -> str:
+    table = _V1_STATUS if api == "v1" else _V2_STATUS
+    return table.get(raw.strip().lower(), "unknown")
+
+
+def _object(value: Any, what: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise InvalidResponse(f"{what} is not a JSON object")
+    return value
+
+
+# --- V1 ------------------------------------------------------------------------------
+
+
+def parse_v1_run(
+    result: Any, *, account: str, task_id: int | str, job_id: int | str, read_at: float
+) -> Run:
+    """A V1 ``jobDetail`` result. Labelled with the configured pair, not echoed ids."""
+    f = Fields(_object(result, "jobDetail result"))
+    raw_status = f.text("trainStatus")
+    status = map_status(raw_status, "v1")
+    progress = number(f.get("progress"))
+    return Run(
+        account=account,
+        api="v1",
+        job_id=str(job_id),
+        task_id=str(task_id),
+        status=status,
+        upstream_status=raw_status,
+        job_name="",
+        task_name=f.text("taskName"),
+        model=f.text("trainType"),
+        train_mode=f.text("trainMode"),
+        parameter_scale=f.text("peftType"),
+        version=f.text("version"),
+        vdl_link=f.text("vdlLink", limit=1024),
+        progress=None if progress is None else min(max(progress / 100.0, 0.0), 1.0),
+        duration=_non_negative(number(f.get("runTime"))),
+        train_duration=_non_negative(number(f.get("trainTime"))),
+        start_time=timestamp(f.get("startTime"), BEIJING),
+        finish_time=_finish(status, timestamp(f.get("finishTime"), BEIJING)),
+        last_read=read_at,
+    )
+
+
+def _finish(status: str, finished: float | None) -> float | None:
+    # An unfinished run has no finish time, whatever a field says.
+    return finished if status in FINAL_STATUSES else None
+
+
+def _non_negative(value: float | None) -> float | None:
+    return None if value is None or value < 0 else value
+
+
+# --- V2 ------------------------------------------------------------------------------
+
+
+def parse_page(result: Any, list_key: str) -> Page:
+    """The list and ``pageInfo`` of a V2 listing (``taskList`` or ``jobList``)."""
+    f = Fields(_object(result, "result"))
+    items = f.get(list_key)
+    if items is None:
+        items = []
+    if not isinstance(items, list):
+        raise InvalidResponse(f"result.{list_key} is not a list")
+    for i, item in enumerate(items):
+        _object(item, f"result.{list_key}[{i}]")
+    info_raw = f.get("pageInfo")
+    info = Fields(info_raw) if isinstance(info_raw, Mapping) else Fields({})
+    truncated = info.get("isTruncated")
+    truncated = truncated is True or (isinstance(truncated, str) and truncated.lower() == "true")
+    marker = info.text("nextMarker") or None
+    return Page(items=tuple(items), truncated=truncated, next_marker=marker)
+
+
+def parse_v2_run(raw: Mapping[str, Any], *, account: str, job_id: str, read_at: float) -> Run:
+    """One entry of ``taskList`` (or a ``DescribeFineTuningTask`` result).
+
+    Labelled with the job that was asked for, like V1 runs with their configured pair.
+    """
+    f = Fields(raw)
+    raw_status = f.text("runStatus", "status")
+    status = map_status(raw_status, "v2")
+    created = timestamp(f.get("createTime", "createDate"), BEIJING)
+    finished = _finish(status, timestamp(f.get("finishTime", "finishDate"), BEIJING))
+    duration = None
+    if created is not None:
+        duration = max((finished if finished is not None else read_at) - created, 0.0)
+    progress = percent(f.get("runProgress"))
+    checkpoints = _checkpoints(f.get("checkpointList"))
+    latest = max(
+        (c for c in checkpoints if c.step is not None),
+        key=lambda c: c.step or 0.0,
+        default=None,
+    )
+    error_code = f.text("errorCode")
+    error_message = f.text("errorMessage", limit=MAX_ERROR_MESSAGE_LENGTH)
+    if error_code == "0":
+        error_code = ""
+    return Run(
+        account=account,
+        api="v2",
+        job_id=job_id,
+        task_id=f.text("taskId"),
+        status=status,
+        upstream_status=raw_status,
+        job_name=f.text("jobName"),
+        task_name=f.text("taskName"),
+        model=f.text("model"),
+        train_mode=f.text("trainMode"),
+        parameter_scale=f.text("parameterScale"),
+        vdl_link=f.text("vdlLink", limit=1024),
+        progress=None if progress is None else min(max(progress, 0.0), 1.0),
+        duration=duration,
+        start_time=created,
+        finish_time=finished,
+        evaluation=_evaluation(f.get("metrics")),
+        checkpoints=len(checkpoints),
+        checkpoint_step=None if latest is None else latest.step,
+        training_loss=None if latest is None else latest.training_loss,
+        perplexity=None if latest is None else latest.perplexity,
+        error_code=error_code,
+        error_message=error_message,
+        last_read=read_at,
+    )
+
+
+def _evaluation(raw: Any) -> tuple[tuple[str, float], ...]:
+    if not isinstance(raw, Mapping):
+        return ()
+    scores = []
+    for name, value in raw.items():
+        ratio = percent(value)
+        if ratio is not None and str(name):
+            scores.append((cut(str(name), MAX_LABEL_LENGTH), ratio))
+    return tuple(sorted(scores))
+
+
+def _checkpoints(raw: Any) -> list[Checkpoint]:
+    if not isinstance(raw, list):
+        return []
+    result = []
+    for item in raw:
+        if not isinstance(item, Mapping):
+            continue
+        f = Fields(item)
+        result.append(
+            Checkpoint(
+                step=number(f.get("step")),
+                perplexity=number(f.get("perplexity")),
+                training_loss=number(f.get("trainingLoss", "training_loss", "loss")),
+            )
+        )
+    return result
+
+
+def parse_job(raw: Mapping[str, Any]) -> Job | None:
+    f = Fields(raw)
+    job_id = f.text("jobId")
+    if not job_id:
+        return None
+    return Job(
+        job_id=job_id,
+        name=f.text("name", "jobName"),
+        model=f.text("model"),
+        train_mode=f.text("trainMode"),
+        create_time=timestamp(f.get("createDate", "createTime"), BEIJING),
+    )

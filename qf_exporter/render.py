@@ -1,0 +1,264 @@
+"""Rendering run metrics to the Prometheus text format, once per snapshot change.
+
+prometheus_client's generic path builds a Metric object per family and a Sample
+per value on every scrape; at 10,000 runs (160,000 samples) that costs seconds.
+Run metrics change only when a poll brings new data, so they are rendered here
+straight to bytes (and gzip) when a snapshot changes, and a scrape serves those
+bytes. ``GenericRunCollector`` renders the same metrics the generic way: the
+tests check that both parse to exactly the same samples, and the benchmark
+compares their speed.
+
+Every metric name of the run series is defined in ``FAMILIES`` below.
+"""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from qf_exporter.models import STATUSES, Run
+
+_READ = (
+    " Read from the Qianfan API in the background every poll.interval "
+    "(poll.finished_interval once the run is final); a scrape never calls Qianfan."
+)
+
+BASE_LABELS = ("account", "api", "job_id", "task_id")
+INFO_LABELS = (
+    "job_name",
+    "task_name",
+    "model",
+    "train_mode",
+    "parameter_scale",
+    "version",
+    "upstream_status",
+)
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    help: str
+    value: Callable[[Run], float | None] | None = None  # one plain gauge per run
+
+
+# The order here is the order on the page.
+INFO = Family("qianfan_finetune_run_info", "Training run metadata (value 1)." + _READ)
+STATUS = Family(
+    "qianfan_finetune_run_status",
+    "Training run status: one series per status "
+    "(waiting, running, succeeded, stopped, failed, unknown), 1 for the current one." + _READ,
+)
+PROGRESS = Family(
+    "qianfan_finetune_run_progress_ratio",
+    "Training progress from 0 to 1, absent when the API gives none." + _READ,
+    lambda r: r.progress,
+)
+DURATION = Family(
+    "qianfan_finetune_run_duration_seconds",
+    "How long the run has run: V1 runTime; V2 finish (or read) time minus creation." + _READ,
+    lambda r: r.duration,
+)
+TRAIN_DURATION = Family(
+    "qianfan_finetune_run_train_duration_seconds",
+    "Time spent training (V1 trainTime)." + _READ,
+    lambda r: r.train_duration,
+)
+START = Family(
+    "qianfan_finetune_run_start_timestamp_seconds",
+    "When the run started (V1 startTime, V2 createTime), absent when unset." + _READ,
+    lambda r: r.start_time,
+)
+FINISH = Family(
+    "qianfan_finetune_run_finish_timestamp_seconds",
+    "When the run finished, absent while it is not finished." + _READ,
+    lambda r: r.finish_time,
+)
+EVALUATION = Family(
+    "qianfan_finetune_run_evaluation_ratio",
+    "Evaluation score of a finished run from 0 to 1, by metric (BLEU-4, ROUGE-1, ...)." + _READ,
+)
+CHECKPOINTS = Family(
+    "qianfan_finetune_run_checkpoints",
+    "Number of checkpoints the run has saved." + _READ,
+    lambda r: None if r.checkpoints is None else float(r.checkpoints),
+)
+CHECKPOINT_STEP = Family(
+    "qianfan_finetune_run_checkpoint_step",
+    "Training step of the latest checkpoint." + _READ,
+    lambda r: r.checkpoint_step,
+)
+TRAINING_LOSS = Family(
+    "qianfan_finetune_run_training_loss",
+    "Training loss at the latest checkpoint." + _READ,
+    lambda r: r.training_loss,
+)
+PERPLEXITY = Family(
+    "qianfan_finetune_run_perplexity",
+    "Perplexity at the latest checkpoint." + _READ,
+    lambda r: r.perplexity,
+)
+ERROR = Family(
+    "qianfan_finetune_run_error_info",
+    "The error Qianfan reports for the run (value 1), message cut to 200 characters." + _READ,
+)
+LAST_READ = Family(
+    "qianfan_finetune_run_last_read_timestamp_seconds",
+    "When the exporter last read this run from the Qianfan API.",
+    lambda r: r.last_read,
+)
+VDL_LINK = Family(
+    "qianfan_finetune_run_vdl_link_info",
+    "The run's VisualDL training visualisation page (value 1), where the API gives one."
+    + _READ,
+)
+
+FAMILIES = (
+    INFO,
+    STATUS,
+    PROGRESS,
+    DURATION,
+    TRAIN_DURATION,
+    START,
+    FINISH,
+    EVALUATION,
+    CHECKPOINTS,
+    CHECKPOINT_STEP,
+    TRAINING_LOSS,
+    PERPLEXITY,
+    ERROR,
+    LAST_READ,
+    VDL_LINK,
+)
+_VALUE_FAMILIES = tuple(f for f in FAMILIES if f.value is not None)
+
+
+def escape(value: str) -> str:
+    """A label value as the text format wants it (what prometheus_client does)."""
+    if "\\" in value or "\n" in value or '"' in value:
+        return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+    return value
+
+
+def format_value(value: float) -> str:
+    if value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return repr(value)
+
+
+def _help(family: Family) -> str:
+    text = family.help.replace("\\", r"\\").replace("\n", r"\n")
+    return f"# HELP {family.name} {text}\n# TYPE {family.name} gauge"
+
+
+_HEADERS = {f.name: _help(f) for f in FAMILIES}
+
+
+def render_runs(runs: Iterable[Run]) -> bytes:
+    """The run metrics of ``runs`` as exposition text (sorted, so output is stable)."""
+    ordered = sorted(runs, key=lambda r: r.key)
+    lines: dict[str, list[str]] = {f.name: [] for f in FAMILIES}
+    info, status, evaluation = lines[INFO.name], lines[STATUS.name], lines[EVALUATION.name]
+    errors, links = lines[ERROR.name], lines[VDL_LINK.name]
+    value_lines = [(f.value, lines[f.name], f.name) for f in _VALUE_FAMILIES]
+    for run in ordered:
+        base = (
+            f'account="{escape(run.account)}",api="{escape(run.api)}",'
+            f'job_id="{escape(run.job_id)}",task_id="{escape(run.task_id)}"'
+        )
+        info.append(
+            f'{INFO.name}{{{base},job_name="{escape(run.job_name)}",'
+            f'task_name="{escape(run.task_name)}",model="{escape(run.model)}",'
+            f'train_mode="{escape(run.train_mode)}",'
+            f'parameter_scale="{escape(run.parameter_scale)}",'
+            f'version="{escape(run.version)}",'
+            f'upstream_status="{escape(run.upstream_status)}"}} 1'
+        )
+        for state in STATUSES:
+            status.append(
+                f'{STATUS.name}{{{base},status="{state}"}} {1 if state == run.status else 0}'
+            )
+        for getter, out, name in value_lines:
+            value = getter(run)  # type: ignore[misc]
+            if value is not None:
+                out.append(f"{name}{{{base}}} {format_value(value)}")
+        for metric, score in run.evaluation:
+            evaluation.append(
+                f'{EVALUATION.name}{{{base},metric="{escape(metric)}"}} {format_value(score)}'
+            )
+        if run.error_code or run.error_message:
+            errors.append(
+                f'{ERROR.name}{{{base},error_code="{escape(run.error_code)}",'
+                f'error_message="{escape(run.error_message)}"}} 1'
+            )
+        if run.vdl_link:
+            links.append(f'{VDL_LINK.name}{{{base},vdl_link="{escape(run.vdl_link)}"}} 1')
+    parts: list[str] = []
+    for family in FAMILIES:
+        parts.append(_HEADERS[family.name])
+        parts.extend(lines[family.name])
+    parts.append("")
+    return "\n".join(parts).encode("utf-8")
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """Run metrics ready to serve: plain text and one gzip member."""
+
+    text: bytes
+    gzipped: bytes
+    generation: int
+
+
+def render(runs: Iterable[Run], generation: int) -> Rendered:
+    text = render_runs(runs)
+    # Level 1: five times faster than the default for ~10 % more bytes; the
+    # scrape path only copies these bytes, so render time is what matters.
+    return Rendered(text, gzip.compress(text, compresslevel=1, mtime=0), generation)
+
+
+class GenericRunCollector(Collector):
+    """The same run metrics through prometheus_client's generic collector path."""
+
+    def __init__(self, runs: Callable[[], Iterable[Run]]) -> None:
+        self._runs = runs
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        ordered = sorted(self._runs(), key=lambda r: r.key)
+        families = {f.name: GaugeMetricFamily(f.name, f.help, labels=()) for f in FAMILIES}
+        for family in families.values():
+            family._labelnames = ()  # labels differ per family; set per sample below
+        for run in ordered:
+            base = dict(zip(BASE_LABELS, run.key, strict=True))
+            families[INFO.name].add_sample(
+                INFO.name,
+                dict(base, **{name: getattr(run, name) for name in INFO_LABELS}),
+                1,
+            )
+            for state in STATUSES:
+                families[STATUS.name].add_sample(
+                    STATUS.name, dict(base, status=state), 1 if state == run.status else 0
+                )
+            for family in _VALUE_FAMILIES:
+                value = family.value(run)  # type: ignore[misc]
+                if value is not None:
+                    families[family.name].add_sample(family.name, base, value)
+            for metric, score in run.evaluation:
+                families[EVALUATION.name].add_sample(
+                    EVALUATION.name, dict(base, metric=metric), score
+                )
+            if run.error_code or run.error_message:
+                families[ERROR.name].add_sample(
+                    ERROR.name,
+                    dict(base, error_code=run.error_code, error_message=run.error_message),
+                    1,
+                )
+            if run.vdl_link:
+                families[VDL_LINK.name].add_sample(
+                    VDL_LINK.name, dict(base, vdl_link=run.vdl_link), 1
+                )
+        yield from families.values()

@@ -1,0 +1,15 @@
+"""The simulated Qianfan: a world of runs that move over time, behind a fake gateway."""
+
+from qf_exporter.simulator.scenario import SimJob, SimRun, World, demo_world, fleet_world
+from qf_exporter.simulator.server import FAULT_KINDS, Fault, QianfanSimulator
+
+__all__ = [
+    "FAULT_KINDS",
+    "Fault",
+    "QianfanSimulator",
+    "SimJob",
+    "SimRun",
+    "World",
+    "demo_world",
+    "fleet_world",
+]

@@ -1,0 +1,338 @@
+"""The simulated Qianfan's world: jobs and runs whose state is a function of time.
+
+A run is described by when it was created, how long it waits, how long it trains
+and how it ends. Its state at any moment (status, progress, checkpoints, metrics,
+error) is computed from the clock, so a test can move the clock and know exactly
+what the real API would answer, and the demo's runs move on their own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
+
+BEIJING = timezone(timedelta(hours=8))
+V1_UNSET = "0000-00-00 00:00:00"
+V2_UNSET = "0000-00-00T00:00:00Z"
+
+OUTCOMES = ("succeeded", "failed", "stopped", "running")
+_V2_STATUS = {
+    "waiting": "Waiting",
+    "running": "Running",
+    "succeeded": "Done",
+    "failed": "Failed",
+    "stopped": "Stopped",
+}
+_V1_STATUS = {
+    "waiting": "RUNNING",  # V1 has no queue state: a queued run reads as RUNNING at 0
+    "running": "RUNNING",
+    "succeeded": "FINISH",
+    "failed": "FAIL",
+    "stopped": "STOP",
+}
+
+
+def _unit(*parts: object) -> float:
+    """A stable pseudo-random number in [0, 1) from the given parts."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+@dataclass
+class SimRun:
+    """One training run. ``outcome`` is how it ends; ``running`` never ends."""
+
+    task_id: str
+    created: float
+    wait: float = 30.0
+    duration: float = 600.0
+    outcome: str = "succeeded"
+    end_fraction: float = 1.0  # how far a failed or stopped run got
+    checkpoints: int = 5
+    steps: int = 1000
+    error_code: int = 0
+    error_message: str = ""
+    metrics: dict[str, str] | None = None
+    upstream_status: str | None = None  # overrides the status text (odd statuses)
+    v1_task_id: int | None = None  # set for runs read through the V1 API
+    v1_job_id: int | None = None
+    version: int = 1
+
+    @property
+    def started(self) -> float:
+        return self.created + self.wait
+
+    @property
+    def ends(self) -> float:
+        if self.outcome == "running":
+            return math.inf
+        return self.started + self.duration * (
+            self.end_fraction if self.outcome != "succeeded" else 1.0
+        )
+
+    def status(self, now: float) -> str:
+        if now < self.started:
+            return "waiting"
+        if now < self.ends:
+            return "running"
+        return self.outcome
+
+    def progress(self, now: float) -> float:
+        """Percent done, 0..100."""
+        if now < self.started:
+            return 0.0
+        done = min(now, self.ends) - self.started
+        return round(min(100.0, 100.0 * done / self.duration), 2) if self.duration else 100.0
+
+    def checkpoint_list(self, now: float) -> list[dict[str, float | int]]:
+        if self.checkpoints <= 0 or now < self.started:
+            return []
+        reached = self.progress(now) / 100.0
+        count = min(self.checkpoints, int(reached * self.checkpoints + 1e-9))
+        result = []
+        for k in range(1, count + 1):
+            loss = 2.4 * math.exp(-k / 2.5) + 0.35 + 0.05 * _unit(self.task_id, k)
+            result.append(
+                {
+                    "step": k * self.steps // self.checkpoints,
+                    "perplexity": round(math.exp(loss), 4),
+                    "trainingLoss": round(loss, 4),
+                }
+            )
+        return result
+
+
+@dataclass
+class SimJob:
+    job_id: str
+    name: str
+    model: str = "ERNIE-Speed-8K"
+    train_mode: str = "SFT"
+    parameter_scale: str = "LoRA"
+    description: str = ""
+    created: float = 0.0
+    date_spelling: bool = False  # the SDK's createDate/finishDate instead of createTime
+    runs: list[SimRun] = field(default_factory=list)
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _beijing(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=BEIJING).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def default_metrics(task_id: str) -> dict[str, str]:
+    base = 10 + 20 * _unit(task_id, "bleu")
+    return {
+        "BLEU-4": f"{base:.2f}%",
+        "ROUGE-1": f"{base + 14:.2f}%",
+        "ROUGE-2": f"{base - 4:.2f}%",
+        "ROUGE-L": f"{base + 12:.2f}%",
+    }
+
+
+class World:
+    """Every job and run the simulated Qianfan knows, and the clock they live by."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.jobs: dict[str, SimJob] = {}
+        self.v1_runs: dict[tuple[int, int], SimRun] = {}
+        self.v1_task_names: dict[int, str] = {}
+        self.lock = threading.RLock()
+
+    # --- building ---------------------------------------------------------------------
+
+    def add_job(self, job_id: str, name: str = "", **kw: object) -> SimJob:
+        with self.lock:
+            job = SimJob(job_id=job_id, name=name or job_id, **kw)  # type: ignore[arg-type]
+            if not job.created:
+                job.created = self.clock()
+            self.jobs[job_id] = job
+            return job
+
+    def add_run(self, job_id: str, task_id: str | None = None, **kw: object) -> SimRun:
+        with self.lock:
+            job = self.jobs[job_id]
+            task_id = task_id or f"task-{job_id.removeprefix('job-')}-{len(job.runs) + 1:03d}"
+            kw.setdefault("created", self.clock())
+            run = SimRun(task_id=task_id, **kw)  # type: ignore[arg-type]
+            job.runs.append(run)
+            return run
+
+    def add_v1_run(self, task_id: int, job_id: int, task_name: str = "", **kw: object) -> SimRun:
+        with self.lock:
+            kw.setdefault("created", self.clock())
+            kw.setdefault("checkpoints", 0)
+            run = SimRun(task_id=f"v1-{task_id}-{job_id}", v1_task_id=task_id, v1_job_id=job_id,
+                         **kw)  # type: ignore[arg-type]
+            self.v1_runs[(task_id, job_id)] = run
+            self.v1_task_names[task_id] = task_name or f"task_{task_id}"
+            return run
+
+    def remove_job(self, job_id: str) -> None:
+        with self.lock:
+            self.jobs.pop(job_id, None)
+
+    # --- answers ------------------------------------------------------------------------
+
+    def visible_runs(self, job: SimJob, now: float) -> list[SimRun]:
+        return [r for r in job.runs if r.created <= now]
+
+    def v2_task(self, job: SimJob, run: SimRun, now: float) -> dict[str, object]:
+        status = run.status(now)
+        item: dict[str, object] = {
+            "taskId": run.task_id,
+            "jobId": job.job_id,
+            "jobName": job.name,
+            "jobDescription": job.description,
+            "model": job.model,
+            "trainMode": job.train_mode,
+            "parameterScale": job.parameter_scale,
+            "runStatus": run.upstream_status if run.upstream_status is not None
+            else _V2_STATUS[status],
+            "vdlLink": f"https://console.bce.baidu.com/qianfan/visualdl/index?task={run.task_id}",
+        }
+        created_key, finish_key = (
+            ("createDate", "finishDate") if job.date_spelling else ("createTime", "finishTime")
+        )
+        item[created_key] = _iso(run.created)
+        item[finish_key] = _iso(run.ends) if status in ("succeeded", "failed", "stopped") \
+            else V2_UNSET
+        if status == "running":
+            item["runProgress"] = f"{int(run.progress(now))}%"
+        if status == "succeeded":
+            item["metrics"] = run.metrics if run.metrics is not None \
+                else default_metrics(run.task_id)
+        if status != "waiting" and run.checkpoints:
+            item["checkpointList"] = run.checkpoint_list(now)
+        if status == "failed":
+            item["errorCode"] = run.error_code or 500001
+            item["errorMessage"] = run.error_message or "training failed"
+        else:
+            item["errorCode"] = 0
+            item["errorMessage"] = ""
+        return item
+
+    def v1_detail(self, task_id: int, job_id: int, now: float) -> dict[str, object]:
+        run = self.v1_runs[(task_id, job_id)]
+        status = run.status(now)
+        ran = max(0.0, min(now, run.ends) - run.created)
+        trained = max(0.0, min(now, run.ends) - run.started)
+        return {
+            "id": job_id,
+            "description": "",
+            "taskId": task_id,
+            "taskName": self.v1_task_names[task_id],
+            "version": run.version,
+            "jobRunType": 0,
+            "trainType": "ernieBotLite-v201-8k",
+            "trainMode": "SFT",
+            "peftType": "LoRA",
+            "trainStatus": run.upstream_status if run.upstream_status is not None
+            else _V1_STATUS[status],
+            "progress": run.progress(now) if status != "waiting" else 0,
+            "runTime": int(ran),
+            "trainTime": int(trained),
+            "startTime": _beijing(run.created),
+            "finishTime": _beijing(run.ends) if status in ("succeeded", "failed", "stopped")
+            else V1_UNSET,
+            "vdlLink": f"https://console.bce.baidu.com/qianfan/visualdl/index?job={job_id}",
+        }
+
+    def job_listing(self, job: SimJob) -> dict[str, object]:
+        return {
+            "jobId": job.job_id,
+            "name": job.name,
+            "description": job.description,
+            "model": job.model,
+            "trainMode": job.train_mode,
+            "createDate": _iso(job.created),
+        }
+
+
+# --- ready-made worlds -------------------------------------------------------------------
+
+
+def demo_world(clock: Callable[[], float], seed: int = 7, speed: float = 1.0) -> World:
+    """Runs in every state at once, some moving on within minutes, new ones arriving.
+
+    ``speed`` shortens every run's timeline (2.0: everything happens twice as fast).
+    """
+    rng = random.Random(seed)
+    now = clock()
+    world = World(clock)
+    m = 60.0 / speed
+    jobs = [
+        ("job-demo-sft-speed", "客服问答 SFT", "ERNIE-Speed-8K", "SFT", "LoRA", False),
+        ("job-demo-lite-full", "summarize-\"news\"", "ERNIE-Lite-8K", "SFT", "FullFineTuning", True),
+        ("job-demo-dpo", "preference tuning (DPO)", "ERNIE-3.5-8K", "DPO", "LoRA", False),
+        ("job-demo-pretrain", "domain post-pretrain", "ERNIE-Speed-8K", "PostPretrain",
+         "FullFineTuning", True),
+    ]
+    for index, (job_id, name, model, mode, scale, date) in enumerate(jobs):
+        world.add_job(job_id, name, model=model, train_mode=mode, parameter_scale=scale,
+                      created=now - 86400, date_spelling=date, description=f"demo job {index + 1}")
+    # Finished long ago: one of each final state.
+    world.add_run("job-demo-sft-speed", created=now - 7200, wait=120, duration=3000)
+    world.add_run("job-demo-sft-speed", created=now - 5400, wait=60, duration=3000,
+                  outcome="failed", end_fraction=0.42, error_code=500001,
+                  error_message='数据集格式错误: line 12 has no "response" field')
+    world.add_run("job-demo-lite-full", created=now - 6000, wait=60, duration=4000,
+                  outcome="stopped", end_fraction=0.3)
+    # Running now, finishing in a few minutes (one of them will fail).
+    world.add_run("job-demo-sft-speed", created=now - 2 * m, wait=0.5 * m, duration=6 * m)
+    world.add_run("job-demo-lite-full", created=now - 1 * m, wait=0.25 * m, duration=8 * m,
+                  outcome="failed", end_fraction=0.6, error_code=336100,
+                  error_message="internal error: GPU node lost")
+    world.add_run("job-demo-dpo", created=now - 3 * m, wait=m, duration=5 * m, outcome="stopped",
+                  end_fraction=0.8)
+    world.add_run("job-demo-pretrain", created=now - 30 * m, wait=m, duration=60 * m)
+    # Waiting now, starting soon; and runs that do not exist yet.
+    world.add_run("job-demo-dpo", created=now - 10, wait=1.5 * m, duration=5 * m)
+    for k in range(3):
+        world.add_run("job-demo-sft-speed", created=now + (4 + 5 * k) * m,
+                      wait=(0.5 + rng.random()) * m, duration=(4 + 3 * rng.random()) * m,
+                      outcome=rng.choice(["succeeded", "succeeded", "failed", "stopped"]),
+                      end_fraction=0.5, error_code=500001, error_message="loss became NaN")
+    # V1 (frozen API) runs.
+    world.add_v1_run(10250, 6205, "sdk_test_7", created=now - 90000, wait=0, duration=267452,
+                     outcome="stopped", end_fraction=0.0001)
+    world.add_v1_run(10250, 6206, "sdk_test_7", created=now - 1.5 * m, wait=0, duration=7 * m,
+                     version=6)
+    world.add_v1_run(7263, 4612, "ernie-lite-legacy", created=now - 7200, wait=0, duration=3600)
+    return world
+
+
+def fleet_world(
+    clock: Callable[[], float],
+    jobs: int,
+    runs_per_job: int,
+    active_fraction: float = 0.05,
+) -> World:
+    """A large team's account: most runs long finished, a fraction still training."""
+    now = clock()
+    world = World(clock)
+    active = round(jobs * active_fraction)
+    for j in range(jobs):
+        job_id = f"job-fleet{j:05d}"
+        world.add_job(job_id, f"fleet job {j}", created=now - 30 * 86400,
+                      date_spelling=bool(j % 2))
+        for r in range(runs_per_job):
+            created = now - (runs_per_job - r) * 86400
+            run = world.add_run(job_id, f"task-fleet{j:05d}-{r:03d}", created=created, wait=60,
+                                duration=3600, checkpoints=4)
+            if j < active and r == runs_per_job - 1:
+                run.created = now - 600
+                run.outcome = "running"
+            elif r % 10 == 3:
+                run.outcome, run.end_fraction = "failed", 0.5
+                run.error_code, run.error_message = 500001, "bad sample"
+    return world

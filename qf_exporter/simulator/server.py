@@ -1,0 +1,443 @@
+"""The simulated Qianfan HTTP server: V1 and V2 endpoints, a gateway, and faults.
+
+It checks bce-auth-v1 signatures the way the real gateway does (403, empty body,
+``X-Bce-Error-Code``), pages V2 listings, answers with the real error shapes, can
+enforce a per-AK request budget over trailing one-second windows, and has fault
+switches for the tests. It is shipped for ``--demo`` and is the tests' backbone.
+"""
+
+from __future__ import annotations
+
+import calendar
+import json
+import threading
+import time
+import uuid
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from qf_exporter.signing import parse_authorization, sign
+from qf_exporter.simulator.scenario import World
+
+ACTIONS_V2 = ("DescribeFineTuningTasks", "DescribeFineTuningJobs", "DescribeFineTuningTask")
+# How far a request's x-bce-date may be in the future before the gateway refuses it.
+CLOCK_SKEW = 900
+
+FAULT_KINDS = frozenset(
+    {
+        "rate_limit_18",  # V1 shape: HTTP 200 {"error_code": 18}; V2: HTTP 429
+        "http_429",  # HTTP 429 with Retry-After
+        "http_500",
+        "http_503",
+        "code_2",
+        "code_336100",
+        "code_500000",
+        "code_500001",  # bad request: not retryable
+        "code_14",  # IAM certification failed (an app API key used as AK/SK)
+        "auth_403",  # the gateway refuses the signature: 403, empty body
+        "unknown",  # 510202 / 510301
+        "malformed_json",
+        "truncated_json",
+        "empty_200",
+        "result_null",
+        "list_not_list",  # taskList / jobList is not a list
+        "wrong_types",  # a result whose fields have the wrong types
+        "delay",  # answer after ``seconds``
+        "close",  # close the connection without an answer
+    }
+)
+
+
+@dataclass
+class Fault:
+    kind: str
+    action: str | None = None  # only this action (jobDetail, DescribeFineTuningTasks, ...)
+    target: str | None = None  # only this job id, task id or "task/job" V1 pair
+    access_key: str | None = None  # only this account
+    count: int | None = None  # how many requests it hits; None: until cleared
+    seconds: float = 0.0  # for "delay"
+
+    def matches(self, action: str, target: str, access_key: str) -> bool:
+        return (
+            (self.action is None or self.action == action)
+            and (self.target is None or self.target == target)
+            and (self.access_key is None or self.access_key == access_key)
+            and (self.count is None or self.count > 0)
+        )
+
+
+@dataclass
+class Logged:
+    action: str
+    access_key: str
+    target: str
+    arrived: float
+    status: int
+
+
+@dataclass
+class Stats:
+    """What the simulator saw. Tests read it; the lock guards every field."""
+
+    requests: Counter[str] = field(default_factory=Counter)
+    throttled: int = 0
+    auth_failures: int = 0
+    log: deque[Logged] = field(default_factory=lambda: deque(maxlen=100_000))
+
+
+class QianfanSimulator:
+    """A simulated Qianfan on loopback. ``start()``, use ``url``, ``stop()``."""
+
+    def __init__(
+        self,
+        world: World,
+        credentials: dict[str, str],
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        qps: float | None = None,
+        latency: float = 0.0,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.world = world
+        self.credentials = dict(credentials)  # access key -> secret key
+        self.qps = qps  # enforce this budget per access key (None: do not)
+        self.latency = latency
+        self.wall_clock = wall_clock
+        self.stats = Stats()
+        self.faults: list[Fault] = []
+        self._lock = threading.Lock()
+        self._arrivals: dict[str, deque[float]] = {}
+        handler = type("Handler", (_Handler,), {"sim": self})
+        self._server = ThreadingHTTPServer((host, port), handler)
+        self._server.daemon_threads = True
+        self._server.request_queue_size = 128
+        self._thread: threading.Thread | None = None
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> QianfanSimulator:
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="qianfan-simulator", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> QianfanSimulator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- faults and counts ------------------------------------------------------------
+
+    def add_fault(self, kind: str, **kw: Any) -> Fault:
+        if kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault {kind!r}")
+        fault = Fault(kind, **kw)
+        with self._lock:
+            self.faults.append(fault)
+        return fault
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self.faults.clear()
+
+    def request_count(self, action: str | None = None) -> int:
+        with self._lock:
+            if action is None:
+                return sum(self.stats.requests.values())
+            return self.stats.requests[action]
+
+    def logged(self) -> list[Logged]:
+        with self._lock:
+            return list(self.stats.log)
+
+    def _take_fault(self, action: str, target: str, access_key: str) -> Fault | None:
+        with self._lock:
+            for fault in self.faults:
+                if fault.matches(action, target, access_key):
+                    if fault.count is not None:
+                        fault.count -= 1
+                    return fault
+        return None
+
+    def _over_budget(self, access_key: str, arrived: float) -> bool:
+        """True when this arrival makes a trailing one-second window exceed ``qps``."""
+        if self.qps is None:
+            return False
+        with self._lock:
+            window = self._arrivals.setdefault(access_key, deque())
+            while window and window[0] <= arrived - 1.0:
+                window.popleft()
+            window.append(arrived)
+            if len(window) > self.qps:
+                self.stats.throttled += 1
+                return True
+            return False
+
+    def _record(self, action: str, access_key: str, target: str, status: int) -> None:
+        with self._lock:
+            self.stats.requests[action] += 1
+            self.stats.log.append(Logged(action, access_key, target, time.monotonic(), status))
+
+
+class _Handler(BaseHTTPRequestHandler):
+    sim: QianfanSimulator
+    protocol_version = "HTTP/1.1"
+    server_version = "qianfan-simulator"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass  # quiet: the tests and the demo have their own logs
+
+    def do_GET(self) -> None:  # noqa: N802
+        self._send(405, {"requestId": _rid(), "code": "MethodNotAllowed", "message": "use POST"})
+
+    def do_POST(self) -> None:  # noqa: N802
+        arrived = time.monotonic()
+        length = int(self.headers.get("Content-Length") or 0)
+        raw_body = self.rfile.read(length) if length else b""
+        split = urlsplit(self.path)
+        path = unquote(split.path)
+        query = parse_qsl(split.query, keep_blank_values=True)
+        action = dict(query).get("Action", "")
+        v1 = path == "/wenxinworkshop/finetune/jobDetail"
+        if v1:
+            action = "jobDetail"
+        elif path != "/v2/finetuning" or action not in ACTIONS_V2:
+            self._send(404, {"requestId": _rid(), "code": "NotFound", "message": "no such API"})
+            return
+        access_key = self._authenticate(path, query)
+        if access_key is None:
+            self.sim._record(action, "", "", 403)
+            return
+        try:
+            body = json.loads(raw_body or b"{}")
+            if not isinstance(body, dict):
+                raise ValueError
+        except ValueError:
+            self.sim._record(action, access_key, "", 400)
+            self._error(v1, 400, "InappropriateJSON", 500001, "request body is not JSON")
+            return
+        target = _target(action, body)
+        if self.sim.latency:
+            time.sleep(self.sim.latency)
+        if self.sim._over_budget(access_key, arrived):
+            self.sim._record(action, access_key, target, 429)
+            self._error(v1, 429, "RequestLimitExceeded", 18, "Open api qps request limit reached")
+            return
+        fault = self.sim._take_fault(action, target, access_key)
+        if fault is not None and self._fault(fault, v1, action):
+            self.sim._record(action, access_key, target, 599)
+            return
+        status = self._answer(v1, action, body)
+        self.sim._record(action, access_key, target, status)
+
+    # --- the gateway --------------------------------------------------------------------
+
+    def _authenticate(self, path: str, query: list[tuple[str, str]]) -> str | None:
+        header = self.headers.get("Authorization", "")
+        auth = parse_authorization(header)
+        if auth is None:
+            return self._refuse("InvalidHTTPAuthHeader", "the Authorization header is invalid")
+        secret = self.sim.credentials.get(auth.access_key)
+        if secret is None:
+            return self._refuse("IamAccessKeyNotExist", "the access key does not exist")
+        try:
+            signed_at = calendar.timegm(time.strptime(auth.timestamp, "%Y-%m-%dT%H:%M:%SZ"))
+        except ValueError:
+            return self._refuse("InvalidHTTPAuthHeader", "the timestamp is invalid")
+        now = self.sim.wall_clock()
+        if now > signed_at + auth.expiration or signed_at > now + CLOCK_SKEW:
+            return self._refuse("RequestExpired", "the request has expired")
+        if not {"host", "x-bce-date"} <= set(auth.signed_headers):
+            return self._refuse("IamSignatureInvalid", "host and x-bce-date must be signed")
+        if self.headers.get("x-bce-date") != auth.timestamp:
+            return self._refuse("IamSignatureInvalid", "x-bce-date does not match the signature")
+        headers = {name: self.headers.get(name, "") for name in auth.signed_headers}
+        expected = sign(
+            method=self.command,
+            path=path,
+            query=query,
+            headers=headers,
+            access_key=auth.access_key,
+            secret_key=secret,
+            timestamp=signed_at,
+            expiration=auth.expiration,
+            signed_headers=auth.signed_headers,
+        )
+        if expected.authorization != header:
+            return self._refuse("IamSignatureInvalid", "the signature does not match")
+        return auth.access_key
+
+    def _refuse(self, code: str, message: str) -> None:
+        with self.sim._lock:
+            self.sim.stats.auth_failures += 1
+        self.send_response(403)
+        self.send_header("X-Bce-Error-Code", code)
+        self.send_header("X-Bce-Error-Message", message)
+        self.send_header("X-Bce-Request-Id", _rid())
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+        return None
+
+    # --- answers ------------------------------------------------------------------------
+
+    def _answer(self, v1: bool, action: str, body: dict[str, Any]) -> int:
+        world = self.sim.world
+        now = world.clock()
+        with world.lock:
+            if v1:
+                task_id, job_id = body.get("taskId"), body.get("jobId")
+                if not isinstance(task_id, int) or not isinstance(job_id, int):
+                    return self._error(True, 400, "", 500001, "param invalid")
+                if task_id not in world.v1_task_names:
+                    return self._error(True, 400, "", 510202, "task not exist")
+                if (task_id, job_id) not in world.v1_runs:
+                    return self._error(True, 400, "", 510301, "job not exist")
+                if world.v1_runs[(task_id, job_id)].created > now:
+                    return self._error(True, 400, "", 510301, "job not exist")
+                return self._send(
+                    200, {"log_id": _rid(), "result": world.v1_detail(task_id, job_id, now)}
+                )
+            if action == "DescribeFineTuningTask":
+                task_id = body.get("taskId")
+                for job in world.jobs.values():
+                    for run in world.visible_runs(job, now):
+                        if run.task_id == task_id:
+                            return self._ok(world.v2_task(job, run, now))
+                return self._error(False, 400, "510202", 510202, "task not exist")
+            keys, problem = _page_args(body)
+            if problem:
+                return self._error(False, 400, "InvalidParameter", 500001, problem)
+            if action == "DescribeFineTuningTasks":
+                job = world.jobs.get(body.get("jobId"))  # type: ignore[arg-type]
+                if job is None:
+                    return self._error(False, 400, "510301", 510301, "job not exist")
+                items = [(r.task_id, world.v2_task(job, r, now))
+                         for r in world.visible_runs(job, now)]
+                list_key = "taskList"
+            else:
+                items = [(j.job_id, world.job_listing(j)) for j in world.jobs.values()
+                         if j.created <= now]
+                list_key = "jobList"
+        if body.get("pageReverse") is True:
+            items.reverse()
+        ids = [i for i, _ in items]
+        marker = body.get("marker")
+        start = 0
+        if marker:
+            if marker not in ids:
+                return self._error(False, 400, "InvalidParameter", 500001, "marker not found")
+            start = ids.index(marker)
+        page = items[start : start + keys]
+        truncated = start + keys < len(items)
+        info: dict[str, Any] = {"marker": marker or "", "maxKeys": keys, "isTruncated": truncated}
+        if truncated:
+            info["nextMarker"] = ids[start + keys]
+        return self._ok({list_key: [item for _, item in page], "pageInfo": info})
+
+    def _fault(self, fault: Fault, v1: bool, action: str) -> bool:
+        """Answer with a fault. False for a delay (the normal answer follows)."""
+        kind = fault.kind
+        if kind == "delay":
+            time.sleep(fault.seconds)
+            return False
+        if kind == "rate_limit_18":
+            self._error(v1, 429, "RequestLimitExceeded", 18, "Open api qps request limit reached")
+        elif kind == "http_429":
+            self._send(429, {"requestId": _rid(), "code": "RequestLimitExceeded",
+                             "message": "too many requests"}, {"Retry-After": "1"})
+        elif kind in ("http_500", "http_503"):
+            self._send(int(kind[-3:]), {"requestId": _rid(), "code": "InternalError",
+                                        "message": "internal error"})
+        elif kind.startswith("code_"):
+            code = int(kind[5:])
+            status = 400 if code in (500001, 14) else 500
+            self._error(v1, status, "InternalError" if status == 500 else "AccessDenied"
+                        if code == 14 else "InvalidParameter", code, f"simulated error {code}")
+        elif kind == "auth_403":
+            self._refuse("IamSignatureInvalid", "simulated signature failure")
+        elif kind == "unknown":
+            code = 510301 if action in ("DescribeFineTuningTasks", "jobDetail") else 510202
+            self._error(v1, 400, str(code), code, "not exist")
+        elif kind == "malformed_json":
+            self._raw(200, b'{"result": {"taskList": [,]}')
+        elif kind == "truncated_json":
+            self._raw(200, b'{"requestId": "x", "result": {"taskList": [{"taskId": "ta')
+        elif kind == "empty_200":
+            self._raw(200, b"")
+        elif kind == "result_null":
+            self._send(200, {"requestId": _rid(), "log_id": _rid(), "result": None})
+        elif kind == "list_not_list":
+            key = "jobList" if action == "DescribeFineTuningJobs" else "taskList"
+            self._ok({key: {"oops": 1}, "pageInfo": {"isTruncated": False}})
+        elif kind == "wrong_types":
+            if v1:
+                self._send(200, {"log_id": _rid(), "result": ["not", "an", "object"]})
+            else:
+                self._ok({"taskList": ["task-1", 2], "pageInfo": {"isTruncated": False}})
+        elif kind == "close":
+            self.close_connection = True
+            self.connection.shutdown(2)
+        return True
+
+    # --- writing ----------------------------------------------------------------------------
+
+    def _ok(self, result: Any) -> int:
+        return self._send(200, {"requestId": _rid(), "result": result})
+
+    def _error(self, v1: bool, status: int, code: str, number: int, message: str) -> int:
+        if v1:  # the V1 API answers errors with HTTP 200
+            return self._send(200, {"error_code": number, "error_msg": message, "log_id": _rid()})
+        return self._send(status, {"requestId": _rid(), "code": code or str(number),
+                                   "message": message})
+
+    def _send(self, status: int, data: Any, headers: dict[str, str] | None = None) -> int:
+        body = json.dumps(data, ensure_ascii=False).encode()
+        return self._raw(status, body, headers)
+
+    def _raw(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> int:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json;charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+        return status
+
+
+def _rid() -> str:
+    return str(uuid.uuid4())
+
+
+def _target(action: str, body: dict[str, Any]) -> str:
+    if action == "jobDetail":
+        return f"{body.get('taskId')}/{body.get('jobId')}"
+    return str(body.get("jobId") or body.get("taskId") or "")
+
+
+def _page_args(body: dict[str, Any]) -> tuple[int, str]:
+    keys = body.get("maxKeys", 10)
+    if isinstance(keys, bool) or not isinstance(keys, int) or keys < 1:
+        return 0, "maxKeys must be a positive integer"
+    marker = body.get("marker")
+    if marker is not None and not isinstance(marker, str):
+        return 0, "marker must be a string"
+    return min(keys, 100), ""

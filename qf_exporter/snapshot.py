@@ -1,0 +1,77 @@
+"""Immutable snapshots of everything the exporter knows, replaced in one step.
+
+The poller builds a new ``Snapshot`` after each account's poll and swaps it in;
+readers (rendering, the landing page, health metrics) hold a reference to one
+snapshot and never see half of a poll.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+
+from qf_exporter.models import STATUSES, Run
+
+
+@dataclass(frozen=True)
+class TargetState:
+    """One configured (or discovered) target: a V2 job or a V1 task/job pair."""
+
+    api: str
+    name: str
+    up: bool = False
+    runs: tuple[Run, ...] = ()
+    last_attempt: float | None = None  # start of the latest read (wall clock)
+    last_success: float | None = None  # end of the latest good read
+    error: str = ""  # the latest failure, already free of secrets
+    reason: str = ""
+    discovered: bool = False
+
+    @property
+    def active(self) -> bool:
+        """Whether any run may still change (decides the polling interval)."""
+        return not self.runs or any(not run.final for run in self.runs)
+
+
+@dataclass(frozen=True)
+class AccountState:
+    name: str
+    targets: Mapping[tuple[str, str], TargetState] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    up: bool = False
+    polled: bool = False
+    last_success: float | None = None
+    poll_duration: float | None = None
+    discovery_error: str = ""
+    runs: tuple[Run, ...] = ()  # exported runs, after retention and max_runs
+
+    def status_counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(STATUSES, 0)
+        for run in self.runs:
+            counts[run.status] += 1
+        return counts
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    accounts: Mapping[str, AccountState] = field(default_factory=lambda: MappingProxyType({}))
+    generation: int = 0
+
+    def with_account(self, state: AccountState) -> Snapshot:
+        accounts = dict(self.accounts)
+        accounts[state.name] = state
+        return replace(self, accounts=MappingProxyType(accounts), generation=self.generation + 1)
+
+    def without_accounts(self, keep: set[str]) -> Snapshot:
+        accounts = {k: v for k, v in self.accounts.items() if k in keep}
+        return replace(self, accounts=MappingProxyType(accounts), generation=self.generation + 1)
+
+    def runs(self) -> Iterator[Run]:
+        for account in self.accounts.values():
+            yield from account.runs
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.accounts) and all(a.polled for a in self.accounts.values())

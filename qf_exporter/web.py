@@ -1,0 +1,251 @@
+"""The HTTP side: /metrics, /-/healthy, /-/ready, /-/reload and the landing page.
+
+A scrape never calls Qianfan: it serves run metrics already rendered by the
+poller (plain, or as a ready gzip member) after the few health metrics that
+prometheus_client renders on the spot. Two gzip members in a row are one valid
+gzip stream, so the gzip answer costs one small compression per scrape.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import gzip
+import html
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from qf_exporter.models import STATUSES
+from qf_exporter.render import Rendered
+from qf_exporter.snapshot import Snapshot
+from qf_exporter.webconfig import WebConfig
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class ExporterHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 64
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        *,
+        registry: CollectorRegistry,
+        rendered: Callable[[], Rendered],
+        snapshot: Callable[[], Snapshot],
+        ready: threading.Event,
+        telemetry_path: str = "/metrics",
+        web_config: WebConfig | None = None,
+        reload: Callable[[], tuple[bool, str]] | None = None,
+        version: str = "",
+    ) -> None:
+        self.registry = registry
+        self.rendered = rendered
+        self.snapshot = snapshot
+        self.ready = ready
+        self.telemetry_path = telemetry_path
+        self.web_config = web_config or WebConfig()
+        self.reload = reload
+        self.version = version
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, _Handler)
+        if self.web_config.ssl_context is not None:
+            # The handshake happens in the handler's thread (see _Handler.setup), so a
+            # slow or broken client cannot stall the accept loop.
+            self.socket = self.web_config.ssl_context.wrap_socket(
+                self.socket, server_side=True, do_handshake_on_connect=False
+            )
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+    def serve_in_thread(self) -> threading.Thread:
+        thread = threading.Thread(target=self.serve_forever, name="http", daemon=True)
+        thread.start()
+        return thread
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: ExporterHTTPServer
+    protocol_version = "HTTP/1.1"
+    server_version = "qf-exporter"
+    timeout = 30  # an idle or slow client gives up its thread after this long
+
+    def setup(self) -> None:
+        super().setup()
+        do_handshake = getattr(self.request, "do_handshake", None)
+        if do_handshake is not None:
+            try:
+                do_handshake()
+            except (OSError, ValueError) as exc:
+                log.debug("TLS handshake failed", extra={"error": type(exc).__name__})
+                self.close_connection = True
+                raise _Abort from None
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except (_Abort, ConnectionError, TimeoutError):
+            pass
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        log.debug("http request", extra={"client": self.client_address[0],
+                                         "request": format % args})
+
+    # --- routing ------------------------------------------------------------------------
+
+    def do_GET(self) -> None:  # noqa: N802
+        if not self._authorized():
+            return
+        path = self.path.split("?", 1)[0]
+        if path == self.server.telemetry_path:
+            self._metrics()
+        elif path == "/-/healthy":
+            self._text(200, "Healthy\n")
+        elif path == "/-/ready":
+            if self.server.ready.is_set():
+                self._text(200, "Ready\n")
+            else:
+                self._text(503, "Not ready: the first poll has not finished\n")
+        elif path == "/":
+            self._send(200, _landing(self.server).encode(), "text/html; charset=utf-8")
+        else:
+            self._text(404, "Not found\n")
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self.do_GET()
+
+    def do_POST(self) -> None:  # noqa: N802
+        if not self._authorized():
+            return
+        if self.path.split("?", 1)[0] != "/-/reload":
+            self._text(405, "Method not allowed\n")
+            return
+        if self.server.reload is None:
+            self._text(404, "Reloading is not available in this mode\n")
+            return
+        ok, message = self.server.reload()
+        self._text(200 if ok else 500, message + "\n")
+
+    # --- pieces -------------------------------------------------------------------------
+
+    def _authorized(self) -> bool:
+        users = self.server.web_config.users
+        if not users:
+            return True
+        header = self.headers.get("Authorization", "")
+        if header.startswith("Basic "):
+            try:
+                user, _, password = base64.b64decode(header[6:], validate=True).decode().partition(":")
+            except (binascii.Error, UnicodeDecodeError):
+                user, password = "", ""
+            if self.server.web_config.check(user, password):
+                return True
+        body = b"Unauthorized\n"
+        self.send_response(401)
+        self.send_header("WWW-Authenticate", 'Basic realm="qf-exporter", charset="UTF-8"')
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+        return False
+
+    def _metrics(self) -> None:
+        rendered = self.server.rendered()
+        health = generate_latest(self.server.registry)
+        accepts = self.headers.get("Accept-Encoding", "")
+        if "gzip" in accepts.lower():
+            body = gzip.compress(health, compresslevel=1, mtime=0) + rendered.gzipped
+            self._send(200, body, CONTENT_TYPE, {"Content-Encoding": "gzip"})
+        else:
+            self._send(200, health + rendered.text, CONTENT_TYPE)
+
+    def _text(self, status: int, text: str) -> None:
+        self._send(status, text.encode(), "text/plain; charset=utf-8")
+
+    def _send(
+        self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None
+    ) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+
+class _Abort(Exception):
+    pass
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "never"
+    age = max(0, int(time.time() - ts))
+    stamp = datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return f"{stamp} ({age}s ago)"
+
+
+def _landing(server: ExporterHTTPServer) -> str:
+    snapshot = server.snapshot()
+    e = html.escape
+    rows = []
+    for name, state in sorted(snapshot.accounts.items()):
+        counts = state.status_counts()
+        targets_up = sum(1 for t in state.targets.values() if t.up)
+        problems = sorted({t.error for t in state.targets.values() if t.error})
+        if state.discovery_error:
+            problems.insert(0, "discovery: " + state.discovery_error)
+        rows.append(
+            "<tr>"
+            f"<td>{e(name)}</td>"
+            f"<td class={'up' if state.up else 'down'}>{'reachable' if state.up else 'DOWN'}</td>"
+            f"<td>{targets_up}/{len(state.targets)}</td>"
+            + "".join(f"<td>{counts[s]}</td>" for s in STATUSES)
+            + f"<td>{e(_when(state.last_success))}</td>"
+            f"<td>{'<br>'.join(e(p[:300]) for p in problems[:5])}</td>"
+            "</tr>"
+        )
+    if not rows:
+        rows.append(f"<tr><td colspan={len(STATUSES) + 5}>waiting for the first poll…</td></tr>")
+    heads = "".join(f"<th>{s}</th>" for s in STATUSES)
+    path = e(server.telemetry_path)
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>qf-exporter</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; }}
+table {{ border-collapse: collapse; }} th, td {{ border: 1px solid #ccc; padding: .3em .6em; }}
+td.up {{ color: #1a7f37; }} td.down {{ color: #cf222e; font-weight: bold; }}
+</style></head>
+<body>
+<h1>qf-exporter</h1>
+<p>Prometheus exporter for Baidu Qianfan fine-tuning runs, version {e(server.version)}.</p>
+<ul>
+<li><a href="{path}">Metrics</a></li>
+<li><a href="/-/healthy">Health</a></li>
+<li><a href="/-/ready">Readiness</a></li>
+</ul>
+<h2>Accounts</h2>
+<table>
+<tr><th>account</th><th>Qianfan</th><th>targets up</th>{heads}<th>last good poll</th><th>problems</th></tr>
+{''.join(rows)}
+</table>
+</body></html>
+"""

@@ -8,6 +8,8 @@ Secrets are held in ``Secret`` objects whose ``repr`` and ``str`` never show the
 
 from __future__ import annotations
 
+import difflib
+import math
 import os
 import re
 import stat
@@ -15,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -127,13 +130,15 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError("must be a duration like 30s, 5m, 1h or a number of seconds")
     if isinstance(value, int | float):
-        return float(value)
+        return _finite_seconds(float(value))
     if isinstance(value, str):
         text = value.strip()
         try:
-            return float(text)
+            number = float(text)
         except ValueError:
             pass
+        else:
+            return _finite_seconds(number)
         pos, total = 0, 0.0
         for match in _DURATION.finditer(text):
             if match.start() != pos:
@@ -145,22 +150,58 @@ def parse_duration(value: Any) -> float:
     raise ValueError(f"{value!r} is not a duration like 30s, 5m, 1h or a number of seconds")
 
 
+def _finite_seconds(number: float) -> float:
+    if not math.isfinite(number) or number < 0:
+        raise ValueError("must be a duration like 30s, 5m, 1h or a number of seconds >= 0")
+    return number
+
+
 class _Checker:
     """Collects problems while walking the raw YAML."""
 
     def __init__(self, environ: Mapping[str, str]) -> None:
         self.problems: list[str] = []
         self.environ = environ
+        # Paths whose value used an unset ${VAR}: that is their problem, reported once.
+        self.unresolved: set[str] = set()
+        self._flagged: list[str] = []
+        # Credential values seen anywhere; no problem line may show one.
+        self.secrets: set[str] = {
+            v.strip() for k, v in environ.items() if k in (ENV_ACCESS_KEY, ENV_SECRET_KEY)
+        }
+
+    def scrubbed(self) -> list[str]:
+        # Very short values would blank out ordinary words; real keys are 32+ characters.
+        secrets = sorted((s for s in self.secrets if len(s) >= 6), key=len, reverse=True)
+        lines = []
+        for line in self.problems:
+            for secret in secrets:
+                line = line.replace(secret, "<redacted>")
+            lines.append(line)
+        return lines
 
     def problem(self, path: str, message: str) -> None:
+        self._flagged.append(path)
+        element = re.compile(re.escape(path) + r"\[\d+\]")
+        if any(u == path or element.fullmatch(u) for u in self.unresolved):
+            return  # a consequence of the unset environment variable already reported
         self.problems.append(f"{path}: {message}")
+
+    def flagged(self, path: str) -> bool:
+        """Whether ``path`` or anything below it had a problem (or an unset variable)."""
+        return any(
+            p == path or p.startswith((path + ".", path + "["))
+            for p in (*self._flagged, *self.unresolved)
+        )
 
     def expand(self, value: Any, path: str) -> Any:
         """Replace ``${VAR}`` in strings from the environment (recursively)."""
         if isinstance(value, str):
             missing = [m for m in _ENV_REF.findall(value) if m not in self.environ]
-            for name in missing:
-                self.problem(path, f"environment variable {name} is not set")
+            for name in dict.fromkeys(missing):
+                self.problems.append(f"{path}: environment variable {name} is not set")
+            if missing:
+                self.unresolved.add(path)
             return _ENV_REF.sub(lambda m: self.environ.get(m.group(1), ""), value)
         if isinstance(value, list):
             return [self.expand(v, f"{path}[{i}]") for i, v in enumerate(value)]
@@ -176,7 +217,9 @@ class _Checker:
             return {}
         for key in value:
             if key not in allowed:
-                self.problem(_join(path, str(key)), "unknown key")
+                close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                self.problem(_join(path, str(key)), "unknown key" + hint)
         return value
 
     def get(
@@ -211,12 +254,22 @@ def _positive(convert: Callable[[Any], float]) -> Callable[[Any], float]:
 
 
 def _number(value: Any) -> float:
+    # A numeric string is accepted: ``qps: ${QPS}`` gives one.
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise ValueError("must be a number") from None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError("must be a number")
+    if not math.isfinite(value):
+        raise ValueError("must be a finite number")
     return float(value)
 
 
 def _integer(value: Any) -> int:
+    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?[0-9]+\s*", value):
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError("must be an integer")
     return value
@@ -284,6 +337,35 @@ _DISCOVERY_KEYS = {"interval", "include", "exclude", "models", "train_modes", "m
 # --- the loader -----------------------------------------------------------------------
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (YAML keeps the last)."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _value_node in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue  # keys written next to a merge (<<: *base) override it: not duplicates
+        key = loader.construct_object(key_node)  # type: ignore[no-untyped-call]
+        try:
+            duplicate = key in seen
+            seen.add(key)
+        except TypeError:
+            continue  # an unhashable key: construct_mapping reports it
+        if duplicate:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"found duplicate key {key!r}", key_node.start_mark
+            )
+    loader.flatten_mapping(node)
+    return loader.construct_mapping(node)
+
+
+_StrictLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    _construct_mapping,  # type: ignore[arg-type]
+)
+
+
 def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
     """Read and validate a config file. Raises ``ConfigError`` with every problem."""
     try:
@@ -292,26 +374,41 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
         raise ConfigError([f"{path}: cannot read the file: {exc.strerror}"]) from None
     except UnicodeDecodeError:
         raise ConfigError([f"{path}: not UTF-8 text"]) from None
+    config, literal_secrets = _parse(
+        text, environ, source=str(path), base=Path(path).resolve().parent
+    )
     warnings = []
     try:
-        mode = os.stat(path).st_mode
-        if mode & stat.S_IROTH and re.search(r"^\s*secret_key\s*:\s*[^$\s#]", text, re.M):
-            warnings.append(
-                f"{path} holds a secret_key and can be read by every user on this machine: "
-                f"chmod o-r it, or use secret_key_file or {ENV_SECRET_KEY}"
-            )
+        world_readable = bool(os.stat(path).st_mode & stat.S_IROTH)
     except OSError:
-        pass
-    config = parse_config(text, environ, source=str(path))
+        world_readable = False
+    if world_readable and literal_secrets:
+        warnings.append(
+            f"{path} holds a secret_key ({', '.join(literal_secrets)}) and can be read by "
+            f"every user on this machine: chmod o-r it, or use secret_key_file or "
+            f"{ENV_SECRET_KEY}"
+        )
     return Config(config.accounts, config.poll, tuple(warnings) + config.warnings)
 
 
 def parse_config(
-    text: str, environ: Mapping[str, str] | None = None, source: str = "config"
+    text: str,
+    environ: Mapping[str, str] | None = None,
+    source: str = "config",
+    base: str | os.PathLike[str] | None = None,
 ) -> Config:
+    """Validate config text; relative ``secret_key_file`` paths are taken from ``base``
+    (the config file's directory; the working directory when not given)."""
+    return _parse(text, environ, source, Path(base) if base is not None else None)[0]
+
+
+def _parse(
+    text: str, environ: Mapping[str, str] | None, source: str, base: Path | None
+) -> tuple[Config, list[str]]:
+    """The config and the paths of the secret_keys written literally into the text."""
     env = os.environ if environ is None else environ
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
     except yaml.YAMLError as exc:
         where = ""
         mark = getattr(exc, "problem_mark", None)
@@ -319,9 +416,27 @@ def parse_config(
             where = f" at line {mark.line + 1}, column {mark.column + 1}"
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError([f"{source}: invalid YAML{where}: {problem}"]) from None
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError([f"{source}: must be a mapping with accounts (and poll)"])
     c = _Checker(env)
     top = c.mapping(raw, "", _TOP_KEYS)
+    literal_secrets = (
+        [
+            f"accounts[{i}].secret_key"
+            for i, item in enumerate(top.get("accounts") or [])
+            if isinstance(item, dict)
+            and isinstance(item.get("secret_key"), str)
+            and _ENV_REF.sub("", item["secret_key"]).strip()
+        ]
+        if isinstance(top.get("accounts"), list)
+        else []
+    )
     top = c.expand(top, "")
+    for item in top.get("accounts") if isinstance(top.get("accounts"), list) else []:
+        if isinstance(item, dict):
+            for key in ("access_key", "secret_key"):
+                if isinstance(item.get(key), str):
+                    c.secrets.add(item[key].strip())
     poll = _poll(c, c.mapping(top.get("poll"), "poll", _POLL_KEYS))
     accounts_raw = top.get("accounts")
     accounts: list[Account] = []
@@ -331,7 +446,7 @@ def parse_config(
     else:
         names: set[str] = set()
         for i, item in enumerate(accounts_raw):
-            account = _account(c, item, f"accounts[{i}]", env, warnings)
+            account = _account(c, item, f"accounts[{i}]", env, warnings, base)
             if account is None:
                 continue
             if account.name in names:
@@ -339,8 +454,8 @@ def parse_config(
             names.add(account.name)
             accounts.append(account)
     if c.problems:
-        raise ConfigError(c.problems)
-    return Config(tuple(accounts), poll, tuple(warnings))
+        raise ConfigError(c.scrubbed())
+    return Config(tuple(accounts), poll, tuple(warnings)), literal_secrets
 
 
 def _poll(c: _Checker, raw: dict[str, Any]) -> Poll:
@@ -357,27 +472,59 @@ def _poll(c: _Checker, raw: dict[str, Any]) -> Poll:
     if concurrency > 64:
         c.problem("poll.concurrency", "must be at most 64")
     retention = c.get(raw, "poll", "finished_retention", duration, None)
-    if finished < interval:
+    # Compare only values that were given and valid (not a default standing in).
+    given = {
+        key: not c.flagged(f"poll.{key}")
+        for key in ("interval", "finished_interval", "stale_after")
+    }
+    if given["interval"] and given["finished_interval"] and finished < interval:
         c.problem("poll.finished_interval", "must be >= poll.interval")
-    if stale < interval:
+    if given["interval"] and given["stale_after"] and stale < interval:
         c.problem("poll.stale_after", "must be >= poll.interval")
     return Poll(interval, finished, stale, timeout, concurrency, retries, retention)
 
 
+def _endpoint(value: Any) -> str:
+    text = _string(value).strip().rstrip("/")
+    problem = "must be an http:// or https:// URL with a host and no path, query or user"
+    try:
+        url = urlsplit(text)
+        port_ok = url.port is None or url.port > 0
+    except ValueError:
+        raise ValueError(problem) from None
+    if (
+        url.scheme not in ("http", "https")
+        or not url.hostname
+        or not port_ok
+        or url.path
+        or url.query
+        or url.fragment
+        or "@" in url.netloc
+        or any(ch.isspace() for ch in text)
+    ):
+        raise ValueError(problem)
+    return text
+
+
 def _account(
-    c: _Checker, item: Any, path: str, env: Mapping[str, str], warnings: list[str]
+    c: _Checker,
+    item: Any,
+    path: str,
+    env: Mapping[str, str],
+    warnings: list[str],
+    base: Path | None,
 ) -> Account | None:
     raw = c.mapping(item, path, _ACCOUNT_KEYS)
     if not isinstance(item, dict):
         return None
-    name = c.get(raw, path, "name", _string, "")
-    if not name:
-        c.problem(f"{path}.name", "is required")
+    name = c.get(raw, path, "name", _string, None)
+    if name is None:
+        if raw.get("name") is None:
+            c.problem(f"{path}.name", "is required")
+        name = ""
     elif not _ACCOUNT_NAME.match(name):
         c.problem(f"{path}.name", "must be 1-64 characters of letters, digits, _ . : -")
-    endpoint = c.get(raw, path, "endpoint", _string, DEFAULT_ENDPOINT).rstrip("/")
-    if not re.match(r"^https?://[^/\s]+$", endpoint):
-        c.problem(f"{path}.endpoint", "must be an http:// or https:// URL with no path")
+    endpoint = c.get(raw, path, "endpoint", _endpoint, DEFAULT_ENDPOINT)
     qps = c.get(raw, path, "qps", _positive(_number), 5.0)
     jobs = c.get(raw, path, "jobs", _string_list, ())
     for j, job in enumerate(jobs):
@@ -393,9 +540,14 @@ def _account(
         f"{path}.discovery",
     )
     max_runs = c.get(raw, path, "max_runs", _positive(_integer), None)
-    if not jobs and not tasks and not discover:
+    if (
+        not jobs
+        and not tasks
+        and not discover
+        and not any(c.flagged(f"{path}.{key}") for key in ("jobs", "tasks", "discover"))
+    ):
         c.problem(path, "has nothing to poll: give jobs, tasks or discover: true")
-    access_key, secret_key = _credentials(c, raw, path, env, warnings)
+    access_key, secret_key = _credentials(c, raw, path, env, warnings, base)
     if access_key is None or secret_key is None:
         return None
     return Account(
@@ -453,43 +605,78 @@ def _discovery(c: _Checker, raw: dict[str, Any], path: str) -> Discovery:
     )
 
 
+def _credential(
+    c: _Checker, raw: dict[str, Any], path: str, key: str, fallback: str | None, required: str
+) -> str | None:
+    """A key's value from the config, else from the environment; never shown in a problem."""
+    value = raw.get(key)
+    if value is None:
+        value = fallback
+        if value is None or not value.strip():
+            c.problem(f"{path}.{key}", required)
+            return None
+    if not isinstance(value, str):
+        c.problem(f"{path}.{key}", "must be a string (quote it)")
+        return None
+    if not value.strip():
+        c.problem(f"{path}.{key}", "must not be empty")
+        return None
+    return value.strip()
+
+
 def _credentials(
-    c: _Checker, raw: dict[str, Any], path: str, env: Mapping[str, str], warnings: list[str]
+    c: _Checker,
+    raw: dict[str, Any],
+    path: str,
+    env: Mapping[str, str],
+    warnings: list[str],
+    base: Path | None,
 ) -> tuple[Secret | None, Secret | None]:
-    access = raw.get("access_key")
-    if access is None:
-        access = env.get(ENV_ACCESS_KEY)
-    if not isinstance(access, str) or not access.strip():
-        c.problem(f"{path}.access_key", f"is required (or set {ENV_ACCESS_KEY})")
-        access = None
-    secret = raw.get("secret_key")
+    access = _credential(
+        c,
+        raw,
+        path,
+        "access_key",
+        env.get(ENV_ACCESS_KEY),
+        f"is required (or set {ENV_ACCESS_KEY})",
+    )
     secret_file = raw.get("secret_key_file")
-    if secret is not None and secret_file is not None:
+    secret: str | None = None
+    if raw.get("secret_key") is not None and secret_file is not None:
         c.problem(f"{path}.secret_key_file", "give secret_key or secret_key_file, not both")
         return None, None
     if secret_file is not None:
-        if not isinstance(secret_file, str) or not secret_file:
-            c.problem(f"{path}.secret_key_file", "must be a file path")
+        p = f"{path}.secret_key_file"
+        if not isinstance(secret_file, str) or not secret_file.strip():
+            c.problem(p, "must be a file path")
             return None, None
+        file = Path(secret_file)
+        if base is not None and not file.is_absolute():
+            file = base / file
         try:
-            secret = Path(secret_file).read_text(encoding="utf-8").strip()
-            if os.stat(secret_file).st_mode & stat.S_IROTH:
-                warnings.append(
-                    f"{path}.secret_key_file {secret_file} can be read by every user: chmod o-r it"
-                )
+            secret = file.read_text(encoding="utf-8").strip()
+            c.secrets.add(secret)
+            world_readable = bool(file.stat().st_mode & stat.S_IROTH)
         except OSError as exc:
-            c.problem(f"{path}.secret_key_file", f"cannot read {secret_file}: {exc.strerror}")
+            c.problem(p, f"cannot read {file}: {exc.strerror or exc}")
             return None, None
         except UnicodeDecodeError:
-            c.problem(f"{path}.secret_key_file", f"{secret_file} is not UTF-8 text")
+            c.problem(p, f"{file} is not UTF-8 text")
             return None, None
-    if secret is None:
-        secret = env.get(ENV_SECRET_KEY)
-    if not isinstance(secret, str) or not secret.strip():
-        c.problem(
-            f"{path}.secret_key", f"is required (or secret_key_file, or set {ENV_SECRET_KEY})"
+        if not secret:
+            c.problem(p, f"{file} is empty")
+            return None, None
+        if world_readable:
+            warnings.append(f"{p} {file} can be read by every user: chmod o-r it")
+    else:
+        secret = _credential(
+            c,
+            raw,
+            path,
+            "secret_key",
+            env.get(ENV_SECRET_KEY),
+            f"is required (or secret_key_file, or set {ENV_SECRET_KEY})",
         )
-        secret = None
     if access is None or secret is None:
         return None, None
-    return Secret(access.strip()), Secret(secret.strip())
+    return Secret(access), Secret(secret)

@@ -1,0 +1,595 @@
+"""Loading the configuration file: defaults, durations, ${VAR}, credentials, secrecy."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from qf_exporter.config import (
+    DEFAULT_ENDPOINT,
+    ConfigError,
+    Discovery,
+    Poll,
+    Secret,
+    V1Target,
+    load_config,
+    parse_config,
+    parse_duration,
+)
+
+AK = "AKcfg-0123456789abcdef"
+SK = "SKcfg-secret-do-not-print-0123456789"
+CREDS = {"QIANFAN_ACCESS_KEY": AK, "QIANFAN_SECRET_KEY": SK}
+
+
+def parse(text: str, environ: dict[str, str] | None = None, **kw: object):  # type: ignore[no-untyped-def]
+    return parse_config(textwrap.dedent(text), CREDS if environ is None else environ, **kw)  # type: ignore[arg-type]
+
+
+def problems(text: str, environ: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse(text, environ)
+    assert str(info.value) == "\n".join(info.value.problems)
+    return info.value.problems
+
+
+def write(path: Path, text: str, mode: int = 0o600) -> Path:
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    os.chmod(path, mode)
+    return path
+
+
+MINIMAL = """
+accounts:
+  - name: default
+    jobs: [job-abc]
+"""
+
+
+# --- defaults --------------------------------------------------------------------------
+
+
+def test_minimal_config_gets_every_default() -> None:
+    config = parse(MINIMAL)
+    assert config.poll == Poll()
+    assert config.poll.interval == 60
+    assert config.poll.finished_interval == 1800
+    assert config.poll.stale_after == 600
+    assert config.poll.timeout == 10
+    assert config.poll.concurrency == 4
+    assert config.warnings == ()
+    (account,) = config.accounts
+    assert account.name == "default"
+    assert account.endpoint == DEFAULT_ENDPOINT == "https://qianfan.baidubce.com"
+    assert account.qps == 5
+    assert account.jobs == ("job-abc",)
+    assert account.tasks == ()
+    assert account.discover is False
+    assert account.discovery == Discovery()
+    assert account.max_runs is None
+
+
+def test_full_config_from_the_spec() -> None:
+    config = parse(
+        """
+        accounts:
+          - name: default
+            endpoint: http://127.0.0.1:8080/
+            access_key: ${QIANFAN_ACCESS_KEY}
+            secret_key: ${QIANFAN_SECRET_KEY}
+            qps: 2.5
+            jobs: [job-n509xxxq3, job-2]
+            tasks:
+              - {task_id: 10250, job_id: 6205}
+              - {task_id: "7", job_id: 8}
+            discover: true
+            discovery: {interval: 15m, include: ["^prod-"], exclude: [tmp], max_age: 7d}
+          - name: second
+            access_key: other-ak
+            secret_key: other-sk
+            tasks: [{task_id: 1, job_id: 2}]
+        poll:
+          interval: 30s
+          finished_interval: 1h
+          stale_after: 10m
+          timeout: 5
+          concurrency: 8
+        """
+    )
+    first, second = config.accounts
+    assert first.endpoint == "http://127.0.0.1:8080"  # the trailing slash is dropped
+    assert first.access_key.reveal() == AK
+    assert first.secret_key.reveal() == SK
+    assert first.qps == 2.5
+    assert first.jobs == ("job-n509xxxq3", "job-2")
+    assert first.tasks == (V1Target(10250, 6205), V1Target(7, 8))
+    assert first.tasks[0].name == "10250/6205"
+    assert first.discover is True
+    assert first.discovery.interval == 900
+    assert first.discovery.max_age == 7 * 86400
+    assert [p.pattern for p in first.discovery.include] == ["^prod-"]
+    assert second.access_key.reveal() == "other-ak"
+    assert second.secret_key.reveal() == "other-sk"
+    assert config.poll == Poll(30, 3600, 600, 5, 8)
+    assert set(config.secrets()) == {AK, SK, "other-ak", "other-sk"}
+
+
+# --- durations -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("30s", 30),
+        ("5m", 300),
+        ("1h", 3600),
+        ("1h30m", 5400),
+        ("7d", 604800),
+        ("1w", 604800),
+        ("1.5s", 1.5),
+        ("250ms", 0.25),
+        ("1h0m30s", 3630),
+        (" 45s ", 45),
+        ("90", 90),
+        ("2.5", 2.5),
+        (90, 90),
+        (2.5, 2.5),
+        (0, 0),
+    ],
+)
+def test_durations(text: object, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "s",
+        "5 m",
+        "5x",
+        "m5",
+        "1h 30m",
+        "-5s",
+        "-5",
+        "1e400",
+        "nan",
+        "inf",
+        True,
+        None,
+        [5],
+        "5m-",
+    ],
+)
+def test_bad_durations(text: object) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"), [("30s", 30), ("5m", 300), ("1h", 3600), ("1h30m", 5400), (45, 45)]
+)
+def test_durations_in_the_file(value: object, seconds: float) -> None:
+    config = parse(
+        MINIMAL
+        + f"""
+poll:
+  interval: {value}
+  finished_interval: 7d
+  stale_after: 7d
+"""
+    )
+    assert config.poll.interval == seconds
+    assert config.poll.finished_interval == 7 * 86400
+
+
+# --- ${VAR} ----------------------------------------------------------------------------
+
+
+def test_env_substitution_uses_the_given_environment() -> None:
+    env = {"MY_AK": "ak-from-env", "MY_SK": "sk-from-env", "JOB": "job-77", "HOST": "sim:9"}
+    config = parse(
+        """
+        accounts:
+          - name: a
+            endpoint: http://${HOST}
+            access_key: ${MY_AK}
+            secret_key: pre-${MY_SK}-post
+            jobs:
+              - ${JOB}
+        """,
+        env,
+    )
+    (account,) = config.accounts
+    assert account.access_key.reveal() == "ak-from-env"
+    assert account.secret_key.reveal() == "pre-sk-from-env-post"
+    assert account.jobs == ("job-77",)
+    assert account.endpoint == "http://sim:9"
+
+
+def test_env_substitution_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QFX_TEST_AK", "ak-monkeypatched")
+    monkeypatch.setenv("QFX_TEST_SK", "sk-monkeypatched")
+    config = parse_config(
+        "accounts: [{name: a, jobs: [j], access_key: '${QFX_TEST_AK}',"
+        " secret_key: '${QFX_TEST_SK}'}]"
+    )
+    assert config.accounts[0].access_key.reveal() == "ak-monkeypatched"
+    assert config.accounts[0].secret_key.reveal() == "sk-monkeypatched"
+
+
+def test_numbers_may_come_from_the_environment() -> None:
+    config = parse(
+        """
+        accounts:
+          - name: a
+            jobs: [j]
+            qps: ${QPS}
+        poll:
+          interval: ${INTERVAL}
+          concurrency: ${CONC}
+        """,
+        {**CREDS, "QPS": "3", "INTERVAL": "2m", "CONC": "6"},
+    )
+    assert config.accounts[0].qps == 3
+    assert config.poll.interval == 120
+    assert config.poll.concurrency == 6
+
+
+def test_an_unset_variable_is_one_problem_per_value() -> None:
+    found = problems(
+        """
+        accounts:
+          - name: a
+            access_key: ${NOT_SET_AK}
+            secret_key: ${NOT_SET_SK}
+            qps: ${NOT_SET_QPS}
+            jobs:
+              - ${NOT_SET_JOB}
+        """,
+        {},
+    )
+    assert found == [
+        "accounts[0].access_key: environment variable NOT_SET_AK is not set",
+        "accounts[0].secret_key: environment variable NOT_SET_SK is not set",
+        "accounts[0].qps: environment variable NOT_SET_QPS is not set",
+        "accounts[0].jobs[0]: environment variable NOT_SET_JOB is not set",
+    ]
+
+
+def test_an_empty_variable_is_set_but_empty() -> None:
+    found = problems(
+        MINIMAL.replace("jobs:", "access_key: ${AK}\n    jobs:"),
+        {"AK": "", "QIANFAN_SECRET_KEY": SK},
+    )
+    assert found == ["accounts[0].access_key: must not be empty"]
+
+
+# --- credentials -----------------------------------------------------------------------
+
+
+def test_secret_key_file_is_read_and_stripped(tmp_path: Path) -> None:
+    secret_file = write(tmp_path / "sk", f"  {SK}\n\n", 0o600)
+    config = parse(
+        f"""
+        accounts:
+          - name: a
+            access_key: {AK}
+            secret_key_file: {secret_file}
+            jobs: [j]
+        """,
+        {},
+    )
+    assert config.accounts[0].secret_key.reveal() == SK
+    assert config.warnings == ()
+
+
+def test_secret_key_file_relative_to_the_config_file(tmp_path: Path) -> None:
+    (tmp_path / "secrets").mkdir()
+    write(tmp_path / "secrets" / "sk", SK + "\n")
+    config_file = write(
+        tmp_path / "config.yaml",
+        f"accounts: [{{name: a, access_key: {AK}, secret_key_file: secrets/sk, jobs: [j]}}]\n",
+    )
+    config = load_config(config_file, environ={})
+    assert config.accounts[0].secret_key.reveal() == SK
+
+
+def test_secret_key_file_from_env_path(tmp_path: Path) -> None:
+    secret_file = write(tmp_path / "sk", SK)
+    config = parse(
+        "accounts: [{name: a, jobs: [j], secret_key_file: '${SK_FILE}'}]",
+        {"SK_FILE": str(secret_file), "QIANFAN_ACCESS_KEY": AK},
+    )
+    assert config.accounts[0].secret_key.reveal() == SK
+    assert config.accounts[0].access_key.reveal() == AK
+
+
+def test_secret_key_file_problems(tmp_path: Path) -> None:
+    empty = write(tmp_path / "empty", "\n  \n")
+    binary = tmp_path / "binary"
+    binary.write_bytes(b"\xff\xfe\x00bad")
+    missing = tmp_path / "missing"
+    found = problems(
+        f"""
+        accounts:
+          - {{name: a, jobs: [j], secret_key_file: {empty}}}
+          - {{name: b, jobs: [j], secret_key_file: {binary}}}
+          - {{name: c, jobs: [j], secret_key_file: {missing}}}
+          - {{name: d, jobs: [j], secret_key_file: {tmp_path}}}
+          - {{name: e, jobs: [j], secret_key_file: {missing}, secret_key: literal}}
+        """
+    )
+    assert found == [
+        f"accounts[0].secret_key_file: {empty} is empty",
+        f"accounts[1].secret_key_file: {binary} is not UTF-8 text",
+        f"accounts[2].secret_key_file: cannot read {missing}: No such file or directory",
+        f"accounts[3].secret_key_file: cannot read {tmp_path}: Is a directory",
+        "accounts[4].secret_key_file: give secret_key or secret_key_file, not both",
+    ]
+
+
+def test_keys_fall_back_to_the_sdk_environment_variables() -> None:
+    config = parse(MINIMAL, CREDS)
+    assert config.accounts[0].access_key.reveal() == AK
+    assert config.accounts[0].secret_key.reveal() == SK
+    # A key in the file wins over the environment.
+    config = parse(MINIMAL.replace("jobs:", "access_key: file-ak\n    jobs:"), CREDS)
+    assert config.accounts[0].access_key.reveal() == "file-ak"
+    assert config.accounts[0].secret_key.reveal() == SK
+
+
+def test_missing_keys_name_the_environment_variables() -> None:
+    assert problems(MINIMAL, {}) == [
+        "accounts[0].access_key: is required (or set QIANFAN_ACCESS_KEY)",
+        "accounts[0].secret_key: is required (or secret_key_file, or set QIANFAN_SECRET_KEY)",
+    ]
+    assert problems(MINIMAL, {"QIANFAN_ACCESS_KEY": AK}) == [
+        "accounts[0].secret_key: is required (or secret_key_file, or set QIANFAN_SECRET_KEY)",
+    ]
+
+
+def test_a_key_that_is_not_a_string_is_refused() -> None:
+    # An unquoted 0123 would be read as a number by YAML (and mangled).
+    assert problems(MINIMAL.replace("jobs:", "secret_key: 0123\n    jobs:"), CREDS) == [
+        "accounts[0].secret_key: must be a string (quote it)"
+    ]
+
+
+# --- Secret ----------------------------------------------------------------------------
+
+
+def test_secret_never_shows_its_value() -> None:
+    secret = Secret(SK)
+    assert secret.reveal() == SK
+    shown = [
+        repr(secret),
+        str(secret),
+        f"{secret}",
+        f"{secret!r}",
+        f"{secret!s}",
+        "%s" % secret,  # noqa: UP031
+        "%r" % secret,  # noqa: UP031
+        "{}".format(secret),  # noqa: UP032
+        "{!r}".format(secret),  # noqa: UP032
+        f"{[secret]}",
+        f"{secret:}",
+    ]
+    for text in shown:
+        assert SK not in text
+        assert "redacted" in text
+    assert Secret("a") == Secret("a")
+    assert Secret("a") != Secret("b")
+    assert Secret("a") != "a"
+
+
+def test_config_repr_hides_credentials(tmp_path: Path) -> None:
+    secret_file = write(tmp_path / "sk", SK)
+    config = parse(
+        f"accounts: [{{name: a, jobs: [j], access_key: {AK}, secret_key_file: {secret_file}}}]",
+        {},
+    )
+    for text in (repr(config), str(config), f"{config}", repr(config.accounts)):
+        assert SK not in text
+        assert AK not in text
+
+
+def test_config_errors_never_show_credentials(tmp_path: Path) -> None:
+    secret_file = write(tmp_path / "sk", SK)
+    with pytest.raises(ConfigError) as info:
+        parse(
+            f"""
+            accounts:
+              - name: "bad name with {SK}"
+                access_key: {AK}
+                secret_key: {SK}
+                secret_key_file: {secret_file}
+                qps: 0
+              - name: b
+                access_key: {AK}
+                secret_key_file: {secret_file}
+                {SK}: 1
+              - name: c
+                access_key: [{AK}]
+                secret_key: {{nested: {SK}}}
+                jobs: [j]
+            poll: {{interval: {SK}}}
+            """,
+            {},
+        )
+    text = str(info.value) + repr(info.value) + "\n".join(info.value.problems)
+    assert len(info.value.problems) >= 6
+    # Even where a value is quoted or a key named (a bad duration, an unknown key), a
+    # credential that the file holds is replaced.
+    assert "accounts[1].<redacted>: unknown key" in info.value.problems
+    assert AK not in text
+    assert SK not in text
+
+
+# --- file permissions ------------------------------------------------------------------
+
+
+LITERAL = f"""
+accounts:
+  - name: a
+    access_key: {AK}
+    secret_key: {SK}
+    jobs: [j]
+"""
+
+
+def test_world_readable_file_with_a_literal_secret_warns(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path / "c.yaml", LITERAL, 0o644), environ={})
+    assert len(config.warnings) == 1
+    assert "can be read by every user" in config.warnings[0]
+    assert "accounts[0].secret_key" in config.warnings[0]
+    assert SK not in config.warnings[0]
+
+
+def test_private_file_with_a_literal_secret_does_not_warn(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path / "c.yaml", LITERAL, 0o600), environ={})
+    assert config.warnings == ()
+    assert config.accounts[0].secret_key.reveal() == SK
+
+
+def test_group_readable_file_does_not_warn(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path / "c.yaml", LITERAL, 0o640), environ={}).warnings == ()
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "secret_key: ${QIANFAN_SECRET_KEY}",
+        'secret_key: "${QIANFAN_SECRET_KEY}"',
+        "secret_key: ' ${QIANFAN_SECRET_KEY} '",
+        "# secret_key: commented-out-literal",
+    ],
+)
+def test_world_readable_file_without_a_literal_secret_does_not_warn(
+    tmp_path: Path, line: str
+) -> None:
+    text = f"accounts:\n  - name: a\n    {line}\n    access_key: x\n    jobs: [j]\n"
+    config = load_config(write(tmp_path / "c.yaml", text, 0o644), environ=CREDS)
+    assert config.warnings == ()
+    assert config.accounts[0].secret_key.reveal() == SK
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # The secret key as the first key of a list item, and in flow style.
+        f"accounts:\n  - secret_key: {SK}\n    name: a\n    access_key: x\n    jobs: [j]\n",
+        f"accounts: [{{name: a, access_key: x, secret_key: {SK}, jobs: [j]}}]\n",
+        f'accounts:\n  - name: a\n    access_key: x\n    secret_key: "{SK}"\n    jobs: [j]\n',
+    ],
+)
+def test_world_readable_literal_secret_in_any_yaml_style_warns(tmp_path: Path, text: str) -> None:
+    config = load_config(write(tmp_path / "c.yaml", text, 0o604), environ={})
+    assert len(config.warnings) == 1, config.warnings
+
+
+def test_world_readable_secret_key_file_warns(tmp_path: Path) -> None:
+    secret_file = write(tmp_path / "sk", SK, 0o644)
+    config_file = write(
+        tmp_path / "c.yaml",
+        f"accounts: [{{name: a, access_key: x, secret_key_file: {secret_file}, jobs: [j]}}]\n",
+        0o644,  # holds no secret itself: no warning about the config file
+    )
+    config = load_config(config_file, environ={})
+    assert len(config.warnings) == 1
+    assert config.warnings[0].startswith("accounts[0].secret_key_file")
+    assert str(secret_file) in config.warnings[0]
+    assert SK not in config.warnings[0]
+    os.chmod(secret_file, 0o600)
+    assert load_config(config_file, environ={}).warnings == ()
+
+
+# --- many problems at once -------------------------------------------------------------
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    found = problems(
+        """
+        accounts:
+          - name: a
+            qps: 0
+            jobs: [job with space]
+            tasks: [{task_id: -1, job_id: 2}]
+            discover: maybe
+            endpoint: ftp://x
+            colour: blue
+          - name: a
+            jobs: [j]
+        poll:
+          interval: soon
+          concurrency: 0
+          retries: -1
+        """
+    )
+    assert found == [
+        "poll.interval: 'soon' is not a duration like 30s, 5m, 1h or a number of seconds",
+        "poll.concurrency: must be > 0",
+        "poll.retries: must be >= 0",
+        "accounts[0].colour: unknown key",
+        "accounts[0].endpoint: must be an http:// or https:// URL with a host and no path,"
+        " query or user",
+        "accounts[0].qps: must be > 0",
+        "accounts[0].jobs[0]: must be a job id without spaces",
+        "accounts[0].tasks[0].task_id: is required and must be a positive integer",
+        "accounts[0].discover: must be true or false",
+        "accounts[1].name: duplicate account name 'a'",
+    ]
+
+
+def test_a_bad_interval_does_not_invent_comparison_problems() -> None:
+    found = problems(MINIMAL + "poll: {interval: bogus, finished_interval: 30s}\n")
+    assert found == [
+        "poll.interval: 'bogus' is not a duration like 30s, 5m, 1h or a number of seconds"
+    ]
+    found = problems(MINIMAL + "poll: {interval: 5m, finished_interval: 1m, stale_after: 2m}\n")
+    assert found == [
+        "poll.finished_interval: must be >= poll.interval",
+        "poll.stale_after: must be >= poll.interval",
+    ]
+
+
+def test_duplicate_keys_are_refused() -> None:
+    (line,) = problems(MINIMAL + "    qps: 1\n    qps: 2\n")
+    assert line.startswith("config: invalid YAML at line 6")
+    assert "duplicate key 'qps'" in line
+
+
+def test_merge_keys_may_be_overridden() -> None:
+    config = parse(
+        """
+        accounts:
+          - &first
+            name: a
+            qps: 1
+            jobs: [job-a]
+          - <<: *first
+            name: b
+            qps: 2
+        """
+    )
+    assert [(a.name, a.qps, a.jobs) for a in config.accounts] == [
+        ("a", 1, ("job-a",)),
+        ("b", 2, ("job-a",)),
+    ]
+
+
+def test_unknown_key_suggests_the_right_one() -> None:
+    assert problems(MINIMAL + "    secret_key_flie: /x\n") == [
+        "accounts[0].secret_key_flie: unknown key (did you mean secret_key_file?)"
+    ]
+
+
+def test_load_config_names_an_unreadable_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "absent.yaml")
+    assert info.value.problems == [
+        f"{tmp_path / 'absent.yaml'}: cannot read the file: No such file or directory"
+    ]

@@ -88,6 +88,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problems:
         return _fail(problems)
 
+    web_config = None
+    if args.web_config and not args.once:
+        from qf_exporter.webconfig import load_web_config
+
+        try:
+            web_config = load_web_config(args.web_config)
+        except ConfigError as exc:
+            return _fail([f"{args.web_config}: {p}" for p in exc.problems])
+
     simulator = None
     if args.demo:
         from qf_exporter.demo import start_demo
@@ -104,15 +113,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.config_check:
         _describe(config)
         return EXIT_OK
-
-    web_config = None
-    if args.web_config and not args.once:
-        from qf_exporter.webconfig import load_web_config
-
-        try:
-            web_config = load_web_config(args.web_config)
-        except ConfigError as exc:
-            return _fail([f"{args.web_config}: {p}" for p in exc.problems])
 
     from qf_exporter.app import Exporter
 

@@ -14,8 +14,8 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeVar
 from urllib.parse import urlencode, urlsplit
 
 import requests
@@ -36,6 +36,8 @@ V2_FINETUNING = "/v2/finetuning"
 MAX_KEYS = 100  # the most one V2 page holds
 MAX_PAGES = 10_000  # a guard against a server whose markers never end
 SIGNATURE_EXPIRATION = 1800
+
+T = TypeVar("T")
 
 
 class QianfanClient:
@@ -74,10 +76,17 @@ class QianfanClient:
 
     # --- the API calls -----------------------------------------------------------------
 
-    def job_detail(self, task_id: int, job_id: int, deadline: float | None = None) -> Any:
+    def job_detail(
+        self, task_id: int, job_id: int, deadline: float | None = None
+    ) -> Mapping[str, Any]:
         """V1: one run's detail (``result`` object)."""
         return self.call(
-            "jobDetail", V1_JOB_DETAIL, None, {"taskId": task_id, "jobId": job_id}, deadline
+            "jobDetail",
+            V1_JOB_DETAIL,
+            None,
+            {"taskId": task_id, "jobId": job_id},
+            deadline,
+            parse=_v1_detail,
         )
 
     def describe_task(self, task_id: str, deadline: float | None = None) -> Any:
@@ -112,8 +121,14 @@ class QianfanClient:
             request = dict(body, maxKeys=MAX_KEYS)
             if marker:
                 request["marker"] = marker
-            result = self.call(action, V2_FINETUNING, {"Action": action}, request, deadline)
-            page = parse_page(result, list_key)
+            page = self.call(
+                action,
+                V2_FINETUNING,
+                {"Action": action},
+                request,
+                deadline,
+                parse=lambda result: parse_page(result, list_key),
+            )
             yield page
             if not page.truncated:
                 return
@@ -132,12 +147,17 @@ class QianfanClient:
         query: dict[str, str] | None,
         body: dict[str, Any],
         deadline: float | None = None,
-    ) -> Any:
-        """Send one API call, retrying what can be retried; returns its ``result``."""
+        parse: Callable[[Any], T] = lambda result: result,
+    ) -> T:
+        """Send one API call, retrying what can be retried; returns ``parse(result)``.
+
+        ``parse`` checks the answer's shape inside the retry loop, so an answer of the
+        wrong shape is counted as ``invalid_response`` and retried like any other.
+        """
         attempt = 0
         while True:
             try:
-                return self._attempt(action, path, query, body, deadline)
+                return parse(self._attempt(action, path, query, body, deadline))
             except QianfanError as exc:
                 self.metrics.failures.labels(self.account.name, action, exc.reason).inc()
                 if not exc.retryable or attempt >= self.retries or self.stop.is_set():
@@ -266,6 +286,15 @@ class QianfanClient:
             if secret:
                 text = text.replace(secret, "<redacted>")
         return text
+
+
+def _v1_detail(result: Any) -> Mapping[str, Any]:
+    if not isinstance(result, Mapping):
+        raise InvalidResponse("jobDetail: result is not a JSON object")
+    # Every real jobDetail answer names the run's status; one without it is not one.
+    if not any(str(key).lower() == "trainstatus" for key in result):
+        raise InvalidResponse("jobDetail: result has no trainStatus")
+    return result
 
 
 def _text(value: Any) -> str:

@@ -101,17 +101,16 @@ NOT_FOUND_CODES = frozenset({510202, 510301})
 
 def from_error_code(code: int, message: str, request_id: str | None = None) -> QianfanError:
     """Classify a numeric Qianfan error code."""
-    text = f"Qianfan error {code}: {message}"
-    kwargs: dict[str, str | None] = {"code": str(code), "request_id": request_id}
+    kind: type[QianfanError] = ClientError
     if code in RATE_LIMIT_CODES:
-        return RateLimited(text, **kwargs)
-    if code in AUTH_CODES:
-        return AuthError(text, **kwargs)
-    if code in SERVER_CODES:
-        return ServerError(text, **kwargs)
-    if code in NOT_FOUND_CODES:
-        return NotFound(text, **kwargs)
-    return ClientError(text, **kwargs)
+        kind = RateLimited
+    elif code in AUTH_CODES:
+        kind = AuthError
+    elif code in SERVER_CODES:
+        kind = ServerError
+    elif code in NOT_FOUND_CODES:
+        kind = NotFound
+    return kind(f"Qianfan error {code}: {message}", code=str(code), request_id=request_id)
 
 
 def from_http(
@@ -128,14 +127,14 @@ def from_http(
         err.status = status
         err.retry_after = retry_after
         return err
-    kw = {"status": status, "code": code, "request_id": request_id, "retry_after": retry_after}
     lowered = (code or "").lower()
-    if status == 429 or "throttl" in lowered or "ratelimit" in lowered or "limitexceeded" in lowered:
-        return RateLimited(text, **kw)  # type: ignore[arg-type]
-    if status in (401, 403) or "auth" in lowered or lowered == "accessdenied":
-        return AuthError(text, **kw)  # type: ignore[arg-type]
-    if status >= 500:
-        return ServerError(text, **kw)  # type: ignore[arg-type]
-    if status == 404 or "notfound" in lowered or "notexist" in lowered:
-        return NotFound(text, **kw)  # type: ignore[arg-type]
-    return ClientError(text, **kw)  # type: ignore[arg-type]
+    kind: type[QianfanError] = ClientError
+    if status == 429 or any(w in lowered for w in ("throttl", "ratelimit", "limitexceeded")):
+        kind = RateLimited
+    elif status in (401, 403) or "auth" in lowered or lowered == "accessdenied":
+        kind = AuthError
+    elif status >= 500:
+        kind = ServerError
+    elif status == 404 or "notfound" in lowered or "notexist" in lowered:
+        kind = NotFound
+    return kind(text, status=status, code=code, request_id=request_id, retry_after=retry_after)

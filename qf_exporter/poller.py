@@ -269,9 +269,10 @@ class AccountPoller:
         left: dict[str, list[Run]] = {"retention": [], "max_runs": []}
         retention = self.poll.finished_retention
         if retention is not None:
-            kept = []
+            kept: list[Run] = []
             for run in runs:
-                old = run.final and run.finish_time is not None and now - run.finish_time > retention
+                finished = run.finish_time if run.final else None
+                old = finished is not None and now - finished > retention
                 (left["retention"] if old else kept).append(run)
             runs = kept
         cap = self.account.max_runs

@@ -243,10 +243,10 @@ class GenericRunCollector(Collector):
                 families[STATUS.name].add_sample(
                     STATUS.name, dict(base, status=state), 1 if state == run.status else 0
                 )
-            for family in _VALUE_FAMILIES:
-                value = family.value(run)  # type: ignore[misc]
+            for spec in _VALUE_FAMILIES:
+                value = spec.value(run)  # type: ignore[misc]
                 if value is not None:
-                    families[family.name].add_sample(family.name, base, value)
+                    families[spec.name].add_sample(spec.name, base, value)
             for metric, score in run.evaluation:
                 families[EVALUATION.name].add_sample(
                     EVALUATION.name, dict(base, metric=metric), score

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import gzip
 import html
 import logging
@@ -74,7 +75,7 @@ class ExporterHTTPServer(ThreadingHTTPServer):
         return int(self.server_address[1])
 
     def serve_in_thread(self) -> threading.Thread:
-        thread = threading.Thread(target=self.serve_forever, name="http", daemon=True)
+        thread = threading.Thread(target=self.serve_forever, args=(0.05,), name="http", daemon=True)
         thread.start()
         return thread
 
@@ -85,30 +86,27 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "qf-exporter"
     timeout = 30  # an idle or slow client gives up its thread after this long
 
-    def setup(self) -> None:
-        super().setup()
+    def handle(self) -> None:
+        # The TLS handshake runs here, in this connection's own thread, with the
+        # handler's timeout; a failed one is the client's problem, logged at debug.
         do_handshake = getattr(self.request, "do_handshake", None)
         if do_handshake is not None:
             try:
                 do_handshake()
             except (OSError, ValueError) as exc:
-                log.debug("TLS handshake failed", extra={"error": type(exc).__name__})
-                self.close_connection = True
-                raise _Abort from None
-
-    def handle(self) -> None:
-        try:
+                log.debug("TLS handshake failed", extra={"client": self.client_address[0],
+                                                         "error": type(exc).__name__})
+                return
+        with contextlib.suppress(ConnectionError, TimeoutError):
             super().handle()
-        except (_Abort, ConnectionError, TimeoutError):
-            pass
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         log.debug("http request", extra={"client": self.client_address[0],
                                          "request": format % args})
 
     # --- routing ------------------------------------------------------------------------
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         if not self._authorized():
             return
         path = self.path.split("?", 1)[0]
@@ -126,10 +124,10 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._text(404, "Not found\n")
 
-    def do_HEAD(self) -> None:  # noqa: N802
+    def do_HEAD(self) -> None:
         self.do_GET()
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         if not self._authorized():
             return
         if self.path.split("?", 1)[0] != "/-/reload":
@@ -150,7 +148,8 @@ class _Handler(BaseHTTPRequestHandler):
         header = self.headers.get("Authorization", "")
         if header.startswith("Basic "):
             try:
-                user, _, password = base64.b64decode(header[6:], validate=True).decode().partition(":")
+                decoded = base64.b64decode(header[6:], validate=True).decode()
+                user, _, password = decoded.partition(":")
             except (binascii.Error, UnicodeDecodeError):
                 user, password = "", ""
             if self.server.web_config.check(user, password):
@@ -189,10 +188,6 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
-
-
-class _Abort(Exception):
-    pass
 
 
 def _when(ts: float | None) -> str:
@@ -244,7 +239,8 @@ td.up {{ color: #1a7f37; }} td.down {{ color: #cf222e; font-weight: bold; }}
 </ul>
 <h2>Accounts</h2>
 <table>
-<tr><th>account</th><th>Qianfan</th><th>targets up</th>{heads}<th>last good poll</th><th>problems</th></tr>
+<tr><th>account</th><th>Qianfan</th><th>targets up</th>{heads}
+<th>last good poll</th><th>problems</th></tr>
 {''.join(rows)}
 </table>
 </body></html>

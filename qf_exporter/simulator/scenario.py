@@ -272,7 +272,8 @@ def demo_world(clock: Callable[[], float], seed: int = 7, speed: float = 1.0) ->
     m = 60.0 / speed
     jobs = [
         ("job-demo-sft-speed", "客服问答 SFT", "ERNIE-Speed-8K", "SFT", "LoRA", False),
-        ("job-demo-lite-full", "summarize-\"news\"", "ERNIE-Lite-8K", "SFT", "FullFineTuning", True),
+        ("job-demo-lite-full", 'summarize-"news"', "ERNIE-Lite-8K", "SFT", "FullFineTuning",
+         True),
         ("job-demo-dpo", "preference tuning (DPO)", "ERNIE-3.5-8K", "DPO", "LoRA", False),
         ("job-demo-pretrain", "domain post-pretrain", "ERNIE-Speed-8K", "PostPretrain",
          "FullFineTuning", True),

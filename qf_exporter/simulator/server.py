@@ -123,11 +123,12 @@ class QianfanSimulator:
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     def start(self) -> QianfanSimulator:
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="qianfan-simulator", daemon=True
+            target=self._server.serve_forever, args=(0.05,), name="qianfan-simulator",
+            daemon=True
         )
         self._thread.start()
         return self
@@ -202,13 +203,13 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "qianfan-simulator"
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         pass  # quiet: the tests and the demo have their own logs
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self._send(405, {"requestId": _rid(), "code": "MethodNotAllowed", "message": "use POST"})
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         arrived = time.monotonic()
         length = int(self.headers.get("Content-Length") or 0)
         raw_body = self.rfile.read(length) if length else b""
@@ -254,21 +255,27 @@ class _Handler(BaseHTTPRequestHandler):
         header = self.headers.get("Authorization", "")
         auth = parse_authorization(header)
         if auth is None:
-            return self._refuse("InvalidHTTPAuthHeader", "the Authorization header is invalid")
+            self._refuse("InvalidHTTPAuthHeader", "the Authorization header is invalid")
+            return None
         secret = self.sim.credentials.get(auth.access_key)
         if secret is None:
-            return self._refuse("IamAccessKeyNotExist", "the access key does not exist")
+            self._refuse("IamAccessKeyNotExist", "the access key does not exist")
+            return None
         try:
             signed_at = calendar.timegm(time.strptime(auth.timestamp, "%Y-%m-%dT%H:%M:%SZ"))
         except ValueError:
-            return self._refuse("InvalidHTTPAuthHeader", "the timestamp is invalid")
+            self._refuse("InvalidHTTPAuthHeader", "the timestamp is invalid")
+            return None
         now = self.sim.wall_clock()
         if now > signed_at + auth.expiration or signed_at > now + CLOCK_SKEW:
-            return self._refuse("RequestExpired", "the request has expired")
+            self._refuse("RequestExpired", "the request has expired")
+            return None
         if not {"host", "x-bce-date"} <= set(auth.signed_headers):
-            return self._refuse("IamSignatureInvalid", "host and x-bce-date must be signed")
+            self._refuse("IamSignatureInvalid", "host and x-bce-date must be signed")
+            return None
         if self.headers.get("x-bce-date") != auth.timestamp:
-            return self._refuse("IamSignatureInvalid", "x-bce-date does not match the signature")
+            self._refuse("IamSignatureInvalid", "x-bce-date does not match the signature")
+            return None
         headers = {name: self.headers.get(name, "") for name in auth.signed_headers}
         expected = sign(
             method=self.command,
@@ -282,7 +289,8 @@ class _Handler(BaseHTTPRequestHandler):
             signed_headers=auth.signed_headers,
         )
         if expected.authorization != header:
-            return self._refuse("IamSignatureInvalid", "the signature does not match")
+            self._refuse("IamSignatureInvalid", "the signature does not match")
+            return None
         return auth.access_key
 
     def _refuse(self, code: str, message: str) -> None:
@@ -326,11 +334,11 @@ class _Handler(BaseHTTPRequestHandler):
             if problem:
                 return self._error(False, 400, "InvalidParameter", 500001, problem)
             if action == "DescribeFineTuningTasks":
-                job = world.jobs.get(body.get("jobId"))  # type: ignore[arg-type]
-                if job is None:
+                found = world.jobs.get(str(body.get("jobId")))
+                if found is None:
                     return self._error(False, 400, "510301", 510301, "job not exist")
-                items = [(r.task_id, world.v2_task(job, r, now))
-                         for r in world.visible_runs(job, now)]
+                items = [(r.task_id, world.v2_task(found, r, now))
+                         for r in world.visible_runs(found, now)]
                 list_key = "taskList"
             else:
                 items = [(j.job_id, world.job_listing(j)) for j in world.jobs.values()

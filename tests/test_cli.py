@@ -1,0 +1,243 @@
+"""The command line as a user runs it: subprocesses, real signals, real sockets."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from qf_exporter import __version__
+from qf_exporter.simulator import QianfanSimulator, World
+from tests.conftest import ACCESS_KEY, SECRET_KEY, parse_samples, promtool_check_metrics, value
+
+CMD = [sys.executable, "-m", "qf_exporter"]
+
+
+def env(**extra: str) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("QIANFAN_")}
+    base.update(extra)
+    return base
+
+
+@pytest.fixture
+def live_sim() -> Iterator[QianfanSimulator]:
+    """A simulator on real time, for exporters in other processes."""
+    world = World(time.time)
+    now = time.time()
+    world.add_job("job-big", "big job", created=now - 100)
+    for i in range(130):
+        world.add_run("job-big", f"task-{i:03d}", created=now - 5000 + i, wait=0, duration=600)
+    world.add_job("job-live", "live job", created=now - 100)
+    world.add_run("job-live", "task-live", created=now - 50, wait=0, duration=100_000)
+    world.add_v1_run(10250, 6205, "sdk_test_7", created=now - 100, wait=0, duration=1000)
+    with QianfanSimulator(world, {ACCESS_KEY: SECRET_KEY}) as simulator:
+        yield simulator
+
+
+def write_config(tmp_path: Path, sim: QianfanSimulator, extra: str = "") -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        f"""
+accounts:
+  - name: team
+    endpoint: {sim.url}
+    access_key: ${{QIANFAN_ACCESS_KEY}}
+    secret_key_file: {tmp_path / "sk"}
+    qps: 20
+    jobs: [job-big, job-live]
+    tasks:
+      - {{task_id: 10250, job_id: 6205}}
+{extra}
+poll:
+  interval: 30s
+  timeout: 5s
+""",
+        encoding="utf-8",
+    )
+    (tmp_path / "sk").write_text(SECRET_KEY + "\n", encoding="utf-8")
+    (tmp_path / "sk").chmod(0o600)
+    path.chmod(0o600)
+    return path
+
+
+def test_version() -> None:
+    out = subprocess.run([*CMD, "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == f"qf-exporter {__version__}"
+
+
+def test_once_prints_every_metric(tmp_path: Path, live_sim: QianfanSimulator) -> None:
+    config = write_config(tmp_path, live_sim)
+    out = subprocess.run([*CMD, f"--config.file={config}", "--once"], capture_output=True,
+                         env=env(QIANFAN_ACCESS_KEY=ACCESS_KEY), timeout=60)
+    assert out.returncode == 0, out.stderr.decode()
+    samples = parse_samples(out.stdout)
+    assert value(samples, "qianfan_up", account="team") == 1
+    runs = {dict(k)["task_id"] for (n, k) in samples if n == "qianfan_finetune_run_info"}
+    assert len(runs) == 132  # 130 runs over two pages, one live run, one V1 run
+    assert value(samples, "qianfan_finetune_run_status", task_id="task-live",
+                 status="running") == 1
+    assert value(samples, "qianfan_api_requests_total", action="DescribeFineTuningTasks") == 3
+    promtool_check_metrics(out.stdout)
+    for stream in (out.stdout, out.stderr):
+        assert ACCESS_KEY.encode() not in stream and SECRET_KEY.encode() not in stream
+
+
+def test_once_exits_1_when_a_target_is_unreadable(tmp_path: Path,
+                                                  live_sim: QianfanSimulator) -> None:
+    config = write_config(tmp_path, live_sim)
+    text = config.read_text().replace("jobs: [job-big, job-live]", "jobs: [job-live, job-gone]")
+    config.write_text(text)
+    out = subprocess.run([*CMD, f"--config.file={config}", "--once"], capture_output=True,
+                         env=env(QIANFAN_ACCESS_KEY=ACCESS_KEY), timeout=60)
+    assert out.returncode == 1
+    samples = parse_samples(out.stdout)
+    assert value(samples, "qianfan_target_up", target="job-gone") == 0
+    assert value(samples, "qianfan_target_up", target="job-live") == 1
+    assert value(samples, "qianfan_up", account="team") == 0
+
+
+def test_demo_once_has_runs_in_every_final_and_live_status() -> None:
+    out = subprocess.run([*CMD, "--demo", "--once"], capture_output=True, timeout=60)
+    assert out.returncode == 0, out.stderr.decode()
+    samples = parse_samples(out.stdout)
+    statuses = {dict(k)["status"] for (n, k), v in samples.items()
+                if n == "qianfan_finetune_run_status" and v == 1}
+    assert {"waiting", "running", "succeeded", "stopped", "failed"} <= statuses
+    promtool_check_metrics(out.stdout)
+
+
+def test_config_check(tmp_path: Path, live_sim: QianfanSimulator) -> None:
+    config = write_config(tmp_path, live_sim)
+    ok = subprocess.run([*CMD, f"--config.file={config}", "--config.check"],
+                        capture_output=True, text=True, env=env(QIANFAN_ACCESS_KEY=ACCESS_KEY))
+    assert ok.returncode == 0 and "configuration is valid" in ok.stdout
+    bad = subprocess.run([*CMD, f"--config.file={config}", "--config.check"],
+                         capture_output=True, text=True, env=env())
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [
+        "accounts[0].access_key: environment variable QIANFAN_ACCESS_KEY is not set"
+    ]
+    assert "Traceback" not in bad.stderr
+
+
+def test_bad_flags_exit_2() -> None:
+    for args in (["--config.file=x.yaml", "--shard=3", "--total-shards=2"],
+                 ["--demo", "--web.listen-address=nope"], []):
+        out = subprocess.run([*CMD, *args], capture_output=True, text=True, timeout=30)
+        assert out.returncode == 2, args
+        assert "Traceback" not in out.stderr
+
+
+class Running:
+    """An exporter subprocess whose stderr is read in the background (so it never blocks)."""
+
+    def __init__(self, args: list[str], **kw: str) -> None:
+        self.proc = subprocess.Popen([*CMD, "--web.listen-address=127.0.0.1:0", *args],
+                                     stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                     text=True, env=env(**kw))
+        self.lines: list[str] = []
+        self.address: queue.Queue[str] = queue.Queue()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line)
+            match = re.search(r'address"?[=:] ?"?(http://127\.0\.0\.1:\d+)', line)
+            if match:
+                self.address.put(match.group(1))
+        self.address.put("")
+
+    def base(self) -> str:
+        base = self.address.get(timeout=60)
+        assert base, "the exporter did not start listening:\n" + "".join(self.lines)
+        return base
+
+    def stop(self) -> tuple[int, str]:
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=10)
+        self.reader.join(timeout=10)
+        return code, "".join(self.lines)
+
+
+def wait_ready(base: str) -> None:
+    """Readiness flips after the first poll; poll /-/ready until it does (bounded)."""
+    session = requests.Session()
+    for _ in range(600):
+        if session.get(base + "/-/ready", timeout=5).status_code == 200:
+            return
+        time.sleep(0.05)
+    raise AssertionError("never ready")
+
+
+def test_demo_serves_and_sigterm_stops_cleanly() -> None:
+    running = Running(["--demo", "--log.format=json"])
+    base = running.base()
+    try:
+        wait_ready(base)
+        samples = parse_samples(requests.get(base + "/metrics", timeout=5).content)
+        assert value(samples, "qianfan_up", account="demo") == 1
+        assert requests.get(base + "/-/healthy", timeout=5).status_code == 200
+        assert "demo" in requests.get(base + "/", timeout=5).text
+    finally:
+        started = time.monotonic()
+        code, err = running.stop()
+    assert code == 0 and time.monotonic() - started < 10
+    assert "Traceback" not in err
+    for line in err.strip().splitlines():
+        json.loads(line)  # every log line is JSON
+
+
+def test_reload_by_sighup_and_http(tmp_path: Path, live_sim: QianfanSimulator) -> None:
+    config = write_config(tmp_path, live_sim)
+    running = Running([f"--config.file={config}", "--log.level=debug"],
+                      QIANFAN_ACCESS_KEY=ACCESS_KEY)
+    base = running.base()
+    try:
+        wait_ready(base)
+
+        def reload_ok() -> float | None:
+            samples = parse_samples(requests.get(base + "/metrics", timeout=5).content)
+            return value(samples, "qianfan_config_last_reload_successful")
+
+        assert reload_ok() == 1
+        good = config.read_text()
+        config.write_text(good.replace("qps: 20", "qps: 0"))
+        answer = requests.post(base + "/-/reload", timeout=10)
+        assert answer.status_code == 500 and "accounts[0].qps: must be > 0" in answer.text
+        assert reload_ok() == 0
+        # The old configuration keeps running.
+        samples = parse_samples(requests.get(base + "/metrics", timeout=5).content)
+        assert value(samples, "qianfan_target_up", target="job-live") == 1
+
+        config.write_text(good.replace("jobs: [job-big, job-live]", "jobs: [job-live]"))
+        running.proc.send_signal(signal.SIGHUP)
+        for _ in range(200):
+            if reload_ok() == 1:
+                break
+            time.sleep(0.05)
+        assert reload_ok() == 1
+        wait_ready(base)
+        for _ in range(200):
+            samples = parse_samples(requests.get(base + "/metrics", timeout=5).content)
+            if value(samples, "qianfan_target_up", target="job-big") is None:
+                break
+            time.sleep(0.05)
+        assert value(samples, "qianfan_target_up", target="job-big") is None
+    finally:
+        code, err = running.stop()
+    assert code == 0
+    assert "level=debug" in err  # debug logging was on...
+    assert ACCESS_KEY not in err and SECRET_KEY not in err  # ...and still no credentials

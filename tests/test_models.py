@@ -1,0 +1,239 @@
+"""Parsing: every quirk of SPEC §1, starting from the seed pages' own examples."""
+
+from __future__ import annotations
+
+import pytest
+
+from qf_exporter.errors import InvalidResponse
+from qf_exporter.models import (
+    BEIJING,
+    parse_job,
+    parse_page,
+    parse_v1_run,
+    parse_v2_run,
+    percent,
+    timestamp,
+)
+
+# The V1 page's SDK example (a stopped run) and its HTTP example (a finished run, with
+# the doc's own lower-case ``finishtime``).
+V1_SDK_EXAMPLE = {
+    "id": 6205, "description": "", "taskId": 10250, "taskName": "sdk_test_7", "version": 5,
+    "trainType": "ernieBotLite-v201-8k", "trainMode": "SFT", "peftType": "ALL",
+    "trainStatus": "STOP", "progress": 0, "runTime": 267452, "trainTime": 0,
+    "startTime": "2023-10-20 18:19:09", "finishTime": "0000-00-00 00:00:00",
+    "vdlLink": "https://console.bce.baidu.com/qianfan/visualdl/index?xxxx",
+}
+V1_HTTP_EXAMPLE = {
+    "id": 1, "description": "desc", "taskId": 1, "taskName": "test", "version": 1,
+    "jobRunType": 1, "increConfig": {"taskId": 362, "jobId": 1264},
+    "trainType": "ernieBotLite-v200", "trainMode": "SFT", "peftType": "ALL",
+    "trainStatus": "FINISH", "startTime": "2023-05-05 00:00:00",
+    "finishtime": "2023-05-05 01:00:00", "runTime": 3600, "trainTime": 1800, "progress": 99,
+    "vdlLink": "https://console.bce.baidu.com/qianfan/visualdl/index?displayToken=eyJ=",
+}
+# The V2 page's example task.
+V2_EXAMPLE = {
+    "taskId": "task-0tgmn4a7h4i6", "jobId": "job-ftp4icwebtnc", "jobName": "job-name",
+    "jobDescription": "job-description", "model": "ERNIE-Speed-8K", "trainMode": "SFT",
+    "parameterScale": "FullFineTuning", "runStatus": "Done",
+    "metrics": {"BLEU-4": "17.03%", "ROUGE-1": "30.83%", "ROUGE-2": "12.37%",
+                "ROUGE-L": "29.14%"},
+    "createTime": "2024-01-16T09:48:35Z", "finishTime": "2024-01-16T10:48:35Z",
+}
+
+
+def v1(raw: dict[str, object]):  # type: ignore[no-untyped-def]
+    return parse_v1_run(raw, account="a", task_id=10250, job_id=6205, read_at=1_800_000_000)
+
+
+def v2(raw: dict[str, object]):  # type: ignore[no-untyped-def]
+    return parse_v2_run(raw, account="a", job_id="job-ftp4icwebtnc", read_at=1_705_400_000)
+
+
+def test_v1_sdk_example() -> None:
+    run = v1(V1_SDK_EXAMPLE)
+    assert (run.api, run.task_id, run.job_id) == ("v1", "10250", "6205")
+    assert run.status == "stopped" and run.upstream_status == "STOP"
+    assert run.task_name == "sdk_test_7" and run.version == "5"
+    assert run.model == "ernieBotLite-v201-8k" and run.parameter_scale == "ALL"
+    assert run.progress == 0.0
+    assert run.duration == 267452 and run.train_duration == 0
+    # 18:19:09 Beijing time is 10:19:09 UTC.
+    assert run.start_time == 1697797149
+    assert run.finish_time is None  # the sentinel
+    assert run.checkpoints is None  # V1 has no checkpoints: no series
+    assert run.vdl_link.startswith("https://console.bce.baidu.com/")
+
+
+def test_v1_http_example_lower_case_finishtime() -> None:
+    run = parse_v1_run(V1_HTTP_EXAMPLE, account="a", task_id=7263, job_id=4612, read_at=0)
+    # Labelled with the configured pair, not the ids the answer repeats.
+    assert (run.task_id, run.job_id) == ("7263", "4612")
+    assert run.status == "succeeded"
+    assert run.progress == pytest.approx(0.99)
+    assert run.finish_time == run.start_time + 3600  # type: ignore[operator]
+    assert run.start_time == 1683216000  # 2023-05-05 00:00 +08:00
+
+
+def test_v2_seed_example() -> None:
+    run = v2(V2_EXAMPLE)
+    assert run.status == "succeeded" and run.upstream_status == "Done"
+    assert (run.job_name, run.model, run.train_mode, run.parameter_scale) == (
+        "job-name", "ERNIE-Speed-8K", "SFT", "FullFineTuning")
+    assert dict(run.evaluation) == pytest.approx(
+        {"BLEU-4": 0.1703, "ROUGE-1": 0.3083, "ROUGE-2": 0.1237, "ROUGE-L": 0.2914})
+    assert run.start_time == 1705398515 and run.finish_time == 1705402115
+    assert run.duration == 3600
+    assert run.progress is None  # a Done run has no runProgress: no made-up 1.0
+    assert run.checkpoints == 0  # present for every V2 run
+    assert run.checkpoint_step is None and run.training_loss is None
+    assert run.error_code == "" and run.error_message == ""
+    assert run.train_duration is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        ("RUNNING", "running"), ("FINISH", "succeeded"), ("STOP", "stopped"),
+        ("FAIL", "failed"), ("running", "running"), ("", "unknown"), ("PAUSED", "unknown"),
+    ],
+)
+def test_v1_statuses(raw: str, status: str) -> None:
+    run = v1(dict(V1_SDK_EXAMPLE, trainStatus=raw))
+    assert run.status == status and run.upstream_status == raw
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        ("Waiting", "waiting"), ("Running", "running"), ("Done", "succeeded"),
+        ("Stopped", "stopped"), ("Failed", "failed"), ("", "unknown"),
+        ("Preparing", "unknown"), ("DONE", "succeeded"),
+    ],
+)
+def test_v2_statuses(raw: str, status: str) -> None:
+    run = v2(dict(V2_EXAMPLE, runStatus=raw))
+    assert run.status == status and run.upstream_status == raw
+
+
+def test_missing_status_is_unknown() -> None:
+    raw = dict(V2_EXAMPLE)
+    del raw["runStatus"]
+    assert v2(raw).status == "unknown"
+
+
+@pytest.mark.parametrize(
+    ("value", "ratio"),
+    [
+        ("17.03%", 0.1703), ("51%", 0.51), (" 5 % ", 0.05), ("17.03", 0.1703), (51, 0.51),
+        (0, 0.0), ("", None), ("-", None), (None, None), ("n/a", None), ("NaN", None),
+        ("inf%", None), (True, None), ([], None),
+    ],
+)
+def test_percentages(value: object, ratio: float | None) -> None:
+    assert percent(value) == (pytest.approx(ratio) if ratio is not None else None)
+
+
+def test_evaluation_values_that_are_not_numbers_give_no_series() -> None:
+    run = v2(dict(V2_EXAMPLE, metrics={"BLEU-4": "-", "ROUGE-1": "", "ROUGE-2": None,
+                                       "ROUGE-L": "12%"}))
+    assert run.evaluation == (("ROUGE-L", pytest.approx(0.12)),)
+    assert v2(dict(V2_EXAMPLE, metrics="oops")).evaluation == ()
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("2024-01-16T09:48:35Z", 1705398515),
+        ("2024-01-16T17:48:35+08:00", 1705398515),
+        ("2024-01-16 17:48:35", 1705398515),  # no zone: Beijing time
+        ("0000-00-00T00:00:00Z", None),
+        ("0000-00-00 00:00:00", None),
+        ("", None), ("yesterday", None), (None, None), (0, None),
+        (1705398515, 1705398515), (1705398515000, 1705398515),
+    ],
+)
+def test_timestamps(value: object, expected: float | None) -> None:
+    assert timestamp(value, BEIJING) == expected
+
+
+def test_field_names_any_case_and_date_spelling() -> None:
+    raw = {
+        "TASKID": "task-1", "runstatus": "Failed", "CreateDate": "2024-01-16T09:48:35Z",
+        "finishdate": "2024-01-16T09:58:35Z", "ERRORCODE": 500001,
+        "errormessage": "bad data", "CheckPointList": [],
+    }
+    run = v2(raw)
+    assert run.task_id == "task-1" and run.status == "failed"
+    assert run.start_time == 1705398515 and run.finish_time == 1705399115
+    assert run.duration == 600
+    assert (run.error_code, run.error_message) == ("500001", "bad data")
+
+
+def test_running_v2_run() -> None:
+    raw = {
+        "taskId": "task-2", "runStatus": "Running", "runProgress": "51%",
+        "createTime": "2024-01-16T09:48:35Z", "finishTime": "0000-00-00T00:00:00Z",
+        "checkpointList": [
+            {"step": 200, "perplexity": 3.1, "trainingLoss": 1.13},
+            {"step": 100, "perplexity": "4.2", "trainingLoss": "1.43"},
+            {"step": "x", "perplexity": 9, "trainingLoss": 9},
+            "not-an-object",
+        ],
+        "errorCode": 0, "errorMessage": "",
+    }
+    run = v2(raw)
+    assert run.status == "running" and run.progress == pytest.approx(0.51)
+    assert run.finish_time is None
+    assert run.duration == 1_705_400_000 - 1705398515  # poll time minus creation
+    assert run.checkpoints == 3  # the three objects; latest is the highest step
+    assert (run.checkpoint_step, run.training_loss, run.perplexity) == (200, 1.13, 3.1)
+    assert run.error_code == "" and run.error_message == ""
+
+
+def test_unfinished_run_never_has_a_finish_time() -> None:
+    raw = dict(V2_EXAMPLE, runStatus="Running")
+    assert v2(raw).finish_time is None
+    assert v1(dict(V1_HTTP_EXAMPLE, trainStatus="RUNNING")).finish_time is None
+
+
+def test_checkpoint_list_null_or_missing_gives_zero() -> None:
+    assert v2(dict(V2_EXAMPLE, checkpointList=None)).checkpoints == 0
+    assert v2(dict(V2_EXAMPLE, checkpointList="x")).checkpoints == 0
+
+
+def test_error_message_cut_to_200() -> None:
+    run = v2(dict(V2_EXAMPLE, runStatus="Failed", errorCode=1, errorMessage="x" * 500))
+    assert len(run.error_message) == 200
+
+
+def test_wrong_shapes_raise_invalid_response() -> None:
+    with pytest.raises(InvalidResponse):
+        parse_v1_run(["a"], account="a", task_id=1, job_id=1, read_at=0)
+    with pytest.raises(InvalidResponse):
+        parse_page({"taskList": {"a": 1}}, "taskList")
+    with pytest.raises(InvalidResponse):
+        parse_page({"taskList": ["task-1"]}, "taskList")
+    with pytest.raises(InvalidResponse):
+        parse_page(None, "taskList")
+
+
+def test_fields_of_wrong_type_are_absent_not_fatal() -> None:
+    raw = dict(V1_SDK_EXAMPLE, progress="lots", runTime=[1], startTime=5.5e30, taskName={"a": 1})
+    run = v1(raw)
+    assert run.progress is None and run.duration is None and run.task_name == ""
+
+
+def test_page_info() -> None:
+    page = parse_page({"taskList": [{"taskId": "t"}],
+                       "pageInfo": {"isTruncated": True, "nextMarker": "t2"}}, "taskList")
+    assert page.truncated and page.next_marker == "t2" and len(page.items) == 1
+    assert not parse_page({"taskList": []}, "taskList").truncated
+
+
+def test_parse_job() -> None:
+    job = parse_job({"jobId": "job-1", "name": "n", "model": "m", "trainMode": "SFT",
+                     "createDate": "2024-01-16T09:48:35Z"})
+    assert job is not None and job.create_time == 1705398515
+    assert parse_job({"name": "no id"}) is None

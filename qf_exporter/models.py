@@ -135,7 +135,17 @@ class Fields:
 
 
 def cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[:limit]
+    """A label value: at most ``limit`` characters, and always encodable as UTF-8.
+
+    JSON can carry lone surrogates (``"\\ud800"``); they would make the exposition
+    unencodable, so they become U+FFFD like any other undecodable text.
+    """
+    text = text if len(text) <= limit else text[:limit]
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return text
 
 
 def number(value: Any) -> float | None:

@@ -85,6 +85,9 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "qf-exporter"
     timeout = 30  # an idle or slow client gives up its thread after this long
+    # Headers and body go out in separate writes; without this a small answer waits for
+    # the client's delayed ACK (40 ms) on every keep-alive scrape.
+    disable_nagle_algorithm = True
 
     def handle(self) -> None:
         # The TLS handshake runs here, in this connection's own thread, with the
@@ -169,25 +172,33 @@ class _Handler(BaseHTTPRequestHandler):
         health = generate_latest(self.server.registry)
         accepts = self.headers.get("Accept-Encoding", "")
         if "gzip" in accepts.lower():
-            body = gzip.compress(health, compresslevel=1, mtime=0) + rendered.gzipped
-            self._send(200, body, CONTENT_TYPE, {"Content-Encoding": "gzip"})
+            parts = (gzip.compress(health, compresslevel=1, mtime=0), rendered.gzipped)
+            self._send(200, parts, CONTENT_TYPE, {"Content-Encoding": "gzip"})
         else:
-            self._send(200, health + rendered.text, CONTENT_TYPE)
+            # Two writes, not one joined copy: at 10,000 runs the text is ~28 MB, and a
+            # copy per scrape per thread is memory the allocator keeps.
+            self._send(200, (health, rendered.text), CONTENT_TYPE)
 
     def _text(self, status: int, text: str) -> None:
         self._send(status, text.encode(), "text/plain; charset=utf-8")
 
     def _send(
-        self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None
+        self,
+        status: int,
+        body: bytes | tuple[bytes, ...],
+        content_type: str,
+        headers: dict[str, str] | None = None,
     ) -> None:
+        parts = (body,) if isinstance(body, bytes) else body
         self.send_response(status)
         self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Length", str(sum(len(p) for p in parts)))
         for name, value in (headers or {}).items():
             self.send_header(name, value)
         self.end_headers()
         if self.command != "HEAD":
-            self.wfile.write(body)
+            for part in parts:
+                self.wfile.write(part)
 
 
 def _when(ts: float | None) -> str:

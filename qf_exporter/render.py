@@ -16,6 +16,7 @@ from __future__ import annotations
 import gzip
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from operator import attrgetter
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -144,12 +145,6 @@ def escape(value: str) -> str:
     return value
 
 
-def format_value(value: float) -> str:
-    if value.is_integer() and abs(value) < 1e15:
-        return str(int(value))
-    return repr(value)
-
-
 def _help(family: Family) -> str:
     text = family.help.replace("\\", r"\\").replace("\n", r"\n")
     return f"# HELP {family.name} {text}\n# TYPE {family.name} gauge"
@@ -158,51 +153,90 @@ def _help(family: Family) -> str:
 _HEADERS = {f.name: _help(f) for f in FAMILIES}
 
 
+# For each status, the values of the six status series, in STATUSES order.
+_STATUS_FLAGS = {
+    status: tuple("1" if state == status else "0" for state in STATUSES) for status in STATUSES
+}
+
+
+def _labels(run: Run) -> tuple[str, str]:
+    """The run's base label set (``{account=...,task_id="..."``) and its info labels."""
+    labels = (run.account, run.api, run.job_id, run.task_id, run.job_name, run.task_name,
+              run.model, run.train_mode, run.parameter_scale, run.version, run.upstream_status)
+    # Almost no label value needs escaping: check them all at once, escape only then.
+    raw = "".join(labels)
+    if "\\" in raw or '"' in raw or "\n" in raw:
+        labels = tuple(map(escape, labels))
+    account, api, job_id, task_id, job_name, task_name, model, mode, scale, version, up = labels
+    return (
+        f'{{account="{account}",api="{api}",job_id="{job_id}",task_id="{task_id}"',
+        f',job_name="{job_name}",task_name="{task_name}",model="{model}",'
+        f'train_mode="{mode}",parameter_scale="{scale}",version="{version}",'
+        f'upstream_status="{up}"}} 1',
+    )
+
+
 def render_runs(runs: Iterable[Run]) -> bytes:
-    """The run metrics of ``runs`` as exposition text (sorted, so output is stable)."""
-    ordered = sorted(runs, key=lambda r: r.key)
-    lines: dict[str, list[str]] = {f.name: [] for f in FAMILIES}
-    info, status, evaluation = lines[INFO.name], lines[STATUS.name], lines[EVALUATION.name]
-    errors, links = lines[ERROR.name], lines[VDL_LINK.name]
-    value_lines = [(f.value, lines[f.name], f.name) for f in _VALUE_FAMILIES]
-    for run in ordered:
-        base = (
-            f'account="{escape(run.account)}",api="{escape(run.api)}",'
-            f'job_id="{escape(run.job_id)}",task_id="{escape(run.task_id)}"'
-        )
-        info.append(
-            f'{INFO.name}{{{base},job_name="{escape(run.job_name)}",'
-            f'task_name="{escape(run.task_name)}",model="{escape(run.model)}",'
-            f'train_mode="{escape(run.train_mode)}",'
-            f'parameter_scale="{escape(run.parameter_scale)}",'
-            f'version="{escape(run.version)}",'
-            f'upstream_status="{escape(run.upstream_status)}"}} 1'
-        )
-        for state in STATUSES:
-            status.append(
-                f'{STATUS.name}{{{base},status="{state}"}} {1 if state == run.status else 0}'
-            )
-        for getter, out, name in value_lines:
-            value = getter(run)  # type: ignore[misc]
-            if value is not None:
-                out.append(f"{name}{{{base}}} {format_value(value)}")
-        for metric, score in run.evaluation:
-            evaluation.append(
-                f'{EVALUATION.name}{{{base},metric="{escape(metric)}"}} {format_value(score)}'
-            )
-        if run.error_code or run.error_message:
-            errors.append(
-                f'{ERROR.name}{{{base},error_code="{escape(run.error_code)}",'
-                f'error_message="{escape(run.error_message)}"}} 1'
-            )
-        if run.vdl_link:
-            links.append(f'{VDL_LINK.name}{{{base},vdl_link="{escape(run.vdl_link)}"}} 1')
+    """The run metrics of ``runs`` as exposition text (sorted, so output is stable).
+
+    This is the hot path at 10,000 runs (about 200,000 lines): one list comprehension
+    per family over label strings built once per run, the six status lines of a run as
+    one string, values as ``repr`` (shortest round-trip form, what prometheus_client
+    writes too).
+    """
+    ordered = sorted(runs, key=_KEY)
+    pairs = [(run, *_labels(run)) for run in ordered]
+    bases = [(run, base + "} ") for run, base, _ in pairs]
+    w, r, s, st, f, u = (f'status="{state}"}} ' for state in STATUSES)
+    flags = _STATUS_FLAGS
+
+    def values(name: str, attribute: str) -> list[str]:
+        get = attrgetter(attribute)
+        return [f"{name}{base}{v!r}" for run, base in bases if (v := get(run)) is not None]
+
+    lines = {
+        INFO.name: [f"{INFO.name}{base}{info}" for _, base, info in pairs],
+        STATUS.name: [
+            f"{p}{w}{g[0]}\n{p}{r}{g[1]}\n{p}{s}{g[2]}\n{p}{st}{g[3]}\n{p}{f}{g[4]}\n{p}{u}{g[5]}"
+            for run, base, _ in pairs
+            if (p := f"{STATUS.name}{base},", g := flags[run.status])
+        ],
+        PROGRESS.name: values(PROGRESS.name, "progress"),
+        DURATION.name: values(DURATION.name, "duration"),
+        TRAIN_DURATION.name: values(TRAIN_DURATION.name, "train_duration"),
+        START.name: values(START.name, "start_time"),
+        FINISH.name: values(FINISH.name, "finish_time"),
+        EVALUATION.name: [
+            f'{EVALUATION.name}{base},metric="{escape(metric)}"}} {score!r}'
+            for run, base, _ in pairs
+            for metric, score in run.evaluation
+        ],
+        CHECKPOINTS.name: values(CHECKPOINTS.name, "checkpoints"),
+        CHECKPOINT_STEP.name: values(CHECKPOINT_STEP.name, "checkpoint_step"),
+        TRAINING_LOSS.name: values(TRAINING_LOSS.name, "training_loss"),
+        PERPLEXITY.name: values(PERPLEXITY.name, "perplexity"),
+        ERROR.name: [
+            f'{ERROR.name}{base},error_code="{escape(run.error_code)}",'
+            f'error_message="{escape(run.error_message)}"}} 1'
+            for run, base, _ in pairs
+            if run.error_code or run.error_message
+        ],
+        LAST_READ.name: values(LAST_READ.name, "last_read"),
+        VDL_LINK.name: [
+            f'{VDL_LINK.name}{base},vdl_link="{escape(run.vdl_link)}"}} 1'
+            for run, base, _ in pairs
+            if run.vdl_link
+        ],
+    }
     parts: list[str] = []
     for family in FAMILIES:
         parts.append(_HEADERS[family.name])
         parts.extend(lines[family.name])
     parts.append("")
     return "\n".join(parts).encode("utf-8")
+
+
+_KEY = attrgetter("account", "api", "job_id", "task_id")
 
 
 @dataclass(frozen=True)

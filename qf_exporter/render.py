@@ -161,8 +161,10 @@ _STATUS_FLAGS = {
 
 def _labels(run: Run) -> tuple[str, str]:
     """The run's base label set (``{account=...,task_id="..."``) and its info labels."""
-    labels = (run.account, run.api, run.job_id, run.task_id, run.job_name, run.task_name,
-              run.model, run.train_mode, run.parameter_scale, run.version, run.upstream_status)
+    labels: tuple[str, ...] = (
+        run.account, run.api, run.job_id, run.task_id, run.job_name, run.task_name,
+        run.model, run.train_mode, run.parameter_scale, run.version, run.upstream_status,
+    )
     # Almost no label value needs escaping: check them all at once, escape only then.
     raw = "".join(labels)
     if "\\" in raw or '"' in raw or "\n" in raw:

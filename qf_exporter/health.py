@@ -2,7 +2,8 @@
 
 A small collector in the prometheus_client style: ``collect()`` reads one
 snapshot and yields ``qianfan_up`` (always, even before the first poll and on
-failure), ``qianfan_target_up`` and the poll timings, plus build and reload info.
+failure), ``qianfan_target_up``, the poll timings and the number of discovered
+jobs, plus build, reload and shard info.
 """
 
 from __future__ import annotations
@@ -61,6 +62,12 @@ class HealthCollector(Collector):
             "Wall time of the account's latest poll.",
             labels=["account"],
         )
+        discovered = GaugeMetricFamily(
+            "qianfan_discovered_jobs",
+            "Jobs that discovery (discover: true) currently polls for the account: those "
+            "DescribeFineTuningJobs lists that pass the filters and this shard owns.",
+            labels=["account"],
+        )
         for name in self._accounts():
             state = snapshot.accounts.get(name)
             up.add_metric([name], 1 if state is not None and state.up else 0)
@@ -72,7 +79,9 @@ class HealthCollector(Collector):
                 last.add_metric([name], state.last_success)
             if state.poll_duration is not None:
                 duration.add_metric([name], state.poll_duration)
-        yield from (up, target_up, last, duration)
+            if state.discovered_jobs is not None:
+                discovered.add_metric([name], state.discovered_jobs)
+        yield from (up, target_up, last, duration, discovered)
         build = GaugeMetricFamily(
             "qianfan_exporter_build_info",
             "qf-exporter's version (value 1).",

@@ -10,8 +10,19 @@ snapshot in one step:
 * a target whose last read failed is retried every ``interval``, and keeps its
   last-read runs (with ``qianfan_target_up`` 0) until ``stale_after``.
 
-Accounts never share a worker, a client or a budget, so one account's failures
-or throttling never delay another's poll.
+Accounts never share a worker, a client, a budget or a scheduler thread (each
+account's job runs in its own one-thread executor), so one account's failures,
+slowness or throttling never delay another's poll.
+
+Discovery (``discover: true``) lists the account's jobs with
+``DescribeFineTuningJobs`` every ``discovery.interval`` (not every poll), keeps
+those the filters want and this shard owns, and adds them to the configured
+targets. A failed listing keeps the previous list (the account reads as down);
+a discovered job that the API says no longer exists is dropped at once.
+
+Retention and cardinality: runs that finished more than ``finished_retention``
+ago, and runs beyond the account's ``max_runs`` (oldest first), are read but not
+exported; ``qianfan_runs_left_out_total`` counts each such run once.
 """
 
 from __future__ import annotations
@@ -21,7 +32,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 
@@ -31,8 +42,9 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from qf_exporter.client import QianfanClient
 from qf_exporter.config import Account, Config, Poll
-from qf_exporter.errors import InvalidResponse, QianfanError
+from qf_exporter.errors import InvalidResponse, NotFound, QianfanError
 from qf_exporter.models import Job, Run, parse_job, parse_v1_run, parse_v2_run
+from qf_exporter.ratelimit import RateLimiter
 from qf_exporter.render import Rendered, render
 from qf_exporter.snapshot import AccountState, Snapshot, TargetState
 from qf_exporter.telemetry import ApiMetrics
@@ -40,6 +52,8 @@ from qf_exporter.telemetry import ApiMetrics
 log = logging.getLogger(__name__)
 
 TargetKey = tuple[str, str]  # (api, name): ("v2", "job-..."), ("v1", "10250/6205")
+RunKey = tuple[str, str, str, str]  # Run.key: (account, api, job_id, task_id)
+LEFT_OUT_REASONS = ("retention", "max_runs")
 
 
 @dataclass(frozen=True)
@@ -48,6 +62,10 @@ class Shard:
 
     index: int = 0
     total: int = 1
+
+    def __post_init__(self) -> None:
+        if self.total < 1 or not 0 <= self.index < self.total:
+            raise ValueError(f"shard {self.index} of {self.total}: need 0 <= shard < total")
 
     def owns(self, account: str, target: str) -> bool:
         if self.total <= 1:
@@ -74,12 +92,19 @@ class AccountPoller:
         self.metrics = metrics
         self.shard = shard
         self.clock = clock
+        self.stop = stop
+        # How long one read (with its retries and waits for budget) may take: a poll's
+        # interval, or the request timeout when that is longer (the configured timeout
+        # of one request is never cut short).
+        self.read_budget = max(poll.interval, poll.timeout)
         self.client = QianfanClient(
             account,
             metrics=metrics,
             timeout=poll.timeout,
             retries=poll.retries,
             pool_size=poll.concurrency,
+            # A wait for budget ends early when the exporter stops.
+            limiter=RateLimiter(account.qps, wait=stop.wait),
             clock=clock,
             stop=stop,
         )
@@ -87,15 +112,23 @@ class AccountPoller:
             max_workers=poll.concurrency, thread_name_prefix=f"poll-{account.name}"
         )
         self.targets: dict[TargetKey, TargetState] = {}
-        self.discovered: tuple[str, ...] = ()
+        self.discovered: frozenset[str] = frozenset()
         self.last_discovery: float | None = None
         self.discovery_error = ""
-        self.left_out: dict[str, set[tuple[str, str, str, str]]] = {}
+        # Runs counted in qianfan_runs_left_out_total, by target: each run is counted
+        # once, however many polls leave it out and whatever the reason. A run is
+        # forgotten when its target goes away or a good read no longer lists it.
+        self.left_out: dict[TargetKey, set[RunKey]] = {}
         self.last_success: float | None = None
         self.last_duration: float | None = None
+        self._cap_warned = False
         self._lock = threading.Lock()  # one poll of this account at a time
-        for key in self._configured_keys():
+        self._configured = frozenset(self._configured_keys())
+        for key in sorted(self._configured):
             self.targets[key] = TargetState(api=key[0], name=key[1])
+        for reason in LEFT_OUT_REASONS:  # present at 0 from the start, for rate() and alerts
+            metrics.runs_left_out.labels(account.name, reason)
+        self._warn_cap_from_config()
 
     def close(self) -> None:
         self.workers.shutdown(wait=False, cancel_futures=True)
@@ -108,29 +141,52 @@ class AccountPoller:
         keys += [("v1", pair.name) for pair in self.account.tasks]
         return [k for k in keys if self.shard.owns(self.account.name, k[1])]
 
+    def _warn_cap_from_config(self) -> None:
+        cap = self.account.max_runs
+        pairs = sum(1 for api, _ in self._configured if api == "v1")
+        if cap is not None and pairs > cap:
+            self._cap_warned = True
+            log.warning(
+                "the configured V1 pairs alone exceed max_runs: the oldest runs will not be "
+                "exported (see qianfan_runs_left_out_total)",
+                extra={"account": self.account.name, "max_runs": cap, "v1_pairs": pairs},
+            )
+
     def _discover(self, now: float) -> None:
         d = self.account.discovery
-        if self.last_discovery is not None and now - self.last_discovery < d.interval:
+        # The scheduler fires every ``interval`` with some jitter: allow for it.
+        slack = 0.1 * self.poll.interval
+        if self.last_discovery is not None and now - self.last_discovery < d.interval - slack:
             return
         try:
-            raw = self.client.describe_jobs(deadline=now + self.poll.interval)
+            raw = self.client.describe_jobs(deadline=now + self.read_budget)
+            jobs = [job for job in (parse_job(item) for item in raw) if job is not None]
         except QianfanError as exc:
-            self.discovery_error = str(exc)
-            log.warning(
-                "job discovery failed",
-                extra={"account": self.account.name, "reason": exc.reason, "error": str(exc)},
-            )
+            self._discovery_failed(str(exc), exc.reason)
             return
-        jobs = [job for job in (parse_job(item) for item in raw) if job is not None]
-        self.discovered = tuple(
-            sorted(
-                job.job_id
-                for job in jobs
-                if self._wanted(job, now) and self.shard.owns(self.account.name, job.job_id)
-            )
+        except Exception as exc:  # a bug must not stop the configured targets' reads
+            log.exception("unexpected error in job discovery",
+                          extra={"account": self.account.name})
+            self._discovery_failed(str(InvalidResponse(f"unexpected {type(exc).__name__}")),
+                                   "invalid_response")
+            return
+        self.discovered = frozenset(
+            job.job_id
+            for job in jobs
+            if self._wanted(job, now) and self.shard.owns(self.account.name, job.job_id)
         )
         self.last_discovery = now
         self.discovery_error = ""
+        log.debug("jobs discovered", extra={"account": self.account.name,
+                                            "listed": len(jobs), "kept": len(self.discovered)})
+
+    def _discovery_failed(self, error: str, reason: str) -> None:
+        """Keep the previous job list; the account reads as down until a listing works."""
+        self.discovery_error = error
+        log.warning(
+            "job discovery failed, keeping the previous job list",
+            extra={"account": self.account.name, "reason": reason, "error": error},
+        )
 
     def _wanted(self, job: Job, now: float) -> bool:
         d = self.account.discovery
@@ -149,16 +205,15 @@ class AccountPoller:
         )
 
     def _sync_targets(self) -> None:
-        """Add discovered jobs, drop jobs that vanished upstream."""
-        wanted = set(self._configured_keys()) | {("v2", job) for job in self.discovered}
+        """Add discovered jobs, drop jobs that vanished upstream (configured ones stay)."""
+        wanted = self._configured | {("v2", job) for job in self.discovered}
         for key in list(self.targets):
             if key not in wanted:
                 del self.targets[key]
-        for key in sorted(wanted):
-            if key not in self.targets:
-                self.targets[key] = TargetState(
-                    api=key[0], name=key[1], discovered=key[1] in self.discovered
-                )
+        for key in sorted(wanted - self.targets.keys()):
+            self.targets[key] = TargetState(
+                api=key[0], name=key[1], discovered=key not in self._configured
+            )
 
     def due(self, state: TargetState, now: float) -> bool:
         if state.last_attempt is None or not state.up:
@@ -176,25 +231,45 @@ class AccountPoller:
         with self._lock:
             started = time.perf_counter()
             now = self.clock()
-            if self.account.discover:
+            if self.account.discover and not self.stop.is_set():
                 self._discover(now)
             self._sync_targets()
             due = [
                 key for key, state in self.targets.items() if force or self.due(state, now)
             ]
-            futures = {key: self.workers.submit(self._read, key, now) for key in due}
+            futures: dict[TargetKey, Future[tuple[TargetState, bool]]] = {}
+            for key in due:
+                if self.stop.is_set():
+                    break
+                try:
+                    futures[key] = self.workers.submit(self._read, key, now)
+                except RuntimeError:  # the workers were shut down: the exporter is stopping
+                    break
             for key, future in futures.items():
-                self.targets[key] = future.result()
+                try:
+                    state, vanished = future.result()
+                except CancelledError:  # stopping: this read never started
+                    continue
+                if vanished and key not in self._configured:
+                    # A discovered job the API no longer knows: drop it now, not at
+                    # the next listing (which adds it back should it reappear).
+                    log.info("discovered job vanished upstream, dropping it",
+                             extra={"account": self.account.name, "target": key[1]})
+                    del self.targets[key]
+                    self.discovered = self.discovered - {key[1]}
+                    continue
+                self.targets[key] = state
             end = self.clock()
             for key, state in list(self.targets.items()):
                 self.targets[key] = self._expire(state, end)
             up = all(s.up for s in self.targets.values()) and not self.discovery_error
             return self._state(up, end, time.perf_counter() - started, read=bool(due))
 
-    def _read(self, key: TargetKey, started: float) -> TargetState:
+    def _read(self, key: TargetKey, started: float) -> tuple[TargetState, bool]:
+        """The target's new state, and whether the API says it does not exist."""
         api, name = key
         state = self.targets[key]
-        deadline = self.clock() + self.poll.interval
+        deadline = self.clock() + self.read_budget
         try:
             if api == "v1":
                 task_id, job_id = (int(x) for x in name.split("/"))
@@ -225,16 +300,20 @@ class AccountPoller:
                 extra={"account": self.account.name, "api": api, "target": name,
                        "reason": exc.reason, "error": str(exc)},
             )
-            return replace(state, up=False, last_attempt=started, error=str(exc),
-                           reason=exc.reason)
+            failed = replace(state, up=False, last_attempt=started, error=str(exc),
+                             reason=exc.reason)
+            if isinstance(exc, NotFound):
+                # An authoritative answer: the job (or V1 run) is gone, and its runs too.
+                return replace(failed, runs=()), True
+            return failed, False
         except Exception as exc:  # a bug must not kill the poller: report it as a bad answer
             log.exception("unexpected error reading target",
                           extra={"account": self.account.name, "target": name})
             err = InvalidResponse(f"unexpected {type(exc).__name__}")
             return replace(state, up=False, last_attempt=started, error=str(err),
-                           reason=err.reason)
+                           reason=err.reason), False
         return replace(state, up=True, runs=runs, last_attempt=started, last_success=read_at,
-                       error="", reason="")
+                       error="", reason=""), False
 
     def _expire(self, state: TargetState, now: float) -> TargetState:
         if (
@@ -260,33 +339,52 @@ class AccountPoller:
             last_success=self.last_success,
             poll_duration=self.last_duration,
             discovery_error=self.discovery_error,
+            discovered_jobs=len(self.discovered) if self.account.discover else None,
             runs=self._retained(end),
         )
 
     def _retained(self, now: float) -> tuple[Run, ...]:
         """Every run of every target, less what retention and ``max_runs`` leave out."""
-        runs = [run for state in self.targets.values() for run in state.runs]
-        left: dict[str, list[Run]] = {"retention": [], "max_runs": []}
+        runs = [(key, run) for key, state in self.targets.items() for run in state.runs]
+        left: list[tuple[TargetKey, Run, str]] = []
         retention = self.poll.finished_retention
         if retention is not None:
-            kept: list[Run] = []
-            for run in runs:
+            kept = []
+            for key, run in runs:
                 finished = run.finish_time if run.final else None
-                old = finished is not None and now - finished > retention
-                (left["retention"] if old else kept).append(run)
+                if finished is not None and now - finished > retention:
+                    left.append((key, run, "retention"))
+                else:
+                    kept.append((key, run))
             runs = kept
         cap = self.account.max_runs
         if cap is not None and len(runs) > cap:
-            runs.sort(key=lambda r: (r.start_time or 0.0, r.key), reverse=True)
-            left["max_runs"] = runs[cap:]
+            if not self._cap_warned:
+                self._cap_warned = True
+                log.warning(
+                    "more runs than max_runs: the oldest are not exported "
+                    "(see qianfan_runs_left_out_total)",
+                    extra={"account": self.account.name, "max_runs": cap, "runs": len(runs)},
+                )
+            # Newest first by start time; a run without one counts as the oldest.
+            runs.sort(key=lambda kr: (kr[1].start_time or 0.0, kr[1].key), reverse=True)
+            left += [(key, run, "max_runs") for key, run in runs[cap:]]
             runs = runs[:cap]
-        for reason, dropped in left.items():
-            keys = {run.key for run in dropped}
-            new = keys - self.left_out.get(reason, set())
-            if new:
-                self.metrics.runs_left_out.labels(self.account.name, reason).inc(len(new))
-            self.left_out[reason] = keys
-        return tuple(runs)
+        self._count_left_out(left)
+        return tuple(run for _, run in runs)
+
+    def _count_left_out(self, left: list[tuple[TargetKey, Run, str]]) -> None:
+        for key in list(self.left_out):
+            state = self.targets.get(key)
+            if state is None:  # the target went away, and its runs with it
+                del self.left_out[key]
+            elif state.up:  # a good read lists every run the job still has
+                self.left_out[key] &= {run.key for run in state.runs}
+        for key, run, reason in left:
+            counted = self.left_out.setdefault(key, set())
+            if run.key not in counted:
+                counted.add(run.key)
+                self.metrics.runs_left_out.labels(self.account.name, reason).inc()
 
 
 class Poller:
@@ -313,6 +411,9 @@ class Poller:
         self._swap = threading.Lock()
         self.ready = threading.Event()
         self._scheduler: BackgroundScheduler | None = None
+        # account -> (alias, executor) of the scheduler executor that runs its polls
+        self._executors: dict[str, tuple[str, SchedulerPool]] = {}
+        self._executor_serial = 0
         self._build(config)
 
     def _build(self, config: Config) -> None:
@@ -371,7 +472,7 @@ class Poller:
 
     def start(self) -> None:
         scheduler = BackgroundScheduler(
-            executors={"default": SchedulerPool(max_workers=max(2, len(self.accounts) + 1))},
+            executors={"default": SchedulerPool(max_workers=1)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
             timezone="UTC",
         )
@@ -381,21 +482,44 @@ class Poller:
         scheduler.start()
 
     def _schedule(self, name: str) -> None:
+        """(Re)schedule an account's polls, in a scheduler thread of its own.
+
+        A poll that hangs (a server that never answers, a stuck DNS lookup) holds only
+        its own account's thread: every other account keeps its schedule. A replaced
+        account gets a new executor, so a poll of its old settings that is still stuck
+        cannot hold back the new one either.
+        """
         if self._scheduler is None:
             return
+        self._executor_serial += 1
+        alias = f"account:{name}:{self._executor_serial}"
+        executor = SchedulerPool(max_workers=1)
+        self._scheduler.add_executor(executor, alias=alias)
         self._scheduler.add_job(
             self._scheduled_poll,
             IntervalTrigger(seconds=self.config.poll.interval),
             args=[name],
             id=f"poll:{name}",
             name=f"poll {name}",
+            executor=alias,
             next_run_time=_utcnow(),
             replace_existing=True,
         )
+        self._drop_executor(name)
+        self._executors[name] = (alias, executor)
+
+    def _drop_executor(self, name: str) -> None:
+        old = self._executors.pop(name, None)
+        if old is None or self._scheduler is None:
+            return
+        alias, executor = old
+        self._scheduler.remove_executor(alias, shutdown=False)
+        executor.shutdown(wait=False)  # never wait for a poll that may hang
 
     def stop(self) -> None:
+        """Stop polling; returns at once, even while a poll waits for Qianfan."""
         self.stop_event.set()
-        if self._scheduler is not None:
+        if self._scheduler is not None and self._scheduler.running:
             self._scheduler.shutdown(wait=False)
         for poller in self.accounts.values():
             poller.close()
@@ -435,6 +559,9 @@ class Poller:
             for job in self._scheduler.get_jobs():
                 if job.id.removeprefix("poll:") not in self.accounts:
                     job.remove()
+            for name in list(self._executors):
+                if name not in self.accounts:
+                    self._drop_executor(name)
             for name in self.accounts:
                 if name not in keep:
                     self._schedule(name)

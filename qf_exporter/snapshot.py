@@ -26,7 +26,7 @@ class TargetState:
     last_success: float | None = None  # end of the latest good read
     error: str = ""  # the latest failure, already free of secrets
     reason: str = ""
-    discovered: bool = False
+    discovered: bool = False  # found by discovery, not configured
 
     @property
     def active(self) -> bool:
@@ -45,6 +45,7 @@ class AccountState:
     last_success: float | None = None
     poll_duration: float | None = None
     discovery_error: str = ""
+    discovered_jobs: int | None = None  # jobs discovery adds (None: discovery is off)
     runs: tuple[Run, ...] = ()  # exported runs, after retention and max_runs
 
     def status_counts(self) -> dict[str, int]:

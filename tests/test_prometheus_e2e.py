@@ -54,7 +54,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     simulator = QianfanSimulator(world, {ACCESS_KEY: SECRET_KEY}).start()
     # Qianfan answers the first read with a rate limit, and one account cannot read one of
     # its jobs: the health panels have something to show.
-    simulator.add_fault("rate_limit_18", count=1)
+    simulator.add_fault("rate_limit_18", count=1, target="10250/6205")
     main = account(simulator, name="main", jobs=("job-fleet",), tasks=((10250, 6205),))
     broken = account(simulator, name="broken", jobs=("job-fleet", "job-missing"))
     exporter = Exporter(

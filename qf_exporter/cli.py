@@ -140,7 +140,8 @@ def _describe(config: Config) -> None:
         print(
             f"account {account.name}: endpoint {account.endpoint}, qps {account.qps:g}, "
             f"{len(account.jobs)} job(s), {len(account.tasks)} V1 pair(s)"
-            + (", discovery on" if account.discover else "")
+            + (f", discovery every {account.discovery.interval:g}s" if account.discover else "")
+            + (f", at most {account.max_runs} runs" if account.max_runs else "")
         )
     for warning in config.warnings:
         print(f"warning: {warning}")

@@ -540,6 +540,13 @@ def _account(
         f"{path}.discovery",
     )
     max_runs = c.get(raw, path, "max_runs", _positive(_integer), None)
+    if max_runs is not None and max_runs < len(tasks):
+        warnings.append(
+            f"{path}.max_runs: {max_runs} is less than the {len(tasks)} V1 pairs configured: "
+            "the oldest runs will not be exported"
+        )
+    if raw.get("discovery") is not None and not discover:
+        warnings.append(f"{path}.discovery: ignored without discover: true")
     if (
         not jobs
         and not tasks

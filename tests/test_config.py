@@ -593,3 +593,25 @@ def test_load_config_names_an_unreadable_file(tmp_path: Path) -> None:
     assert info.value.problems == [
         f"{tmp_path / 'absent.yaml'}: cannot read the file: No such file or directory"
     ]
+
+
+def test_warnings_for_a_cap_below_the_v1_pairs_and_idle_discovery() -> None:
+    from qf_exporter.config import parse_config
+
+    config = parse_config(
+        """
+accounts:
+  - name: a
+    access_key: ak
+    secret_key: sk
+    max_runs: 1
+    tasks: [{task_id: 1, job_id: 2}, {task_id: 1, job_id: 3}]
+    discovery: {interval: 5m}
+""",
+        environ={},
+    )
+    assert config.warnings == (
+        "accounts[0].max_runs: 1 is less than the 2 V1 pairs configured: "
+        "the oldest runs will not be exported",
+        "accounts[0].discovery: ignored without discover: true",
+    )

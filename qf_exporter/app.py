@@ -46,13 +46,7 @@ class Exporter:
         self.poller = Poller(config, self.metrics, shard=self.shard, clock=clock)
         self.reload_state = ReloadState(successful=True, last_success=time.time())
         self.registry.register(
-            HealthCollector(
-                lambda: self.poller.snapshot,
-                lambda: list(self.poller.accounts),
-                __version__,
-                self.reload_state,
-                (self.shard.index, self.shard.total),
-            )
+            HealthCollector(__version__, self.reload_state, (self.shard.index, self.shard.total))
         )
         if process_metrics:
             extra: tuple[Collector, ...] = (PROCESS_COLLECTOR, PLATFORM_COLLECTOR)
@@ -63,7 +57,8 @@ class Exporter:
         self._reload_lock = threading.Lock()
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry) + self.poller.rendered.text
+        rendered = self.poller.rendered
+        return generate_latest(self.registry) + rendered.health + rendered.text
 
     def serve(
         self, host: str, port: int, telemetry_path: str, web_config: WebConfig | None

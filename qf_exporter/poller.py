@@ -45,7 +45,7 @@ from qf_exporter.config import Account, Config, Poll
 from qf_exporter.errors import InvalidResponse, NotFound, QianfanError
 from qf_exporter.models import Job, Run, parse_job, parse_v1_run, parse_v2_run
 from qf_exporter.ratelimit import RateLimiter
-from qf_exporter.render import Rendered, render
+from qf_exporter.render import Rendered, render, render_health
 from qf_exporter.snapshot import AccountState, Snapshot, TargetState
 from qf_exporter.telemetry import ApiMetrics
 
@@ -407,7 +407,6 @@ class Poller:
         self.config = config
         self.accounts: dict[str, AccountPoller] = {}
         self._snapshot = Snapshot()
-        self._rendered = render((), 0)
         self._swap = threading.Lock()
         self.ready = threading.Event()
         self._scheduler: BackgroundScheduler | None = None
@@ -415,6 +414,14 @@ class Poller:
         self._executors: dict[str, tuple[str, SchedulerPool]] = {}
         self._executor_serial = 0
         self._build(config)
+        self._rendered = self._render(runs_changed=True)
+
+    def _render(self, runs_changed: bool) -> Rendered:
+        """Render the current snapshot; the run text only when the runs changed."""
+        snapshot = self._snapshot
+        health = render_health(snapshot, list(self.accounts))
+        previous = None if runs_changed else self._rendered
+        return render(snapshot.runs(), snapshot.generation, health, previous)
 
     def _build(self, config: Config) -> None:
         for account in config.accounts:
@@ -445,8 +452,7 @@ class Poller:
             if previous == state:
                 return state
             self._snapshot = self._snapshot.with_account(state)
-            if previous is None or previous.runs != state.runs:
-                self._rendered = render(self._snapshot.runs(), self._snapshot.generation)
+            self._rendered = self._render(previous is None or previous.runs != state.runs)
             snapshot = self._snapshot
         if snapshot.ready:
             self.ready.set()
@@ -554,7 +560,7 @@ class Poller:
                     if name not in self.accounts:
                         self.metrics.forget_account(name)
             self._snapshot = self._snapshot.without_accounts(set(keep))
-            self._rendered = render(self._snapshot.runs(), self._snapshot.generation)
+            self._rendered = self._render(runs_changed=True)
         if self._scheduler is not None:
             for job in self._scheduler.get_jobs():
                 if job.id.removeprefix("poll:") not in self.accounts:

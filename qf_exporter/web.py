@@ -172,12 +172,16 @@ class _Handler(BaseHTTPRequestHandler):
         health = generate_latest(self.server.registry)
         accepts = self.headers.get("Accept-Encoding", "")
         if "gzip" in accepts.lower():
-            parts = (gzip.compress(health, compresslevel=1, mtime=0), rendered.gzipped)
+            parts = (
+                gzip.compress(health, compresslevel=1, mtime=0),
+                rendered.health_gzipped,
+                rendered.gzipped,
+            )
             self._send(200, parts, CONTENT_TYPE, {"Content-Encoding": "gzip"})
         else:
             # Two writes, not one joined copy: at 10,000 runs the text is ~28 MB, and a
             # copy per scrape per thread is memory the allocator keeps.
-            self._send(200, (health, rendered.text), CONTENT_TYPE)
+            self._send(200, (health, rendered.health, rendered.text), CONTENT_TYPE)
 
     def _text(self, status: int, text: str) -> None:
         self._send(status, text.encode(), "text/plain; charset=utf-8")

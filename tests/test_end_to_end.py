@@ -324,9 +324,13 @@ def test_unchanged_snapshot_is_not_rendered_again(
     first = exporter.poller.rendered
     clock.advance(60)
     exporter.poller.poll_all(force=False)  # nothing due: the job is final
-    assert exporter.poller.rendered is first
+    # The run text is reused as it is; only the small health part (poll time) is new.
+    assert exporter.poller.rendered.text is first.text
+    assert exporter.poller.rendered.gzipped is first.gzipped
+    samples = parse_samples(exporter.exposition())
+    assert value(samples, "qianfan_last_successful_poll_timestamp_seconds") == clock()
     clock.advance(1800)
     exporter.poller.poll_all(force=False)
-    assert exporter.poller.rendered is not first
+    assert exporter.poller.rendered.text is not first.text
 
 

@@ -9,6 +9,7 @@ failures are retried with capped exponential backoff and jitter, honouring
 
 from __future__ import annotations
 
+import email.utils
 import json
 import logging
 import random
@@ -20,6 +21,7 @@ from urllib.parse import urlencode, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import ReadTimeoutError
 
 from qf_exporter import errors
 from qf_exporter.config import Account
@@ -70,9 +72,32 @@ class QianfanClient:
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=max(pool_size, 1), max_retries=0)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
+        self._closed = False
+
+    def drop_connections(self) -> None:
+        """Close the pooled (idle) connections now; the next call opens a new one.
+
+        ``Session.close()`` alone does not: urllib3 2 forgets its pools without closing
+        them, and a pool that an exception's traceback holds in a reference cycle (as
+        after a timeout or a dropped connection) keeps its sockets open until the
+        garbage collector happens to run.
+        """
+        for adapter in self._session.adapters.values():
+            pools = getattr(getattr(adapter, "poolmanager", None), "pools", None)
+            if pools is not None:
+                # (urllib3's container refuses plain iteration; keys() is a copy)
+                for key in pools.keys():  # noqa: SIM118
+                    pool = pools.get(key)
+                    if pool is not None:
+                        pool.close()
+        self._session.close()
 
     def close(self) -> None:
-        self._session.close()
+        """Close every pooled connection for good. A call still under way fails, or
+        closes its connection when it ends, rather than leave one in a dead pool.
+        """
+        self._closed = True
+        self.drop_connections()
 
     # --- the API calls -----------------------------------------------------------------
 
@@ -160,7 +185,10 @@ class QianfanClient:
                 return parse(self._attempt(action, path, query, body, deadline))
             except QianfanError as exc:
                 self.metrics.failures.labels(self.account.name, action, exc.reason).inc()
-                if not exc.retryable or attempt >= self.retries or self.stop.is_set():
+                if isinstance(exc, errors.RateLimited):
+                    self.limiter.widen()
+                if (not exc.retryable or attempt >= self.retries or self.stop.is_set()
+                        or self._closed):
                     raise
                 delay = min(self.backoff_cap, self.backoff_base * 2**attempt)
                 delay = delay / 2 + random.uniform(0, delay / 2)  # jitter spreads out retries
@@ -188,8 +216,16 @@ class QianfanClient:
         monotonic_deadline = None
         if deadline is not None:
             monotonic_deadline = time.monotonic() + (deadline - self.clock())
+        if self._closed:
+            raise errors.ConnectionFailed(f"{action}: the client was closed")
         if not self.limiter.acquire(monotonic_deadline):
-            raise errors.Timeout(f"{action}: no request budget left before the poll deadline")
+            if self.stop.is_set():
+                raise errors.ConnectionFailed(f"{action}: the exporter is stopping")
+            # The limiter's next free slot is past the deadline, and waiting only
+            # moves it later: retrying cannot help.
+            err = errors.Timeout(f"{action}: no request budget left before the poll deadline")
+            err.retryable = False
+            raise err
         payload = json.dumps(body, separators=(",", ":")).encode()
         query_items = list((query or {}).items())
         url = self.account.endpoint + path
@@ -217,13 +253,20 @@ class QianfanClient:
         self.metrics.requests.labels(self.account.name, action).inc()
         started = time.perf_counter()
         try:
-            response = self._session.post(url, data=payload, headers=headers, timeout=timeout)
+            # Redirects are not followed: a signed call has one right address, and
+            # requests would resend a redirected POST as a GET.
+            response = self._session.post(url, data=payload, headers=headers, timeout=timeout,
+                                          allow_redirects=False)
             content = response.content
         except requests.Timeout:
             raise errors.Timeout(f"{action}: no answer within {timeout:g}s") from None
-        except requests.exceptions.ChunkedEncodingError:
-            raise InvalidResponse(f"{action}: the answer was cut off") from None
+        except (requests.exceptions.ChunkedEncodingError,
+                requests.exceptions.ContentDecodingError):
+            raise InvalidResponse(f"{action}: the answer was cut off or garbled") from None
         except requests.RequestException as exc:
+            # A read timeout while the body is read surfaces as a ConnectionError.
+            if any(isinstance(arg, ReadTimeoutError) for arg in exc.args):
+                raise errors.Timeout(f"{action}: no answer within {timeout:g}s") from None
             raise errors.ConnectionFailed(
                 f"{action}: cannot reach {self._host}: {type(exc).__name__}"
             ) from None
@@ -231,6 +274,8 @@ class QianfanClient:
             self.metrics.duration.labels(self.account.name, action).observe(
                 time.perf_counter() - started
             )
+            if self._closed:  # closed meanwhile: do not leave this connection pooled
+                self.drop_connections()
         return self._result(action, response, content)
 
     def _result(self, action: str, response: requests.Response, content: bytes) -> Any:
@@ -254,7 +299,7 @@ class QianfanClient:
                 code,
                 self._scrub(f"{action}: {message}" if message else action),
                 request_id,
-                _retry_after(response.headers.get("Retry-After")),
+                _retry_after(response.headers.get("Retry-After"), self.clock()),
             )
         if data is None:
             what = "an empty answer" if not content.strip() else "an answer that is not JSON"
@@ -303,10 +348,23 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def _retry_after(value: str | None) -> float | None:
+MAX_RETRY_AFTER = 300.0
+
+
+def _retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: a number, or an HTTP date."""
     if not value:
         return None
     try:
-        return max(0.0, min(float(value), 300.0))
+        seconds = float(value)
     except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if seconds != seconds:  # NaN
         return None
+    return max(0.0, min(seconds, MAX_RETRY_AFTER))

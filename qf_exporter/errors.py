@@ -113,6 +113,16 @@ def from_error_code(code: int, message: str, request_id: str | None = None) -> Q
     return kind(f"Qianfan error {code}: {message}", code=str(code), request_id=request_id)
 
 
+# V2 and gateway error code names (``code`` in the body, or ``X-Bce-Error-Code``),
+# matched lower-cased on parts of the name.
+_RATE_LIMIT_WORDS = ("throttl", "ratelimit", "limitexceeded", "toomanyrequests", "qpslimit")
+_AUTH_WORDS = ("auth", "accessdenied", "signature", "accesskey", "expired", "forbidden",
+               "permission", "unauthorized")
+_SERVER_WORDS = ("internalerror", "serviceunavailable", "serverbusy", "internal_error",
+                 "backenderror", "gatewaytimeout")
+_NOT_FOUND_WORDS = ("notfound", "notexist", "nosuch")
+
+
 def from_http(
     status: int,
     code: str | None,
@@ -120,21 +130,30 @@ def from_http(
     request_id: str | None = None,
     retry_after: float | None = None,
 ) -> QianfanError:
-    """Classify a non-2xx answer from the V2 API or the gateway."""
+    """Classify a non-2xx answer from the V2 API or the gateway (or a 2xx with a code).
+
+    A known numeric code decides; otherwise the code's name, then the HTTP status.
+    """
     text = f"HTTP {status}: {message}" if message else f"HTTP {status}"
     if code and code.isdigit():
-        err = from_error_code(int(code), message, request_id)
-        err.status = status
-        err.retry_after = retry_after
-        return err
+        number = int(code)
+        known = number in RATE_LIMIT_CODES | AUTH_CODES | SERVER_CODES | NOT_FOUND_CODES
+        # An unknown number says nothing more than the status (a 503 stays retryable);
+        # under a 2xx or 4xx it is a refused request, as ``from_error_code`` has it.
+        if known or (status < 500 and status != 429):
+            err = from_error_code(number, message, request_id)
+            err.status = status
+            err.retry_after = retry_after
+            return err
     lowered = (code or "").lower()
     kind: type[QianfanError] = ClientError
-    if status == 429 or any(w in lowered for w in ("throttl", "ratelimit", "limitexceeded")):
+    if status == 429 or any(w in lowered for w in _RATE_LIMIT_WORDS):
         kind = RateLimited
-    elif status in (401, 403) or "auth" in lowered or lowered == "accessdenied":
+    elif (status in (401, 403) or lowered.startswith("iam")
+          or any(w in lowered for w in _AUTH_WORDS)):
         kind = AuthError
-    elif status >= 500:
+    elif status >= 500 or any(w in lowered for w in _SERVER_WORDS):
         kind = ServerError
-    elif status == 404 or "notfound" in lowered or "notexist" in lowered:
+    elif status == 404 or any(w in lowered for w in _NOT_FOUND_WORDS):
         kind = NotFound
     return kind(text, status=status, code=code, request_id=request_id, retry_after=retry_after)

@@ -42,7 +42,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from qf_exporter.client import QianfanClient
 from qf_exporter.config import Account, Config, Poll
-from qf_exporter.errors import InvalidResponse, NotFound, QianfanError
+from qf_exporter.errors import REASONS, InvalidResponse, NotFound, QianfanError
 from qf_exporter.models import Job, Run, parse_job, parse_v1_run, parse_v2_run
 from qf_exporter.ratelimit import RateLimiter
 from qf_exporter.render import Rendered, render, render_health
@@ -108,6 +108,7 @@ class AccountPoller:
             clock=clock,
             stop=stop,
         )
+        self._zero_counters()
         self.workers = ThreadPoolExecutor(
             max_workers=poll.concurrency, thread_name_prefix=f"poll-{account.name}"
         )
@@ -129,6 +130,21 @@ class AccountPoller:
         for reason in LEFT_OUT_REASONS:  # present at 0 from the start, for rate() and alerts
             metrics.runs_left_out.labels(account.name, reason)
         self._warn_cap_from_config()
+
+    def _zero_counters(self) -> None:
+        """Start the request counters at 0 for the calls this account will make, so that
+        ``rate()`` and ``increase()`` see the first failure (alerts otherwise start late)."""
+        actions = []
+        if self.account.tasks:
+            actions.append("jobDetail")
+        if self.account.jobs or self.account.discover:
+            actions.append("DescribeFineTuningTasks")
+        if self.account.discover:
+            actions.append("DescribeFineTuningJobs")
+        for action in actions:
+            self.metrics.requests.labels(self.account.name, action)
+            for reason in REASONS:
+                self.metrics.failures.labels(self.account.name, action, reason)
 
     def close(self) -> None:
         self.workers.shutdown(wait=False, cancel_futures=True)

@@ -59,6 +59,8 @@ def account(
     secret_key: str = SECRET_KEY,
     **kw: object,
 ) -> Account:
+    # A budget high enough not to slow tests down, unless a test is about the budget.
+    kw.setdefault("qps", 1000)
     return Account(
         name=name,
         access_key=Secret(access_key),

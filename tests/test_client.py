@@ -294,3 +294,17 @@ def test_rate_limiter_windows() -> None:
     t0 = now[0]
     half.acquire()
     assert now[0] - t0 == 2.0
+
+
+def test_a_rate_limit_answer_widens_the_margin(world: World, sim: QianfanSimulator,
+                                               clock: ManualClock) -> None:
+    world.add_job("job-1")
+    client = make_client(account(sim, jobs=("job-1",)), clock)
+    before = client.limiter.margin
+    sim.add_fault("rate_limit_18", count=1)
+    with pytest.raises(errors.RateLimited):
+        client.describe_tasks("job-1")
+    assert client.limiter.margin == 2 * before
+    for _ in range(10):
+        client.limiter.widen()
+    assert client.limiter.margin == 0.25

@@ -334,3 +334,13 @@ def test_unchanged_snapshot_is_not_rendered_again(
     assert exporter.poller.rendered.text is not first.text
 
 
+
+
+def test_failure_counters_start_at_zero(world: World, sim: QianfanSimulator, clock: ManualClock,
+                                        make_exporter: Callable[..., Exporter]) -> None:
+    """rate() and increase() need a 0 before the first failure, or alerts start late."""
+    exporter = make_exporter(account(sim, jobs=("job-a",), tasks=((1, 2),)))
+    samples = parse_samples(exporter.exposition())
+    failures = series(samples, "qianfan_api_request_failures_total", account="default")
+    assert len(failures) == 2 * 7 and set(failures.values()) == {0}
+    assert value(samples, "qianfan_api_requests_total", action="jobDetail") == 0

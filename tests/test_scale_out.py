@@ -346,9 +346,12 @@ def test_each_account_has_its_own_keys_endpoint_budget_and_targets(
     assert value(samples, "qianfan_up", account="a") == 0
     assert value(samples, "qianfan_up", account="b") == 1
     assert value(samples, "qianfan_api_request_failures_total", account="a",
-                 reason="rate_limited") == 1
-    assert value(samples, "qianfan_api_request_failures_total", account="a", reason="auth") == 1
-    assert series(samples, "qianfan_api_request_failures_total", account="b") == {}
+                 action="DescribeFineTuningTasks", reason="rate_limited") == 1
+    assert value(samples, "qianfan_api_request_failures_total", account="a",
+                 action="jobDetail", reason="auth") == 1
+    # b's failure counters exist from the start (at 0), and stay there.
+    b_failures = series(samples, "qianfan_api_request_failures_total", account="b")
+    assert b_failures and set(b_failures.values()) == {0}
     assert value(samples, "qianfan_last_successful_poll_timestamp_seconds",
                  account="b") == clock()
 

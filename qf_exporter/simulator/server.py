@@ -3,13 +3,21 @@
 It checks bce-auth-v1 signatures the way the real gateway does (403, empty body,
 ``X-Bce-Error-Code``), pages V2 listings, answers with the real error shapes, can
 enforce a per-AK request budget over trailing one-second windows, and has fault
-switches for the tests. It is shipped for ``--demo`` and is the tests' backbone.
+switches for the tests. It logs every request before answering it (so a client that
+has its answer can count on the counts), knows its open connections (``stop()``
+closes them, ``wait_idle()`` waits for them to end), and writes each answer in one
+piece without Nagle's delay, as a real gateway would. It is shipped for ``--demo``
+and is the tests' backbone.
 """
 
 from __future__ import annotations
 
+import bisect
 import calendar
+import contextlib
 import json
+import socket
+import sys
 import threading
 import time
 import uuid
@@ -46,7 +54,9 @@ FAULT_KINDS = frozenset(
         "result_null",
         "list_not_list",  # taskList / jobList is not a list
         "wrong_types",  # a result whose fields have the wrong types
+        "odd_fields",  # well-formed runs whose fields have the wrong types (answered 200)
         "delay",  # answer after ``seconds``
+        "stall_body",  # send the headers and half the body, then nothing for ``seconds``
         "close",  # close the connection without an answer
     }
 )
@@ -59,7 +69,10 @@ class Fault:
     target: str | None = None  # only this job id, task id or "task/job" V1 pair
     access_key: str | None = None  # only this account
     count: int | None = None  # how many requests it hits; None: until cleared
-    seconds: float = 0.0  # for "delay"
+    seconds: float = 0.0  # "delay": how long; "http_429": the Retry-After value (default 1)
+    # Set when the fault is cleared or the simulator stops: a "delay" ends early.
+    released: threading.Event = field(default_factory=threading.Event, repr=False,
+                                      compare=False)
 
     def matches(self, action: str, target: str, access_key: str) -> bool:
         return (
@@ -73,10 +86,10 @@ class Fault:
 @dataclass
 class Logged:
     action: str
-    access_key: str
+    access_key: str  # "" when the gateway refused the signature
     target: str
-    arrived: float
-    status: int
+    arrived: float  # time.monotonic() when the request arrived (before it was answered)
+    status: int  # the HTTP status sent; 0 when the connection was closed without an answer
 
 
 @dataclass
@@ -87,6 +100,37 @@ class Stats:
     throttled: int = 0
     auth_failures: int = 0
     log: deque[Logged] = field(default_factory=lambda: deque(maxlen=100_000))
+
+
+class _Server(ThreadingHTTPServer):
+    """One thread per connection, each known to the simulator (see ``wait_idle``)."""
+
+    daemon_threads = True
+    request_queue_size = 128
+    sim: QianfanSimulator
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        thread = threading.Thread(
+            target=self._serve, args=(request, client_address), daemon=True,
+            name="qianfan-simulator-connection",
+        )
+        thread.start()
+        self.sim._opened(request, thread)
+
+    def _serve(self, request: Any, client_address: Any) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that gave up (a timeout) or a connection the simulator closed on
+        # purpose ("close", stop()) is part of the game, not a server error.
+        if isinstance(sys.exc_info()[1], OSError):
+            return
+        super().handle_error(request, client_address)
 
 
 class QianfanSimulator:
@@ -102,20 +146,21 @@ class QianfanSimulator:
         qps: float | None = None,
         latency: float = 0.0,
         wall_clock: Callable[[], float] = time.time,
+        log_size: int = 100_000,
     ) -> None:
         self.world = world
         self.credentials = dict(credentials)  # access key -> secret key
         self.qps = qps  # enforce this budget per access key (None: do not)
         self.latency = latency
         self.wall_clock = wall_clock
-        self.stats = Stats()
+        self.stats = Stats(log=deque(maxlen=log_size))
         self.faults: list[Fault] = []
         self._lock = threading.Lock()
-        self._arrivals: dict[str, deque[float]] = {}
+        self._connections: dict[socket.socket, threading.Thread] = {}
+        self._arrivals: dict[str, list[float]] = {}
         handler = type("Handler", (_Handler,), {"sim": self})
-        self._server = ThreadingHTTPServer((host, port), handler)
-        self._server.daemon_threads = True
-        self._server.request_queue_size = 128
+        self._server = _Server((host, port), handler)
+        self._server.sim = self
         self._thread: threading.Thread | None = None
 
     # --- lifecycle ------------------------------------------------------------------
@@ -134,10 +179,48 @@ class QianfanSimulator:
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
+        """Stop listening and close every open connection, as a crashed gateway would.
+
+        Clients with a kept-alive connection see it closed, and new connections to
+        the port are refused.
+        """
+        if self._thread:
+            self._server.shutdown()
         self._server.server_close()
         if self._thread:
             self._thread.join(timeout=5)
+        with self._lock:
+            for fault in self.faults:
+                fault.released.set()
+            for conn in self._connections:
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+        self.wait_idle(timeout=5)
+
+    @property
+    def connections(self) -> int:
+        """How many client connections are open now."""
+        with self._lock:
+            self._prune()
+            return len(self._connections)
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until every client connection is closed and its thread has ended.
+
+        False if ``timeout`` passed first. Clients must close their connections
+        (kept-alive ones stay open until they do).
+        """
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._lock:
+                self._prune()
+                threads = list(self._connections.values())
+            if not threads:
+                return True
+            for thread in threads:
+                thread.join(None if end is None else max(0.0, end - time.monotonic()))
+                if thread.is_alive():
+                    return False
 
     def __enter__(self) -> QianfanSimulator:
         return self.start()
@@ -157,6 +240,8 @@ class QianfanSimulator:
 
     def clear_faults(self) -> None:
         with self._lock:
+            for fault in self.faults:
+                fault.released.set()
             self.faults.clear()
 
     def request_count(self, action: str | None = None) -> int:
@@ -183,34 +268,65 @@ class QianfanSimulator:
         if self.qps is None:
             return False
         with self._lock:
-            window = self._arrivals.setdefault(access_key, deque())
-            while window and window[0] <= arrived - 1.0:
-                window.popleft()
-            window.append(arrived)
-            if len(window) > self.qps:
+            # Handler threads check in roughly, not exactly, the order of arrival: keep
+            # the stamps sorted and count those in (arrived - 1 s, arrived].
+            window = self._arrivals.setdefault(access_key, [])
+            bisect.insort(window, arrived)
+            del window[: bisect.bisect_right(window, window[-1] - 2.0)]
+            held = bisect.bisect_right(window, arrived) - bisect.bisect_right(
+                window, arrived - 1.0
+            )
+            if held > self.qps:
                 self.stats.throttled += 1
                 return True
             return False
 
-    def _record(self, action: str, access_key: str, target: str, status: int) -> None:
+    def _record(
+        self, action: str, access_key: str, target: str, status: int, arrived: float
+    ) -> None:
         with self._lock:
             self.stats.requests[action] += 1
-            self.stats.log.append(Logged(action, access_key, target, time.monotonic(), status))
+            self.stats.log.append(Logged(action, access_key, target, arrived, status))
+
+    def _opened(self, conn: socket.socket, thread: threading.Thread) -> None:
+        with self._lock:
+            self._prune()
+            self._connections[conn] = thread
+
+    def _prune(self) -> None:
+        for conn, thread in list(self._connections.items()):
+            if not thread.is_alive():
+                del self._connections[conn]
 
 
 class _Handler(BaseHTTPRequestHandler):
     sim: QianfanSimulator
     protocol_version = "HTTP/1.1"
     server_version = "qianfan-simulator"
+    # Headers and body go out in one write, without Nagle's delay: a real gateway
+    # does not make a kept-alive client wait for its delayed ACK (~40 ms) per answer.
+    disable_nagle_algorithm = True
+    wbufsize = -1  # buffered; BaseHTTPRequestHandler flushes after each request
+    # What the current request is, for the request log: (action, access key, target).
+    _meta: list[str] | None = None
+    _arrived = 0.0
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # quiet: the tests and the demo have their own logs
 
     def do_GET(self) -> None:
+        self._meta = None
         self._send(405, {"requestId": _rid(), "code": "MethodNotAllowed", "message": "use POST"})
 
+    def parse_request(self) -> bool:
+        # The arrival is stamped as soon as the request line is in, before the headers
+        # are parsed: the gateway's budget counts arrivals.
+        self._arrived = time.monotonic()
+        return super().parse_request()
+
     def do_POST(self) -> None:
-        arrived = time.monotonic()
+        arrived = self._arrived
+        self._meta = None
         length = int(self.headers.get("Content-Length") or 0)
         raw_body = self.rfile.read(length) if length else b""
         split = urlsplit(self.path)
@@ -223,31 +339,36 @@ class _Handler(BaseHTTPRequestHandler):
         elif path != "/v2/finetuning" or action not in ACTIONS_V2:
             self._send(404, {"requestId": _rid(), "code": "NotFound", "message": "no such API"})
             return
+        # Every request is logged before its answer goes out, so that a client that
+        # has its answer can count on the simulator's counts including it.
+        self._meta = [action, "", ""]
         access_key = self._authenticate(path, query)
         if access_key is None:
-            self.sim._record(action, "", "", 403)
             return
+        self._meta[1] = access_key
         try:
             body = json.loads(raw_body or b"{}")
             if not isinstance(body, dict):
                 raise ValueError
         except ValueError:
-            self.sim._record(action, access_key, "", 400)
             self._error(v1, 400, "InappropriateJSON", 500001, "request body is not JSON")
             return
-        target = _target(action, body)
-        if self.sim.latency:
-            time.sleep(self.sim.latency)
+        target = self._meta[2] = _target(action, body)
         if self.sim._over_budget(access_key, arrived):
-            self.sim._record(action, access_key, target, 429)
             self._error(v1, 429, "RequestLimitExceeded", 18, "Open api qps request limit reached")
             return
+        if self.sim.latency:
+            time.sleep(self.sim.latency)
         fault = self.sim._take_fault(action, target, access_key)
         if fault is not None and self._fault(fault, v1, action):
-            self.sim._record(action, access_key, target, 599)
             return
-        status = self._answer(v1, action, body)
-        self.sim._record(action, access_key, target, status)
+        self._answer(v1, action, body, odd=fault is not None and fault.kind == "odd_fields")
+
+    def _log(self, status: int) -> None:
+        if self._meta is not None:
+            action, access_key, target = self._meta
+            self._meta = None  # once per request
+            self.sim._record(action, access_key, target, status, self._arrived)
 
     # --- the gateway --------------------------------------------------------------------
 
@@ -296,6 +417,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _refuse(self, code: str, message: str) -> None:
         with self.sim._lock:
             self.sim.stats.auth_failures += 1
+        self._log(403)
         self.send_response(403)
         self.send_header("X-Bce-Error-Code", code)
         self.send_header("X-Bce-Error-Message", message)
@@ -306,7 +428,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     # --- answers ------------------------------------------------------------------------
 
-    def _answer(self, v1: bool, action: str, body: dict[str, Any]) -> int:
+    def _answer(self, v1: bool, action: str, body: dict[str, Any], odd: bool = False) -> int:
         world = self.sim.world
         now = world.clock()
         with world.lock:
@@ -320,15 +442,16 @@ class _Handler(BaseHTTPRequestHandler):
                     return self._error(True, 400, "", 510301, "job not exist")
                 if world.v1_runs[(task_id, job_id)].created > now:
                     return self._error(True, 400, "", 510301, "job not exist")
-                return self._send(
-                    200, {"log_id": _rid(), "result": world.v1_detail(task_id, job_id, now)}
-                )
+                detail = world.v1_detail(task_id, job_id, now)
+                return self._send(200, {"log_id": _rid(), "result": _odd(detail) if odd
+                                        else detail})
             if action == "DescribeFineTuningTask":
                 task_id = body.get("taskId")
                 for job in world.jobs.values():
                     for run in world.visible_runs(job, now):
                         if run.task_id == task_id:
-                            return self._ok(world.v2_task(job, run, now))
+                            item = world.v2_task(job, run, now)
+                            return self._ok(_odd(item) if odd else item)
                 return self._error(False, 400, "510202", 510202, "task not exist")
             keys, problem = _page_args(body)
             if problem:
@@ -339,6 +462,8 @@ class _Handler(BaseHTTPRequestHandler):
                     return self._error(False, 400, "510301", 510301, "job not exist")
                 items = [(r.task_id, world.v2_task(found, r, now))
                          for r in world.visible_runs(found, now)]
+                if odd:
+                    items = [(i, _odd(item)) for i, item in items]
                 list_key = "taskList"
             else:
                 items = [(j.job_id, world.job_listing(j)) for j in world.jobs.values()
@@ -361,16 +486,19 @@ class _Handler(BaseHTTPRequestHandler):
         return self._ok({list_key: [item for _, item in page], "pageInfo": info})
 
     def _fault(self, fault: Fault, v1: bool, action: str) -> bool:
-        """Answer with a fault. False for a delay (the normal answer follows)."""
+        """Answer with a fault. False when the normal answer follows (a delay, odd fields)."""
         kind = fault.kind
+        if kind == "odd_fields":
+            return False
         if kind == "delay":
-            time.sleep(fault.seconds)
+            fault.released.wait(fault.seconds)
             return False
         if kind == "rate_limit_18":
             self._error(v1, 429, "RequestLimitExceeded", 18, "Open api qps request limit reached")
         elif kind == "http_429":
+            retry_after = f"{fault.seconds:g}" if fault.seconds else "1"
             self._send(429, {"requestId": _rid(), "code": "RequestLimitExceeded",
-                             "message": "too many requests"}, {"Retry-After": "1"})
+                             "message": "too many requests"}, {"Retry-After": retry_after})
         elif kind in ("http_500", "http_503"):
             self._send(int(kind[-3:]), {"requestId": _rid(), "code": "InternalError",
                                         "message": "internal error"})
@@ -400,9 +528,22 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(200, {"log_id": _rid(), "result": ["not", "an", "object"]})
             else:
                 self._ok({"taskList": ["task-1", 2], "pageInfo": {"isTruncated": False}})
+        elif kind == "stall_body":
+            body = json.dumps({"requestId": _rid(), "log_id": _rid(),
+                               "result": {"taskList": [], "trainStatus": "RUNNING"}}).encode()
+            self._log(200)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json;charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            fault.released.wait(fault.seconds)
+            self.close_connection = True  # the client has given up on this answer
         elif kind == "close":
+            self._log(0)
             self.close_connection = True
-            self.connection.shutdown(2)
+            self.connection.shutdown(socket.SHUT_RDWR)
         return True
 
     # --- writing ----------------------------------------------------------------------------
@@ -421,6 +562,7 @@ class _Handler(BaseHTTPRequestHandler):
         return self._raw(status, body, headers)
 
     def _raw(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> int:
+        self._log(status)
         self.send_response(status)
         self.send_header("Content-Type", "application/json;charset=utf-8")
         self.send_header("Content-Length", str(len(body)))
@@ -433,6 +575,22 @@ class _Handler(BaseHTTPRequestHandler):
 
 def _rid() -> str:
     return str(uuid.uuid4())
+
+
+# Values of the wrong type for a run's fields ("odd_fields"); ids stay readable.
+_ODD_VALUES: dict[str, Any] = {
+    "trainStatus": ["RUNNING"], "runStatus": {"value": "Running"}, "progress": "lots",
+    "runProgress": {"percent": 51}, "runTime": [1], "trainTime": {"s": 1},
+    "startTime": {"t": 1}, "finishTime": ["never"], "createTime": [2024], "createDate": True,
+    "finishDate": {"d": 0}, "metrics": ["BLEU-4", "17%"], "checkpointList": "many",
+    "errorCode": {"code": 1}, "errorMessage": ["no"], "jobName": {"n": 1}, "taskName": [1],
+    "model": None, "trainMode": 3.5, "parameterScale": False, "version": {"v": 1},
+    "vdlLink": ["x"], "trainType": [], "peftType": {},
+}
+
+
+def _odd(item: dict[str, Any]) -> dict[str, Any]:
+    return {key: _ODD_VALUES.get(key, value) for key, value in item.items()}
 
 
 def _target(action: str, body: dict[str, Any]) -> str:

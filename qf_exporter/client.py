@@ -26,7 +26,7 @@ from urllib3.exceptions import ReadTimeoutError
 from qf_exporter import errors
 from qf_exporter.config import Account
 from qf_exporter.errors import InvalidResponse, QianfanError
-from qf_exporter.models import Page, parse_page
+from qf_exporter.models import Fields, Page, parse_page
 from qf_exporter.ratelimit import RateLimiter
 from qf_exporter.signing import bce_timestamp, sign
 from qf_exporter.telemetry import ApiMetrics
@@ -142,6 +142,7 @@ class QianfanClient:
     ) -> Iterator[Page]:
         marker: str | None = None
         seen: set[str] = set()
+        id_key = list_key.removesuffix("List") + "Id"  # taskList -> taskId, jobList -> jobId
         for _ in range(MAX_PAGES):
             request = dict(body, maxKeys=MAX_KEYS)
             if marker:
@@ -157,10 +158,13 @@ class QianfanClient:
             yield page
             if not page.truncated:
                 return
-            if not page.next_marker or page.next_marker in seen:
+            # SPEC marks nextMarker optional: without one, go on from the last item's id
+            # (the BCE marker convention); a marker seen before means no progress.
+            next_marker = page.next_marker or _last_id(page, id_key)
+            if not next_marker or next_marker in seen:
                 raise InvalidResponse(f"{action}: isTruncated without a new nextMarker")
-            seen.add(page.next_marker)
-            marker = page.next_marker
+            seen.add(next_marker)
+            marker = next_marker
         raise InvalidResponse(f"{action}: more than {MAX_PAGES} pages")
 
     # --- one call, with retries --------------------------------------------------------
@@ -331,6 +335,13 @@ class QianfanClient:
             if secret:
                 text = text.replace(secret, "<redacted>")
         return text
+
+
+def _last_id(page: Page, id_key: str) -> str | None:
+    if not page.items:
+        return None
+    value = Fields(page.items[-1]).text(id_key)
+    return value or None
 
 
 def _v1_detail(result: Any) -> Mapping[str, Any]:

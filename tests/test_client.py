@@ -308,3 +308,15 @@ def test_a_rate_limit_answer_widens_the_margin(world: World, sim: QianfanSimulat
     for _ in range(10):
         client.limiter.widen()
     assert client.limiter.margin == 0.25
+
+
+def test_pages_without_next_marker_go_on_from_the_last_item(
+    world: World, sim: QianfanSimulator, clock: ManualClock
+) -> None:
+    world.add_job("job-big")
+    for i in range(250):
+        world.add_run("job-big", f"task-{i:04d}", created=clock() - 1000 + i)
+    sim.send_next_marker = False
+    client = make_client(account(sim, jobs=("job-big",)), clock)
+    ids = {item["taskId"] for item in client.describe_tasks("job-big")}
+    assert ids == {f"task-{i:04d}" for i in range(250)}

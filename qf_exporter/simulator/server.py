@@ -152,6 +152,8 @@ class QianfanSimulator:
         self.credentials = dict(credentials)  # access key -> secret key
         self.qps = qps  # enforce this budget per access key (None: do not)
         self.latency = latency
+        # Some answers leave out pageInfo.nextMarker (SPEC marks it optional).
+        self.send_next_marker = True
         self.wall_clock = wall_clock
         self.stats = Stats(log=deque(maxlen=log_size))
         self.faults: list[Fault] = []
@@ -482,7 +484,8 @@ class _Handler(BaseHTTPRequestHandler):
         truncated = start + keys < len(items)
         info: dict[str, Any] = {"marker": marker or "", "maxKeys": keys, "isTruncated": truncated}
         if truncated:
-            info["nextMarker"] = ids[start + keys]
+            if self.sim.send_next_marker:
+                info["nextMarker"] = ids[start + keys]
         return self._ok({list_key: [item for _, item in page], "pageInfo": info})
 
     def _fault(self, fault: Fault, v1: bool, action: str) -> bool:

@@ -483,9 +483,8 @@ class _Handler(BaseHTTPRequestHandler):
         page = items[start : start + keys]
         truncated = start + keys < len(items)
         info: dict[str, Any] = {"marker": marker or "", "maxKeys": keys, "isTruncated": truncated}
-        if truncated:
-            if self.sim.send_next_marker:
-                info["nextMarker"] = ids[start + keys]
+        if truncated and self.sim.send_next_marker:
+            info["nextMarker"] = ids[start + keys]
         return self._ok({list_key: [item for _, item in page], "pageInfo": info})
 
     def _fault(self, fault: Fault, v1: bool, action: str) -> bool:

@@ -237,3 +237,15 @@ def test_parse_job() -> None:
                      "createDate": "2024-01-16T09:48:35Z"})
     assert job is not None and job.create_time == 1705398515
     assert parse_job({"name": "no id"}) is None
+
+
+def test_long_label_values_are_cut_to_the_documented_bound() -> None:
+    from qf_exporter.models import MAX_LABEL_LENGTH
+
+    run = v2(dict(V2_EXAMPLE, jobName="名" * 1000, metrics={"M" * 500: "1%"},
+                  model='quote " and \\ and \n' * 50))
+    assert MAX_LABEL_LENGTH == 256
+    assert len(run.job_name) == 256 and len(run.model) == 256
+    assert len(run.evaluation[0][0]) == 256
+    # Lone surrogates (valid in JSON escapes) never make the exposition unencodable.
+    assert v2(dict(V2_EXAMPLE, jobName="a\ud800b")).job_name.encode("utf-8")

@@ -13,6 +13,7 @@ Every metric name of the run series is defined in ``FAMILIES`` below.
 
 from __future__ import annotations
 
+import gc
 import gzip
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -181,6 +182,21 @@ def _labels(run: Run) -> tuple[str, str]:
 
 def render_runs(runs: Iterable[Run]) -> bytes:
     """The run metrics of ``runs`` as exposition text (sorted, so output is stable).
+
+    The cyclic garbage collector is paused meanwhile: rendering makes ~200,000 objects
+    and no cycles, and the collections it would trigger cost ~15 % of the time.
+    """
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        return _render_runs(runs)
+    finally:
+        if paused:
+            gc.enable()
+
+
+def _render_runs(runs: Iterable[Run]) -> bytes:
+    """See ``render_runs``.
 
     This is the hot path at 10,000 runs (about 200,000 lines): one list comprehension
     per family over label strings built once per run, the six status lines of a run as

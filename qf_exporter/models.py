@@ -84,6 +84,11 @@ class Run:
     def final(self) -> bool:
         return self.status in FINAL_STATUSES
 
+    @property
+    def has_error(self) -> bool:
+        """Qianfan reports an error: a code other than 0, or a message."""
+        return self.error_code not in ("", "0") or bool(self.error_message)
+
 
 
 @dataclass(frozen=True)
@@ -306,8 +311,6 @@ def parse_v2_run(raw: Mapping[str, Any], *, account: str, job_id: str, read_at: 
     )
     error_code = f.text("errorCode")
     error_message = f.text("errorMessage", limit=MAX_ERROR_MESSAGE_LENGTH)
-    if error_code == "0":
-        error_code = ""
     return Run(
         account=account,
         api="v2",

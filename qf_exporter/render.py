@@ -238,7 +238,7 @@ def _render_runs(runs: Iterable[Run]) -> bytes:
             f'{ERROR.name}{base},error_code="{escape(run.error_code)}",'
             f'error_message="{escape(run.error_message)}"}} 1'
             for run, base, _ in pairs
-            if run.error_code or run.error_message
+            if run.has_error
         ],
         LAST_READ.name: values(LAST_READ.name, "last_read"),
         VDL_LINK.name: [
@@ -376,7 +376,7 @@ class GenericRunCollector(Collector):
                 families[EVALUATION.name].add_sample(
                     EVALUATION.name, dict(base, metric=metric), score
                 )
-            if run.error_code or run.error_message:
+            if run.has_error:
                 families[ERROR.name].add_sample(
                     ERROR.name,
                     dict(base, error_code=run.error_code, error_message=run.error_message),

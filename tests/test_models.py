@@ -189,7 +189,7 @@ def test_running_v2_run() -> None:
     assert run.duration == 1_705_400_000 - 1705398515  # poll time minus creation
     assert run.checkpoints == 3  # the three objects; latest is the highest step
     assert (run.checkpoint_step, run.training_loss, run.perplexity) == (200, 1.13, 3.1)
-    assert run.error_code == "" and run.error_message == ""
+    assert run.error_code == "0" and not run.has_error  # code 0 and no message: no error
 
 
 def test_unfinished_run_never_has_a_finish_time() -> None:
@@ -249,3 +249,10 @@ def test_long_label_values_are_cut_to_the_documented_bound() -> None:
     assert len(run.evaluation[0][0]) == 256
     # Lone surrogates (valid in JSON escapes) never make the exposition unencodable.
     assert v2(dict(V2_EXAMPLE, jobName="a\ud800b")).job_name.encode("utf-8")
+
+
+def test_a_message_with_code_0_is_an_error_with_the_raw_code() -> None:
+    run = v2(dict(V2_EXAMPLE, runStatus="Failed", errorCode=0, errorMessage="OOM"))
+    assert run.has_error and (run.error_code, run.error_message) == ("0", "OOM")
+    assert not v2(dict(V2_EXAMPLE, errorCode="0", errorMessage="")).has_error
+    assert v2(dict(V2_EXAMPLE, errorCode=336100, errorMessage="")).has_error

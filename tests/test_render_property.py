@@ -73,7 +73,7 @@ def test_rendered_text_parses_back_to_the_snapshot(snapshot: list[Run]) -> None:
         for name, score in run.evaluation:
             assert value(samples, "qianfan_finetune_run_evaluation_ratio", metric=name,
                          **base) == score
-        has_error = bool(run.error_code or run.error_message)
+        has_error = run.error_code not in ("", "0") or bool(run.error_message)
         assert bool(series(samples, "qianfan_finetune_run_error_info", **base)) == has_error
 
 

@@ -9,11 +9,16 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from qf_exporter import __version__
 from qf_exporter.config import Config, ConfigError, load_config
 from qf_exporter.logs import LEVELS, setup
 from qf_exporter.poller import Shard
+
+if TYPE_CHECKING:
+    from qf_exporter.app import Exporter
+    from qf_exporter.webconfig import WebConfig
 
 log = logging.getLogger("qf_exporter")
 
@@ -148,12 +153,9 @@ def _describe(config: Config) -> None:
     print("configuration is valid")
 
 
-def _serve(exporter: object, host: str, port: int, path: str, web_config: object) -> int:
-    from qf_exporter.app import Exporter
-    from qf_exporter.webconfig import WebConfig
-
-    assert isinstance(exporter, Exporter)
-    assert web_config is None or isinstance(web_config, WebConfig)
+def _serve(
+    exporter: Exporter, host: str, port: int, path: str, web_config: WebConfig | None
+) -> int:
     stop = threading.Event()
 
     def on_term(signum: int, _frame: object) -> None:

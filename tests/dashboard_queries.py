@@ -43,12 +43,12 @@ _VAR_RE = re.compile(
 )
 
 
-def _iter_panels(panels: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def iter_panels(panels: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for panel in panels:
         out.append(panel)
         # Rows keep their children in "panels" when collapsed.
-        out.extend(_iter_panels(panel.get("panels") or []))
+        out.extend(iter_panels(panel.get("panels") or []))
     return out
 
 
@@ -88,7 +88,7 @@ def panel_queries(dashboard_path: str | Path, variables: dict[str, str]) -> list
     dashboard = json.loads(Path(dashboard_path).read_text(encoding="utf-8"))
     values = {**_dashboard_defaults(dashboard), **BUILTIN_DEFAULTS, **variables}
     queries: list[tuple[str, str]] = []
-    for panel in _iter_panels(dashboard.get("panels", [])):
+    for panel in iter_panels(dashboard.get("panels", [])):
         for target in panel.get("targets") or []:
             expr = target.get("expr")
             if not expr or target.get("hide"):

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import yaml
-from dashboard_queries import panel_queries, substitute
+from dashboard_queries import iter_panels, panel_queries, substitute
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -95,12 +95,7 @@ def load_dashboard(path: Path) -> dict[str, Any]:
     return data
 
 
-def all_panels(panels: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    for panel in panels:
-        out.append(panel)
-        out.extend(all_panels(panel.get("panels") or []))
-    return out
+all_panels = iter_panels  # every panel, rows' children included
 
 
 def query_panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:

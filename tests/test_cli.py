@@ -113,7 +113,7 @@ def test_demo_once_has_runs_in_every_final_and_live_status() -> None:
     samples = parse_samples(out.stdout)
     statuses = {dict(k)["status"] for (n, k), v in samples.items()
                 if n == "qianfan_finetune_run_status" and v == 1}
-    assert {"waiting", "running", "succeeded", "stopped", "failed"} <= statuses
+    assert statuses == {"waiting", "running", "succeeded", "stopped", "failed", "unknown"}
     promtool_check_metrics(out.stdout)
 
 

@@ -298,6 +298,9 @@ def demo_world(clock: Callable[[], float], seed: int = 7, speed: float = 1.0) ->
     world.add_run("job-demo-pretrain", created=now - 30 * m, wait=m, duration=60 * m)
     # Waiting now, starting soon; and runs that do not exist yet.
     world.add_run("job-demo-dpo", created=now - 10, wait=1.5 * m, duration=5 * m)
+    # The API sometimes answers runStatus "": the exporter shows it as unknown.
+    world.add_run("job-demo-pretrain", created=now - 20 * m, wait=0, duration=600 * m,
+                  upstream_status="")
     for k in range(3):
         world.add_run("job-demo-sft-speed", created=now + (4 + 5 * k) * m,
                       wait=(0.5 + rng.random()) * m, duration=(4 + 3 * rng.random()) * m,

@@ -15,6 +15,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 from typing import Any
 
 from qf_exporter.errors import InvalidResponse
@@ -179,7 +180,11 @@ def percent(value: Any) -> float | None:
     if isinstance(value, str):
         value = value.strip().removesuffix("%").strip()
     parsed = number(value)
-    return None if parsed is None else parsed / 100.0
+    if parsed is None:
+        return None
+    # Divide in decimal: "30.83%" is 0.3083, not 0.30829999999999996 (what 30.83 / 100
+    # gives in binary floating point), so the exported value reads as the API wrote it.
+    return float(Decimal(repr(parsed)) / 100)
 
 
 _SENTINEL = re.compile(r"^0{4}-0{2}-0{2}")
@@ -235,7 +240,7 @@ def parse_v1_run(
     f = Fields(_object(result, "jobDetail result"))
     raw_status = f.text("trainStatus")
     status = map_status(raw_status, "v1")
-    progress = number(f.get("progress"))
+    progress = percent(f.get("progress"))
     return Run(
         account=account,
         api="v1",
@@ -250,7 +255,7 @@ def parse_v1_run(
         parameter_scale=f.text("peftType"),
         version=f.text("version"),
         vdl_link=f.text("vdlLink", limit=1024),
-        progress=None if progress is None else min(max(progress / 100.0, 0.0), 1.0),
+        progress=None if progress is None else min(max(progress, 0.0), 1.0),
         duration=_non_negative(number(f.get("runTime"))),
         train_duration=_non_negative(number(f.get("trainTime"))),
         start_time=timestamp(f.get("startTime"), BEIJING),

@@ -256,3 +256,11 @@ def test_a_message_with_code_0_is_an_error_with_the_raw_code() -> None:
     assert run.has_error and (run.error_code, run.error_message) == ("0", "OOM")
     assert not v2(dict(V2_EXAMPLE, errorCode="0", errorMessage="")).has_error
     assert v2(dict(V2_EXAMPLE, errorCode=336100, errorMessage="")).has_error
+
+
+def test_percentages_read_as_written() -> None:
+    # 30.83 / 100 is 0.30829999999999996 in binary floating point; the API wrote 30.83 %.
+    assert repr(percent("30.83%")) == "0.3083"
+    assert repr(percent("12.37%")) == "0.1237"
+    run = v1(dict(V1_SDK_EXAMPLE, progress=99.9))
+    assert repr(run.progress) == "0.999"

@@ -46,7 +46,8 @@ INFO_LABELS = (
 class Family:
     name: str
     help: str
-    value: Callable[[Run], float | None] | None = None  # one plain gauge per run
+    # For a plain gauge per run: the ``Run`` field it shows (absent when ``None``).
+    attribute: str | None = None
 
 
 # The order here is the order on the page.
@@ -59,27 +60,27 @@ STATUS = Family(
 PROGRESS = Family(
     "qianfan_finetune_run_progress_ratio",
     "Training progress from 0 to 1, absent when the API gives none." + _READ,
-    lambda r: r.progress,
+    "progress",
 )
 DURATION = Family(
     "qianfan_finetune_run_duration_seconds",
     "How long the run has run: V1 runTime; V2 finish (or read) time minus creation." + _READ,
-    lambda r: r.duration,
+    "duration",
 )
 TRAIN_DURATION = Family(
     "qianfan_finetune_run_train_duration_seconds",
     "Time spent training (V1 trainTime)." + _READ,
-    lambda r: r.train_duration,
+    "train_duration",
 )
 START = Family(
     "qianfan_finetune_run_start_timestamp_seconds",
     "When the run started (V1 startTime, V2 createTime), absent when unset." + _READ,
-    lambda r: r.start_time,
+    "start_time",
 )
 FINISH = Family(
     "qianfan_finetune_run_finish_timestamp_seconds",
     "When the run finished, absent while it is not finished." + _READ,
-    lambda r: r.finish_time,
+    "finish_time",
 )
 EVALUATION = Family(
     "qianfan_finetune_run_evaluation_ratio",
@@ -88,22 +89,22 @@ EVALUATION = Family(
 CHECKPOINTS = Family(
     "qianfan_finetune_run_checkpoints",
     "Number of checkpoints the run has saved." + _READ,
-    lambda r: None if r.checkpoints is None else float(r.checkpoints),
+    "checkpoints",
 )
 CHECKPOINT_STEP = Family(
     "qianfan_finetune_run_checkpoint_step",
     "Training step of the latest checkpoint." + _READ,
-    lambda r: r.checkpoint_step,
+    "checkpoint_step",
 )
 TRAINING_LOSS = Family(
     "qianfan_finetune_run_training_loss",
     "Training loss at the latest checkpoint." + _READ,
-    lambda r: r.training_loss,
+    "training_loss",
 )
 PERPLEXITY = Family(
     "qianfan_finetune_run_perplexity",
     "Perplexity at the latest checkpoint." + _READ,
-    lambda r: r.perplexity,
+    "perplexity",
 )
 ERROR = Family(
     "qianfan_finetune_run_error_info",
@@ -112,7 +113,7 @@ ERROR = Family(
 LAST_READ = Family(
     "qianfan_finetune_run_last_read_timestamp_seconds",
     "When the exporter last read this run from the Qianfan API.",
-    lambda r: r.last_read,
+    "last_read",
 )
 VDL_LINK = Family(
     "qianfan_finetune_run_vdl_link_info",
@@ -137,7 +138,7 @@ FAMILIES = (
     LAST_READ,
     VDL_LINK,
 )
-_VALUE_FAMILIES = tuple(f for f in FAMILIES if f.value is not None)
+_VALUE_FAMILIES = tuple(f for f in FAMILIES if f.attribute is not None)
 
 
 def escape(value: str) -> str:
@@ -209,38 +210,29 @@ def _render_runs(runs: Iterable[Run]) -> bytes:
     w, r, s, st, f, u = (f'status="{state}"}} ' for state in STATUSES)
     flags = _STATUS_FLAGS
 
-    def values(name: str, attribute: str) -> list[str]:
-        get = attrgetter(attribute)
+    def values(family: Family) -> list[str]:
+        name, get = family.name, attrgetter(family.attribute or "")
         return [f"{name}{base}{v!r}" for run, base in bases if (v := get(run)) is not None]
 
-    lines = {
+    lines = {f.name: values(f) for f in _VALUE_FAMILIES}
+    lines |= {
         INFO.name: [f"{INFO.name}{base}{info}" for _, base, info in pairs],
         STATUS.name: [
             f"{p}{w}{g[0]}\n{p}{r}{g[1]}\n{p}{s}{g[2]}\n{p}{st}{g[3]}\n{p}{f}{g[4]}\n{p}{u}{g[5]}"
             for run, base, _ in pairs
             if (p := f"{STATUS.name}{base},", g := flags[run.status])
         ],
-        PROGRESS.name: values(PROGRESS.name, "progress"),
-        DURATION.name: values(DURATION.name, "duration"),
-        TRAIN_DURATION.name: values(TRAIN_DURATION.name, "train_duration"),
-        START.name: values(START.name, "start_time"),
-        FINISH.name: values(FINISH.name, "finish_time"),
         EVALUATION.name: [
             f'{EVALUATION.name}{base},metric="{escape(metric)}"}} {score!r}'
             for run, base, _ in pairs
             for metric, score in run.evaluation
         ],
-        CHECKPOINTS.name: values(CHECKPOINTS.name, "checkpoints"),
-        CHECKPOINT_STEP.name: values(CHECKPOINT_STEP.name, "checkpoint_step"),
-        TRAINING_LOSS.name: values(TRAINING_LOSS.name, "training_loss"),
-        PERPLEXITY.name: values(PERPLEXITY.name, "perplexity"),
         ERROR.name: [
             f'{ERROR.name}{base},error_code="{escape(run.error_code)}",'
             f'error_message="{escape(run.error_message)}"}} 1'
             for run, base, _ in pairs
             if run.has_error
         ],
-        LAST_READ.name: values(LAST_READ.name, "last_read"),
         VDL_LINK.name: [
             f'{VDL_LINK.name}{base},vdl_link="{escape(run.vdl_link)}"}} 1'
             for run, base, _ in pairs
@@ -369,7 +361,7 @@ class GenericRunCollector(Collector):
                     STATUS.name, dict(base, status=state), 1 if state == run.status else 0
                 )
             for spec in _VALUE_FAMILIES:
-                value = spec.value(run)  # type: ignore[misc]
+                value = getattr(run, spec.attribute or "")
                 if value is not None:
                     families[spec.name].add_sample(spec.name, base, value)
             for metric, score in run.evaluation:

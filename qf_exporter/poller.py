@@ -465,10 +465,13 @@ class Poller:
             if self.accounts.get(name) is not poller:  # reloaded away meanwhile
                 return state
             previous = self._snapshot.accounts.get(name)
-            if previous == state:
+            # Compare the runs (up to 10,000 of them) once; only if they are the same is
+            # the rest of the state worth a look.
+            runs_changed = previous is None or previous.runs != state.runs
+            if not runs_changed and previous == state:
                 return state
             self._snapshot = self._snapshot.with_account(state)
-            self._rendered = self._render(previous is None or previous.runs != state.runs)
+            self._rendered = self._render(runs_changed)
             snapshot = self._snapshot
         if snapshot.ready:
             self.ready.set()

@@ -24,7 +24,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ReadTimeoutError
 
 from qf_exporter import errors
-from qf_exporter.config import Account
+from qf_exporter.config import Account, redact
 from qf_exporter.errors import InvalidResponse, QianfanError
 from qf_exporter.models import Fields, Page, parse_page
 from qf_exporter.ratelimit import RateLimiter
@@ -331,10 +331,7 @@ class QianfanClient:
 
     def _scrub(self, text: str) -> str:
         """Upstream messages may echo the access key; never let one through."""
-        for secret in self.account.secrets():
-            if secret:
-                text = text.replace(secret, "<redacted>")
-        return text
+        return redact(text, self.account.secrets())
 
 
 def _last_id(page: Page, id_key: str) -> str | None:

@@ -13,7 +13,7 @@ import math
 import os
 import re
 import stat
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,17 @@ class ConfigError(Exception):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every secret replaced by ``<redacted>``.
+
+    Longest first, so that a secret containing another is replaced whole.
+    """
+    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
+        if secret in text:
+            text = text.replace(secret, "<redacted>")
+    return text
 
 
 class Secret:
@@ -172,13 +183,8 @@ class _Checker:
 
     def scrubbed(self) -> list[str]:
         # Very short values would blank out ordinary words; real keys are 32+ characters.
-        secrets = sorted((s for s in self.secrets if len(s) >= 6), key=len, reverse=True)
-        lines = []
-        for line in self.problems:
-            for secret in secrets:
-                line = line.replace(secret, "<redacted>")
-            lines.append(line)
-        return lines
+        secrets = [s for s in self.secrets if len(s) >= 6]
+        return [redact(line, secrets) for line in self.problems]
 
     def problem(self, path: str, message: str) -> None:
         self._flagged.append(path)

@@ -15,6 +15,8 @@ import threading
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from qf_exporter.config import redact
+
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
           "error": logging.ERROR}
 
@@ -30,14 +32,10 @@ class Redactor:
 
     def set(self, secrets: tuple[str, ...]) -> None:
         with self._lock:
-            # Longest first, so a secret that contains another is replaced whole.
-            self._secrets = tuple(sorted({s for s in secrets if s}, key=len, reverse=True))
+            self._secrets = secrets
 
     def scrub(self, text: str) -> str:
-        for secret in self._secrets:
-            if secret in text:
-                text = text.replace(secret, "<redacted>")
-        return text
+        return redact(text, self._secrets)
 
 
 REDACTOR = Redactor()

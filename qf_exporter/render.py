@@ -148,9 +148,9 @@ def escape(value: str) -> str:
     return value
 
 
-def _help(family: Family) -> str:
+def _help(family: Family) -> bytes:
     text = family.help.replace("\\", r"\\").replace("\n", r"\n")
-    return f"# HELP {family.name} {text}\n# TYPE {family.name} gauge"
+    return f"# HELP {family.name} {text}\n# TYPE {family.name} gauge\n".encode()
 
 
 _HEADERS = {f.name: _help(f) for f in FAMILIES}
@@ -190,61 +190,100 @@ def render_runs(runs: Iterable[Run]) -> bytes:
     paused = gc.isenabled()
     gc.disable()
     try:
-        return _render_runs(runs)
+        return b"".join(_pieces(runs))
     finally:
         if paused:
             gc.enable()
 
 
-def _render_runs(runs: Iterable[Run]) -> bytes:
-    """See ``render_runs``.
+# Runs per piece. A piece's short-lived line strings (~70 KB) stay in the CPU cache and
+# in memory the allocator has just freed; building all 200,000 lines of 10,000 runs
+# before joining them touched ~80 MB of fresh pages and took 40 % longer.
+_CHUNK = 500
+
+
+def _pieces(runs: Iterable[Run]) -> Iterator[bytes]:
+    """The text in order: family by family, each family in pieces of ``_CHUNK`` runs.
 
     This is the hot path at 10,000 runs (about 200,000 lines): one list comprehension
-    per family over label strings built once per run, the six status lines of a run as
-    one string, values as ``repr`` (shortest round-trip form, what prometheus_client
-    writes too).
+    per family and piece, over label strings built once per run.
     """
     ordered = sorted(runs, key=_KEY)
-    pairs = [(run, *_labels(run)) for run in ordered]
-    bases = [(run, base + "} ") for run, base, _ in pairs]
-    w, r, s, st, f, u = (f'status="{state}"}} ' for state in STATUSES)
-    flags = _STATUS_FLAGS
-
-    def values(family: Family) -> list[str]:
-        name, get = family.name, attrgetter(family.attribute or "")
-        return [f"{name}{base}{v!r}" for run, base in bases if (v := get(run)) is not None]
-
-    lines = {f.name: values(f) for f in _VALUE_FAMILIES}
-    lines |= {
-        INFO.name: [f"{INFO.name}{base}{info}" for _, base, info in pairs],
-        STATUS.name: [
-            f"{p}{w}{g[0]}\n{p}{r}{g[1]}\n{p}{s}{g[2]}\n{p}{st}{g[3]}\n{p}{f}{g[4]}\n{p}{u}{g[5]}"
-            for run, base, _ in pairs
-            if (p := f"{STATUS.name}{base},", g := flags[run.status])
-        ],
-        EVALUATION.name: [
-            f'{EVALUATION.name}{base},metric="{escape(metric)}"}} {score!r}'
-            for run, base, _ in pairs
-            for metric, score in run.evaluation
-        ],
-        ERROR.name: [
-            f'{ERROR.name}{base},error_code="{escape(run.error_code)}",'
-            f'error_message="{escape(run.error_message)}"}} 1'
-            for run, base, _ in pairs
-            if run.has_error
-        ],
-        VDL_LINK.name: [
-            f'{VDL_LINK.name}{base},vdl_link="{escape(run.vdl_link)}"}} 1'
-            for run, base, _ in pairs
-            if run.vdl_link
-        ],
-    }
-    parts: list[str] = []
+    labelled = [(run, *_labels(run)) for run in ordered]
+    chunks = [labelled[i : i + _CHUNK] for i in range(0, len(labelled), _CHUNK)]
     for family in FAMILIES:
-        parts.append(_HEADERS[family.name])
-        parts.extend(lines[family.name])
-    parts.append("")
-    return "\n".join(parts).encode("utf-8")
+        yield _HEADERS[family.name]
+        lines = _LINES.get(family.name) or _value_lines(family)
+        for chunk in chunks:
+            text = "".join(lines(chunk))
+            if text:
+                yield text.encode("utf-8")
+
+
+# A chunk: (run, base labels ``{account=...,task_id="..."``, info labels and value).
+_Chunk = list[tuple[Run, str, str]]
+
+
+def _value_lines(family: Family) -> Callable[[_Chunk], list[str]]:
+    name, get = family.name, attrgetter(family.attribute or "")
+
+    # Values as ``repr``: the shortest round-trip form, what prometheus_client writes too.
+    def lines(chunk: _Chunk) -> list[str]:
+        return [f"{name}{base}}} {v!r}\n" for run, base, _ in chunk if (v := get(run)) is not None]
+
+    return lines
+
+
+def _info_lines(chunk: _Chunk) -> list[str]:
+    return [f"{INFO.name}{base}{info}\n" for _, base, info in chunk]
+
+
+_STATE_LABELS = tuple(f',status="{state}"}} ' for state in STATUSES)
+
+
+def _status_lines(chunk: _Chunk) -> list[str]:
+    # The six lines of a run as one string: a sixth of the objects.
+    w, r, s, st, f, u = _STATE_LABELS
+    flags = _STATUS_FLAGS
+    return [
+        f"{p}{w}{g[0]}\n{p}{r}{g[1]}\n{p}{s}{g[2]}\n{p}{st}{g[3]}\n{p}{f}{g[4]}\n{p}{u}{g[5]}\n"
+        for run, base, _ in chunk
+        if (p := f"{STATUS.name}{base}", g := flags[run.status])
+    ]
+
+
+def _evaluation_lines(chunk: _Chunk) -> list[str]:
+    return [
+        f'{EVALUATION.name}{base},metric="{escape(metric)}"}} {score!r}\n'
+        for run, base, _ in chunk
+        for metric, score in run.evaluation
+    ]
+
+
+def _error_lines(chunk: _Chunk) -> list[str]:
+    return [
+        f'{ERROR.name}{base},error_code="{escape(run.error_code)}",'
+        f'error_message="{escape(run.error_message)}"}} 1\n'
+        for run, base, _ in chunk
+        if run.has_error
+    ]
+
+
+def _vdl_lines(chunk: _Chunk) -> list[str]:
+    return [
+        f'{VDL_LINK.name}{base},vdl_link="{escape(run.vdl_link)}"}} 1\n'
+        for run, base, _ in chunk
+        if run.vdl_link
+    ]
+
+
+_LINES: dict[str, Callable[[_Chunk], list[str]]] = {
+    INFO.name: _info_lines,
+    STATUS.name: _status_lines,
+    EVALUATION.name: _evaluation_lines,
+    ERROR.name: _error_lines,
+    VDL_LINK.name: _vdl_lines,
+}
 
 
 _KEY = attrgetter("account", "api", "job_id", "task_id")

@@ -6,8 +6,10 @@ import gzip
 import os
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from qf_exporter import render as render_module
 from qf_exporter.models import Run, parse_v1_run, parse_v2_run
 from qf_exporter.render import FAMILIES, GenericRunCollector, render, render_runs
 from tests.conftest import parse_samples, promtool_check_metrics, series, value
@@ -55,6 +57,23 @@ def test_fast_and_generic_paths_parse_to_the_same_samples() -> None:
     registry = CollectorRegistry()
     registry.register(GenericRunCollector(lambda: runs))
     assert parse_samples(render_runs(runs)) == parse_samples(generate_latest(registry))
+
+
+def test_pieces_do_not_change_the_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The text is built in pieces of ``_CHUNK`` runs: where they are cut must not show."""
+    import dataclasses
+
+    runs = [
+        dataclasses.replace(run, job_id=f"job-{i:04d}")
+        for i in range(211)
+        for run in sample_runs()
+    ]
+    whole = render_runs(runs)
+    for size in (1, 2, 7, 500):
+        monkeypatch.setattr(render_module, "_CHUNK", size)
+        assert render_runs(runs) == whole
+    assert whole.count(b"\n# HELP ") == len(FAMILIES) - 1
+    assert len(series(parse_samples(whole), "qianfan_finetune_run_info")) == len(runs)
 
 
 def test_promtool_accepts_the_text() -> None:

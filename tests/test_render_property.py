@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from unittest import mock
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 
+from qf_exporter import render as render_module
 from qf_exporter.models import STATUSES, Run, cut
 from qf_exporter.render import GenericRunCollector, render_runs
 from tests.conftest import parse_samples, series, value
@@ -50,9 +53,11 @@ def runs(draw: st.DrawFn) -> list[Run]:
 
 
 @settings(max_examples=200, deadline=None)
-@given(runs())
-def test_rendered_text_parses_back_to_the_snapshot(snapshot: list[Run]) -> None:
-    text = render_runs(snapshot)
+@given(runs(), st.integers(min_value=1, max_value=9))
+def test_rendered_text_parses_back_to_the_snapshot(snapshot: list[Run], chunk: int) -> None:
+    # Small pieces, so that a piece boundary falls inside most snapshots.
+    with mock.patch.object(render_module, "_CHUNK", chunk):
+        text = render_runs(snapshot)
     samples = parse_samples(text)
     registry = CollectorRegistry()
     registry.register(GenericRunCollector(lambda: snapshot))

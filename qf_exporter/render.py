@@ -213,14 +213,15 @@ def _pieces(runs: Iterable[Run]) -> Iterator[bytes]:
     chunks = [labelled[i : i + _CHUNK] for i in range(0, len(labelled), _CHUNK)]
     for family in FAMILIES:
         yield _HEADERS[family.name]
-        lines = _LINES.get(family.name) or _value_lines(family)
+        lines = _LINES[family.name]
         for chunk in chunks:
             text = "".join(lines(chunk))
             if text:
                 yield text.encode("utf-8")
 
 
-# A chunk: (run, base labels ``{account=...,task_id="..."``, info labels and value).
+# A chunk: per run, (run, its base labels ``{account=...,task_id="..."``, the rest of
+# its info line ``,job_name=...} 1``).
 _Chunk = list[tuple[Run, str, str]]
 
 
@@ -277,7 +278,10 @@ def _vdl_lines(chunk: _Chunk) -> list[str]:
     ]
 
 
+# How each family's lines are made.
 _LINES: dict[str, Callable[[_Chunk], list[str]]] = {
+    f.name: _value_lines(f) for f in _VALUE_FAMILIES
+} | {
     INFO.name: _info_lines,
     STATUS.name: _status_lines,
     EVALUATION.name: _evaluation_lines,

@@ -414,12 +414,17 @@ def scrape_child(port: int, encoding: str, count: int) -> None:
     errors: list[str] = []
     latencies: list[float] = []
     size = 0
-    try:
+
+    def get() -> tuple[http.client.HTTPResponse, memoryview]:
         conn.request("GET", "/metrics", headers=headers)
         r = conn.getresponse()
         body = reader.read(r)
         if r.status != 200:
             errors.append(f"status {r.status}")
+        return r, body
+
+    try:
+        r, body = get()
         if encoding == "gzip":
             if r.getheader("Content-Encoding") != "gzip":
                 errors.append("gzip asked for, not given")
@@ -429,12 +434,8 @@ def scrape_child(port: int, encoding: str, count: int) -> None:
         sys.stdin.readline()  # go
         for _ in range(count):
             t0 = time.perf_counter()
-            conn.request("GET", "/metrics", headers=headers)
-            r = conn.getresponse()
-            body = reader.read(r)
+            r, body = get()
             latencies.append(time.perf_counter() - t0)
-            if r.status != 200:
-                errors.append(f"status {r.status}")
         size = len(body)
     except Exception as exc:
         errors.append(f"{type(exc).__name__}: {exc}")

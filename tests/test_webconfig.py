@@ -335,20 +335,19 @@ def mtls_config(pki: PKI, auth_type: str = "RequireAndVerifyClientCert") -> str:
     )
 
 
+def assert_refused(url: str, ca: str, cert: tuple[str, str] | None = None) -> None:
+    """The TLS handshake (or, in TLS 1.3, the first read after it) fails."""
+    with pytest.raises((requests.exceptions.SSLError, requests.exceptions.ConnectionError)):
+        requests.get(url, verify=ca, cert=cert, timeout=10)
+
+
 def test_mtls_requires_a_client_cert_signed_by_the_ca(pki: PKI, serve) -> None:  # type: ignore[no-untyped-def]
     running = serve(write_web_config(pki.directory, mtls_config(pki)))
     ca = str(pki.ca)
     # No client certificate: refused during the handshake (or right after it, in TLS 1.3).
-    with pytest.raises((requests.exceptions.SSLError, requests.exceptions.ConnectionError)):
-        requests.get(running.url(), verify=ca, timeout=10)
+    assert_refused(running.url(), ca)
     # A certificate from another CA: refused too.
-    with pytest.raises((requests.exceptions.SSLError, requests.exceptions.ConnectionError)):
-        requests.get(
-            running.url(),
-            verify=ca,
-            cert=(str(pki.other_client.cert), str(pki.other_client.key)),
-            timeout=10,
-        )
+    assert_refused(running.url(), ca, cert=(str(pki.other_client.cert), str(pki.other_client.key)))
     # The right one: accepted, on every endpoint.
     cert = (str(pki.client.cert), str(pki.client.key))
     for path in ("/metrics", "/-/healthy", "/"):
@@ -362,13 +361,7 @@ def test_verify_client_cert_if_given(pki: PKI, serve) -> None:  # type: ignore[n
     assert requests.get(running.url(), verify=ca, timeout=10).status_code == 200
     good = (str(pki.client.cert), str(pki.client.key))
     assert requests.get(running.url(), verify=ca, cert=good, timeout=10).status_code == 200
-    with pytest.raises((requests.exceptions.SSLError, requests.exceptions.ConnectionError)):
-        requests.get(
-            running.url(),
-            verify=ca,
-            cert=(str(pki.other_client.cert), str(pki.other_client.key)),
-            timeout=10,
-        )
+    assert_refused(running.url(), ca, cert=(str(pki.other_client.cert), str(pki.other_client.key)))
 
 
 # --- basic auth ------------------------------------------------------------------------

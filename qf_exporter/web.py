@@ -12,19 +12,16 @@ import base64
 import binascii
 import contextlib
 import gzip
-import html
 import logging
 import socket
 import threading
-import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from qf_exporter.models import STATUSES
+from qf_exporter.landing import landing_page
 from qf_exporter.render import Rendered
 from qf_exporter.snapshot import Snapshot
 from qf_exporter.webconfig import WebConfig
@@ -97,15 +94,18 @@ class _Handler(BaseHTTPRequestHandler):
             try:
                 do_handshake()
             except (OSError, ValueError) as exc:
-                log.debug("TLS handshake failed", extra={"client": self.client_address[0],
-                                                         "error": type(exc).__name__})
+                log.debug(
+                    "TLS handshake failed",
+                    extra={"client": self.client_address[0], "error": type(exc).__name__},
+                )
                 return
         with contextlib.suppress(ConnectionError, TimeoutError):
             super().handle()
 
     def log_message(self, format: str, *args: Any) -> None:
-        log.debug("http request", extra={"client": self.client_address[0],
-                                         "request": format % args})
+        log.debug(
+            "http request", extra={"client": self.client_address[0], "request": format % args}
+        )
 
     # --- routing ------------------------------------------------------------------------
 
@@ -123,7 +123,12 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._text(503, "Not ready: the first poll has not finished\n")
         elif path == "/":
-            self._send(200, _landing(self.server).encode(), "text/html; charset=utf-8")
+            page = landing_page(
+                self.server.snapshot(),
+                telemetry_path=self.server.telemetry_path,
+                version=self.server.version,
+            )
+            self._send(200, page.encode(), "text/html; charset=utf-8")
         else:
             self._text(404, "Not found\n")
 
@@ -203,60 +208,3 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             for part in parts:
                 self.wfile.write(part)
-
-
-def _when(ts: float | None) -> str:
-    if ts is None:
-        return "never"
-    age = max(0, int(time.time() - ts))
-    stamp = datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    return f"{stamp} ({age}s ago)"
-
-
-def _landing(server: ExporterHTTPServer) -> str:
-    snapshot = server.snapshot()
-    e = html.escape
-    rows = []
-    for name, state in sorted(snapshot.accounts.items()):
-        counts = state.status_counts()
-        targets_up = sum(1 for t in state.targets.values() if t.up)
-        problems = sorted({t.error for t in state.targets.values() if t.error})
-        if state.discovery_error:
-            problems.insert(0, "discovery: " + state.discovery_error)
-        rows.append(
-            "<tr>"
-            f"<td>{e(name)}</td>"
-            f"<td class={'up' if state.up else 'down'}>{'reachable' if state.up else 'DOWN'}</td>"
-            f"<td>{targets_up}/{len(state.targets)}</td>"
-            + "".join(f"<td>{counts[s]}</td>" for s in STATUSES)
-            + f"<td>{e(_when(state.last_success))}</td>"
-            f"<td>{'<br>'.join(e(p[:300]) for p in problems[:5])}</td>"
-            "</tr>"
-        )
-    if not rows:
-        rows.append(f"<tr><td colspan={len(STATUSES) + 5}>waiting for the first poll…</td></tr>")
-    heads = "".join(f"<th>{s}</th>" for s in STATUSES)
-    path = e(server.telemetry_path)
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>qf-exporter</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em; }}
-table {{ border-collapse: collapse; }} th, td {{ border: 1px solid #ccc; padding: .3em .6em; }}
-td.up {{ color: #1a7f37; }} td.down {{ color: #cf222e; font-weight: bold; }}
-</style></head>
-<body>
-<h1>qf-exporter</h1>
-<p>Prometheus exporter for Baidu Qianfan fine-tuning runs, version {e(server.version)}.</p>
-<ul>
-<li><a href="{path}">Metrics</a></li>
-<li><a href="/-/healthy">Health</a></li>
-<li><a href="/-/ready">Readiness</a></li>
-</ul>
-<h2>Accounts</h2>
-<table>
-<tr><th>account</th><th>Qianfan</th><th>targets up</th>{heads}
-<th>last good poll</th><th>problems</th></tr>
-{''.join(rows)}
-</table>
-</body></html>
-"""

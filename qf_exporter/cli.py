@@ -131,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             snapshot = exporter.poller.poll_all(force=True)
             sys.stdout.buffer.write(exporter.exposition())
             sys.stdout.flush()
-            ok = all(s.up for s in snapshot.accounts.values())
+            ok = all(s.every_target_read for s in snapshot.accounts.values())
             return EXIT_OK if ok else EXIT_TARGETS_DOWN
         return _serve(exporter, host, port, args.telemetry_path, web_config)
     finally:

@@ -1,8 +1,10 @@
 """Exporter metadata collected at scrape time: build, configuration reloads, shard.
 
 A small collector in the prometheus_client style. The per-account and per-target
-health (``qianfan_up``, ``qianfan_target_up``, poll timings, discovered jobs)
-changes only with a poll, so it is rendered with the run metrics (``render``).
+health (``qianfan_up``, ``qianfan_last_successful_poll_timestamp_seconds``,
+``qianfan_target_up``, ``qianfan_target_last_success_timestamp_seconds``,
+``qianfan_target_error_info``, poll timings, discovered jobs) changes only with a
+poll, so it is rendered with the run metrics (``render.render_health``).
 """
 
 from __future__ import annotations

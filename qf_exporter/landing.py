@@ -18,28 +18,53 @@ def _when(ts: float | None) -> str:
     return f"{stamp} ({age}s ago)"
 
 
+MESSAGE_LIMIT = 300  # characters of one error message on the page
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= MESSAGE_LIMIT else text[: MESSAGE_LIMIT - 1] + "…"
+
+
 def landing_page(snapshot: Snapshot, *, telemetry_path: str, version: str) -> str:
-    """The HTML of `/`: per account, whether Qianfan is reachable, and what is down."""
+    """The HTML of `/`: per account, whether Qianfan is reachable with its credentials,
+    its runs per status, and every target that is down with its reason."""
     e = html.escape
     rows = []
+    down_rows = []
     for name, state in sorted(snapshot.accounts.items()):
         counts = state.status_counts()
-        targets_up = sum(1 for t in state.targets.values() if t.up)
-        problems = sorted({t.error for t in state.targets.values() if t.error})
-        if state.discovery_error:
-            problems.insert(0, "discovery: " + state.discovery_error)
+        down = state.targets_down
+        if state.up:
+            reach = "<td class=up>reachable</td>"
+        else:
+            reach = f"<td class=down>DOWN: {e(_cut(state.error or 'not reached'))}</td>"
         rows.append(
             "<tr>"
             f"<td>{e(name)}</td>"
-            f"<td class={'up' if state.up else 'down'}>{'reachable' if state.up else 'DOWN'}</td>"
-            f"<td>{targets_up}/{len(state.targets)}</td>"
+            f"{reach}"
+            f"<td>{len(state.targets) - len(down)}/{len(state.targets)}</td>"
             + "".join(f"<td>{counts[s]}</td>" for s in STATUSES)
             + f"<td>{e(_when(state.last_success))}</td>"
-            f"<td>{'<br>'.join(e(p[:300]) for p in problems[:5])}</td>"
             "</tr>"
         )
+        for target in down:
+            down_rows.append(
+                "<tr>"
+                f"<td>{e(name)}</td><td>{e(target.api)}</td><td>{e(target.name)}</td>"
+                f"<td class=down>{e(target.reason or 'not read yet')}</td>"
+                f"<td>{e(_cut(target.error))}</td>"
+                f"<td>{e(_when(target.last_success))}</td>"
+                "</tr>"
+            )
     if not rows:
-        rows.append(f"<tr><td colspan={len(STATUSES) + 5}>waiting for the first poll…</td></tr>")
+        rows.append(f"<tr><td colspan={len(STATUSES) + 4}>waiting for the first poll…</td></tr>")
+    if down_rows:
+        down_table = (
+            "<table>\n<tr><th>account</th><th>api</th><th>target</th><th>reason</th>"
+            "<th>message</th><th>last read</th></tr>\n" + "\n".join(down_rows) + "\n</table>"
+        )
+    else:
+        down_table = "<p>Every target was read by its latest poll.</p>"
     heads = "".join(f"<th>{s}</th>" for s in STATUSES)
     path = e(telemetry_path)
     return f"""<!doctype html>
@@ -58,10 +83,13 @@ td.up {{ color: #1a7f37; }} td.down {{ color: #cf222e; font-weight: bold; }}
 <li><a href="/-/ready">Readiness</a></li>
 </ul>
 <h2>Accounts</h2>
+<p>Qianfan: whether the latest poll reached Qianfan with the account's credentials.</p>
 <table>
 <tr><th>account</th><th>Qianfan</th><th>targets up</th>{heads}
-<th>last good poll</th><th>problems</th></tr>
+<th>last good poll</th></tr>
 {"".join(rows)}
 </table>
+<h2>Targets down</h2>
+{down_table}
 </body></html>
 """

@@ -10,6 +10,14 @@ snapshot in one step:
 * a target whose last read failed is retried every ``interval``, and keeps its
   last-read runs (with ``qianfan_target_up`` 0) until ``stale_after``.
 
+Health at the right grain: an account is up (``qianfan_up``) when its latest poll
+reached Qianfan with accepted credentials. Any authoritative answer counts, "no such
+job" included: a mistyped job id is that target's problem (``qianfan_target_up`` 0),
+not an account outage. The account is down only when every call of the poll failed
+with a connection, timeout, auth, server or rate-limit error, or when the job listing
+(discovery) failed. A firing with nothing due makes no call and keeps the previous
+poll's answer; an account with nothing to read at all is not down.
+
 Accounts never share a worker, a client, a budget or a scheduler thread (each
 account's job runs in its own one-thread executor), so one account's failures,
 slowness or throttling never delay another's poll.
@@ -54,6 +62,10 @@ log = logging.getLogger(__name__)
 TargetKey = tuple[str, str]  # (api, name): ("v2", "job-..."), ("v1", "10250/6205")
 RunKey = tuple[str, str, str, str]  # Run.key: (account, api, job_id, task_id)
 LEFT_OUT_REASONS = ("retention", "max_runs")
+# Failures that say Qianfan could not be used with the account's credentials. Any other
+# outcome of a call (a good answer, "no such job", a refused request, an answer that does
+# not parse) came from Qianfan after it accepted the credentials.
+UNREACHED = frozenset({"connection", "timeout", "auth", "server", "rate_limited"})
 
 
 @dataclass(frozen=True)
@@ -122,6 +134,10 @@ class AccountPoller:
         self.left_out: dict[TargetKey, set[RunKey]] = {}
         self.last_success: float | None = None
         self.last_duration: float | None = None
+        # Whether the latest poll that made a call reached Qianfan, and if not, why.
+        # Before any call nothing has failed: an account with nothing to read is not down.
+        self.up = True
+        self.error = ""
         self._cap_warned = False
         self._lock = threading.Lock()  # one poll of this account at a time
         self._configured = frozenset(self._configured_keys())
@@ -168,24 +184,26 @@ class AccountPoller:
                 extra={"account": self.account.name, "max_runs": cap, "v1_pairs": pairs},
             )
 
-    def _discover(self, now: float) -> None:
+    def _discover(self, now: float) -> bool | None:
+        """List the account's jobs when due: True when listed, False when the listing
+        failed, None when it was not due."""
         d = self.account.discovery
         # The scheduler fires every ``interval`` with some jitter: allow for it.
         slack = 0.1 * self.poll.interval
         if self.last_discovery is not None and now - self.last_discovery < d.interval - slack:
-            return
+            return None
         try:
             raw = self.client.describe_jobs(deadline=now + self.read_budget)
             jobs = [job for job in (parse_job(item) for item in raw) if job is not None]
         except QianfanError as exc:
             self._discovery_failed(str(exc), exc.reason)
-            return
+            return False
         except Exception as exc:  # a bug must not stop the configured targets' reads
             log.exception("unexpected error in job discovery",
                           extra={"account": self.account.name})
             self._discovery_failed(str(InvalidResponse(f"unexpected {type(exc).__name__}")),
                                    "invalid_response")
-            return
+            return False
         self.discovered = frozenset(
             job.job_id
             for job in jobs
@@ -195,6 +213,7 @@ class AccountPoller:
         self.discovery_error = ""
         log.debug("jobs discovered", extra={"account": self.account.name,
                                             "listed": len(jobs), "kept": len(self.discovered)})
+        return True
 
     def _discovery_failed(self, error: str, reason: str) -> None:
         """Keep the previous job list; the account reads as down until a listing works."""
@@ -247,8 +266,12 @@ class AccountPoller:
         with self._lock:
             started = time.perf_counter()
             now = self.clock()
+            # One (reason, error) per call this poll made; reason "" for a good answer.
+            outcomes: list[tuple[str, str]] = []
             if self.account.discover and not self.stop.is_set():
-                self._discover(now)
+                listed = self._discover(now)
+                if listed is not None:
+                    outcomes.append(("", "") if listed else ("listing", self.discovery_error))
             self._sync_targets()
             due = [
                 key for key, state in self.targets.items() if force or self.due(state, now)
@@ -266,6 +289,7 @@ class AccountPoller:
                     state, vanished = future.result()
                 except CancelledError:  # stopping: this read never started
                     continue
+                outcomes.append(("", "") if state.up else (state.reason, state.error))
                 if vanished and key not in self._configured:
                     # A discovered job the API no longer knows: drop it now, not at
                     # the next listing (which adds it back should it reappear).
@@ -278,8 +302,21 @@ class AccountPoller:
             end = self.clock()
             for key, state in list(self.targets.items()):
                 self.targets[key] = self._expire(state, end)
-            up = all(s.up for s in self.targets.values()) and not self.discovery_error
-            return self._state(up, end, time.perf_counter() - started, read=bool(due))
+            self._health(outcomes)
+            return self._state(end, time.perf_counter() - started, read=bool(due))
+
+    def _health(self, outcomes: list[tuple[str, str]]) -> None:
+        """Whether this poll reached Qianfan with accepted credentials (see the module doc)."""
+        if self.discovery_error:  # the listing failed (it is retried every poll until it works)
+            self.up, self.error = False, "job listing failed: " + self.discovery_error
+        elif not outcomes:  # nothing was due: the previous poll's answer stands
+            return
+        elif any(reason not in UNREACHED for reason, _ in outcomes):
+            self.up, self.error = True, ""
+        else:
+            reasons = ", ".join(sorted({reason for reason, _ in outcomes}))
+            self.up = False
+            self.error = f"every call failed ({reasons}): {outcomes[0][1]}"
 
     def _read(self, key: TargetKey, started: float) -> tuple[TargetState, bool]:
         """The target's new state, and whether the API says it does not exist."""
@@ -342,21 +379,22 @@ class AccountPoller:
             return replace(state, runs=())
         return state
 
-    def _state(self, up: bool, end: float, duration: float, read: bool) -> AccountState:
-        if up:
+    def _state(self, end: float, duration: float, read: bool) -> AccountState:
+        if self.up:
             self.last_success = end
         if read:  # a firing with nothing due is no poll: keep the last one's duration
             self.last_duration = duration
         return AccountState(
             name=self.account.name,
             targets=MappingProxyType(dict(self.targets)),
-            up=up,
+            up=self.up,
             polled=True,
             last_success=self.last_success,
             poll_duration=self.last_duration,
             discovery_error=self.discovery_error,
             discovered_jobs=len(self.discovered) if self.account.discover else None,
             runs=self._retained(end),
+            error=self.error,
         )
 
     def _retained(self, now: float) -> tuple[Run, ...]:

@@ -296,12 +296,17 @@ _KEY = attrgetter("account", "api", "job_id", "task_id")
 # --- health metrics that change only with the snapshot --------------------------------
 
 _HEALTH_HELP = {
-    "qianfan_up": "1 when the latest poll of the account reached Qianfan, authenticated and "
-    "read every target.",
+    "qianfan_up": "1 when the latest poll of the account reached Qianfan and its credentials "
+    "were accepted (an authoritative answer such as no such job counts); 0 when every call "
+    "failed (connection, timeout, auth, server, rate limit) or the job listing failed.",
     "qianfan_target_up": "1 when the latest read of the target (a V2 job id, or a V1 "
-    "task/job pair) succeeded.",
+    "task/job pair) succeeded; targets are read in the background every poll.interval.",
+    "qianfan_target_last_success_timestamp_seconds": "When the target (a V2 job id, or a V1 "
+    "task/job pair) was last read successfully.",
+    "qianfan_target_error_info": "The reason the latest read of the target failed (value 1, "
+    "present only while qianfan_target_up is 0).",
     "qianfan_last_successful_poll_timestamp_seconds": "End of the latest poll of the "
-    "account that read every target.",
+    "account that reached Qianfan with accepted credentials.",
     "qianfan_poll_duration_seconds": "Wall time of the account's latest poll.",
     "qianfan_discovered_jobs": "Jobs that discovery (discover: true) currently polls for "
     "the account: those DescribeFineTuningJobs lists that pass the filters and this shard "
@@ -326,10 +331,20 @@ def render_health(snapshot: Snapshot, accounts: Iterable[str]) -> bytes:
         if state is None:
             continue
         for (api, target), target_state in sorted(state.targets.items()):
+            labels = f'account="{account}",api="{escape(api)}",target="{escape(target)}"'
             lines["qianfan_target_up"].append(
-                f'qianfan_target_up{{account="{account}",api="{escape(api)}",'
-                f'target="{escape(target)}"}} {1 if target_state.up else 0}'
+                f"qianfan_target_up{{{labels}}} {1 if target_state.up else 0}"
             )
+            if target_state.last_success is not None:
+                lines["qianfan_target_last_success_timestamp_seconds"].append(
+                    f"qianfan_target_last_success_timestamp_seconds{{{labels}}} "
+                    f"{target_state.last_success!r}"
+                )
+            if not target_state.up and target_state.reason:
+                lines["qianfan_target_error_info"].append(
+                    f'qianfan_target_error_info{{{labels},'
+                    f'reason="{escape(target_state.reason)}"}} 1'
+                )
         for metric, number in (
             ("qianfan_last_successful_poll_timestamp_seconds", state.last_success),
             ("qianfan_poll_duration_seconds", state.poll_duration),

@@ -36,17 +36,39 @@ class TargetState:
 
 @dataclass(frozen=True)
 class AccountState:
+    """One account after its latest poll.
+
+    ``up`` says whether that poll reached Qianfan with accepted credentials (an
+    authoritative answer such as "no such job" counts); a target that could not be
+    read is that target's problem (its ``TargetState.up``), not the account's.
+    """
+
     name: str
     targets: Mapping[tuple[str, str], TargetState] = field(
         default_factory=lambda: MappingProxyType({})
     )
     up: bool = False
     polled: bool = False
-    last_success: float | None = None
+    last_success: float | None = None  # end of the latest poll that reached Qianfan
     poll_duration: float | None = None
     discovery_error: str = ""
     discovered_jobs: int | None = None  # jobs discovery adds (None: discovery is off)
     runs: tuple[Run, ...] = ()  # exported runs, after retention and max_runs
+    error: str = ""  # why Qianfan could not be used, when ``up`` is false
+
+    @property
+    def every_target_read(self) -> bool:
+        """Whether the latest poll reached Qianfan and read every target (``--once``)."""
+        return (
+            self.up
+            and not self.discovery_error
+            and all(target.up for target in self.targets.values())
+        )
+
+    @property
+    def targets_down(self) -> list[TargetState]:
+        """The targets whose latest read failed, in label order."""
+        return [t for _, t in sorted(self.targets.items()) if not t.up]
 
     def status_counts(self) -> dict[str, int]:
         counts = dict.fromkeys(STATUSES, 0)

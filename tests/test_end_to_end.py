@@ -139,6 +139,7 @@ def test_a_failing_target_keeps_its_runs_until_stale(
     poll = Poll(interval=60, finished_interval=1800, stale_after=300, timeout=5, retries=0)
     exporter = make_exporter(account(sim, jobs=("job-a", "job-b")), poll=poll)
     exporter.poller.poll_all()
+    first_read = clock()
     sim.add_fault("http_500", target="job-a")
 
     for _ in range(5):  # 300 s: still within stale_after
@@ -146,18 +147,27 @@ def test_a_failing_target_keeps_its_runs_until_stale(
         exporter.poller.poll_all(force=False)
         samples = parse_samples(scrape(exporter).content)
         assert value(samples, "qianfan_target_up", target="job-a") == 0
+        assert value(samples, "qianfan_target_error_info", target="job-a",
+                     reason="server") == 1
         assert value(samples, "qianfan_target_up", target="job-b") == 1
-        assert value(samples, "qianfan_up", account="default") == 0
+        assert series(samples, "qianfan_target_error_info", target="job-b") == {}
+        # job-b was read: Qianfan is reachable with these credentials, one job is not.
+        assert value(samples, "qianfan_up", account="default") == 1
+        assert value(samples, "qianfan_last_successful_poll_timestamp_seconds") == clock()
+        assert value(samples, "qianfan_target_last_success_timestamp_seconds",
+                     target="job-a") == first_read
+        assert value(samples, "qianfan_target_last_success_timestamp_seconds",
+                     target="job-b") == clock()
         assert value(samples, "qianfan_finetune_run_info", task_id="task-a") == 1
         assert value(samples, "qianfan_api_request_failures_total",
                      action="DescribeFineTuningTasks", reason="server") is not None
-    last_good = value(samples, "qianfan_last_successful_poll_timestamp_seconds")
     clock.advance(60)
     exporter.poller.poll_all(force=False)
     samples = parse_samples(scrape(exporter).content)
     assert value(samples, "qianfan_finetune_run_info", task_id="task-a") is None  # stale: gone
     assert value(samples, "qianfan_finetune_run_info", task_id="task-b") == 1
-    assert value(samples, "qianfan_last_successful_poll_timestamp_seconds") == last_good
+    assert value(samples, "qianfan_target_last_success_timestamp_seconds",
+                 target="job-a") == first_read
 
     sim.clear_faults()
     clock.advance(60)

@@ -247,8 +247,15 @@ def check_fault(case: Case, fleet: Fleet, exporter: Exporter,
         for api, target in B_TARGETS:
             assert value(samples, "qianfan_target_up", account="b", api=api,
                          target=target) == 1
-        assert value(samples, "qianfan_up", account="a") == 0
+        # One target failing is that target's problem: account a is down only when
+        # every call failed (here: its gateway refused every connection).
+        assert value(samples, "qianfan_up", account="a") == (0 if case.api == "both" else 1)
         assert value(samples, "qianfan_up", account="b") == 1
+        for api, target in case.affected:
+            assert value(samples, "qianfan_target_error_info", account="a", api=api,
+                         target=target, reason=case.reason) == 1
+            assert value(samples, "qianfan_target_last_success_timestamp_seconds",
+                         account="a", api=api, target=target) == read_at
         # The right reason, once per failed request (no retries here), and no other.
         for action, count in per_poll.items():
             assert failures(samples, "a", action=action, reason=case.reason) == k * count
@@ -274,7 +281,7 @@ def check_fault(case: Case, fleet: Fleet, exporter: Exporter,
                 assert value(samples, "qianfan_finetune_run_last_read_timestamp_seconds",
                              account="b", **labels) == clock()
     assert value(samples, "qianfan_last_successful_poll_timestamp_seconds",
-                 account="a") == read_at
+                 account="a") == (read_at if case.api == "both" else clock())
 
     # The fault ends: the next poll recovers.
     if own is not None:

@@ -166,6 +166,40 @@ class AccountPoller:
         self.workers.shutdown(wait=False, cancel_futures=True)
         self.client.close()
 
+    def adopt(
+        self, previous: AccountState, left_out: dict[TargetKey, set[RunKey]] | None = None
+    ) -> AccountState:
+        """Take over the last snapshot of this account from before a reload.
+
+        Targets that the new settings still poll keep their state (runs, health, last
+        success) and are all due at the first poll under the new settings; targets they no
+        longer poll go at once. With discovery on, previously discovered jobs stay until
+        the first listing under the new settings says otherwise. Returns the state to
+        serve until that first poll completes.
+        """
+        kept: dict[TargetKey, TargetState] = {}
+        for key, state in previous.targets.items():
+            if key in self._configured:
+                kept[key] = replace(state, discovered=False, last_attempt=None)
+            elif (self.account.discover and key[0] == "v2"
+                  and self.shard.owns(self.account.name, key[1])):
+                kept[key] = replace(state, discovered=True, last_attempt=None)
+        self.targets.update(kept)
+        self.discovered = frozenset(name for (_, name), s in kept.items() if s.discovered)
+        self.up, self.error = previous.up, previous.error
+        self.last_success = previous.last_success
+        self.last_duration = previous.poll_duration
+        if left_out:
+            self.left_out = {key: set(runs) for key, runs in left_out.items() if key in kept}
+        runs = {run.key for state in kept.values() for run in state.runs}
+        return replace(
+            previous,
+            targets=MappingProxyType(kept),
+            runs=tuple(run for run in previous.runs if run.key in runs),
+            discovered_jobs=len(self.discovered) if self.account.discover else None,
+            discovery_error=previous.discovery_error if self.account.discover else "",
+        )
+
     # --- which targets ----------------------------------------------------------------
 
     def _configured_keys(self) -> list[TargetKey]:
@@ -590,11 +624,16 @@ class Poller:
     def reload(self, config: Config) -> None:
         """Switch to a new, already validated config in one step.
 
-        Accounts whose settings did not change keep their state and budget; changed
-        ones start over; removed ones disappear from the metrics.
+        Accounts whose settings did not change keep their poller, state and budget.
+        Changed ones (or all, when ``poll:`` changed) get a new poller that takes over
+        their last snapshot: their runs, ``qianfan_up`` and target states keep being
+        served until the first poll under the new settings completes, so a reload never
+        blanks the data. Only removed accounts, and targets that a surviving account no
+        longer polls, disappear, at once.
         """
         with self._swap:
             old = self.accounts
+            previous = self._snapshot.accounts
             keep = {
                 name: poller
                 for name, poller in old.items()
@@ -603,20 +642,30 @@ class Poller:
             }
             self.config = config
             self.accounts = {}
+            shown: dict[str, AccountState] = {}
             for account in config.accounts:
                 if account.name in keep:
                     self.accounts[account.name] = keep[account.name]
-                else:
-                    self.accounts[account.name] = AccountPoller(
-                        account, config.poll, self.metrics, shard=self.shard,
-                        clock=self.clock, stop=self.stop_event,
-                    )
+                    if account.name in previous:
+                        shown[account.name] = previous[account.name]
+                    continue
+                poller = AccountPoller(
+                    account, config.poll, self.metrics, shard=self.shard,
+                    clock=self.clock, stop=self.stop_event,
+                )
+                self.accounts[account.name] = poller
+                last = previous.get(account.name)
+                if last is not None:
+                    before = old.get(account.name)
+                    # dict() copies in one step, even while an old poll is still running.
+                    left_out = dict(before.left_out) if before is not None else None
+                    shown[account.name] = poller.adopt(last, left_out)
             for name, poller in old.items():
                 if self.accounts.get(name) is not poller:
                     poller.close()
                     if name not in self.accounts:
                         self.metrics.forget_account(name)
-            self._snapshot = self._snapshot.without_accounts(set(keep))
+            self._snapshot = self._snapshot.with_accounts(shown)
             self._rendered = self._render(runs_changed=True)
         if self._scheduler is not None:
             for job in self._scheduler.get_jobs():

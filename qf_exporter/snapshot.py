@@ -87,9 +87,10 @@ class Snapshot:
         accounts[state.name] = state
         return replace(self, accounts=MappingProxyType(accounts), generation=self.generation + 1)
 
-    def without_accounts(self, keep: set[str]) -> Snapshot:
-        accounts = {k: v for k, v in self.accounts.items() if k in keep}
-        return replace(self, accounts=MappingProxyType(accounts), generation=self.generation + 1)
+    def with_accounts(self, accounts: Mapping[str, AccountState]) -> Snapshot:
+        """Every account's state replaced at once (a reload)."""
+        return replace(self, accounts=MappingProxyType(dict(accounts)),
+                       generation=self.generation + 1)
 
     def runs(self) -> Iterator[Run]:
         for account in self.accounts.values():

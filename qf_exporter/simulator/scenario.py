@@ -120,6 +120,34 @@ class SimJob:
     runs: list[SimRun] = field(default_factory=list)
 
 
+@dataclass
+class Recurring:
+    """A job that starts a new run every ``period`` seconds from ``first`` on, forever.
+
+    The runs' outcomes cycle through ``outcomes``. Runs created more than ``keep`` seconds
+    ago leave the job's listing, so a world that runs for weeks stays small.
+    """
+
+    first: float
+    period: float
+    wait: float
+    duration: float
+    outcomes: tuple[str, ...]
+    keep: float
+    end_fraction: float = 0.6  # how far a failed or stopped run gets
+    started: int = 0  # runs created so far
+
+    def make(self, k: int) -> dict[str, object]:
+        outcome = self.outcomes[k % len(self.outcomes)]
+        kw: dict[str, object] = {"created": self.first + k * self.period, "wait": self.wait,
+                                 "duration": self.duration, "outcome": outcome,
+                                 "end_fraction": self.end_fraction}
+        if outcome == "failed":
+            kw["error_code"] = 500001
+            kw["error_message"] = f"run {k + 1}: loss became NaN at step {200 + 37 * (k % 9)}"
+        return kw
+
+
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -146,6 +174,7 @@ class World:
         self.jobs: dict[str, SimJob] = {}
         self.v1_runs: dict[tuple[int, int], SimRun] = {}
         self.v1_task_names: dict[int, str] = {}
+        self.recurring: dict[str, Recurring] = {}  # job id -> its schedule of new runs
         self.lock = threading.RLock()
 
     # --- building ---------------------------------------------------------------------
@@ -177,6 +206,24 @@ class World:
             self.v1_task_names[task_id] = task_name or f"task_{task_id}"
             return run
 
+    def add_recurring(self, job_id: str, **kw: object) -> Recurring:
+        """Let ``job_id`` start new runs on a schedule (see ``Recurring``)."""
+        with self.lock:
+            schedule = Recurring(**kw)  # type: ignore[arg-type]
+            self.recurring[job_id] = schedule
+            return schedule
+
+    def _recur(self, job: SimJob, now: float) -> None:
+        schedule = self.recurring.get(job.job_id)
+        if schedule is None:
+            return
+        while schedule.first + schedule.started * schedule.period <= now:
+            self.add_run(job.job_id, f"task-{job.job_id.removeprefix('job-')}-"
+                         f"r{schedule.started + 1:05d}", **schedule.make(schedule.started))
+            schedule.started += 1
+        if job.runs and job.runs[0].created < now - schedule.keep:
+            job.runs[:] = [run for run in job.runs if run.created >= now - schedule.keep]
+
     def remove_job(self, job_id: str) -> None:
         with self.lock:
             self.jobs.pop(job_id, None)
@@ -184,7 +231,9 @@ class World:
     # --- answers ------------------------------------------------------------------------
 
     def visible_runs(self, job: SimJob, now: float) -> list[SimRun]:
-        return [r for r in job.runs if r.created <= now]
+        with self.lock:
+            self._recur(job, now)
+            return [r for r in job.runs if r.created <= now]
 
     def v2_task(self, job: SimJob, run: SimRun, now: float) -> dict[str, object]:
         status = run.status(now)
@@ -306,6 +355,21 @@ def demo_world(clock: Callable[[], float], seed: int = 7, speed: float = 1.0) ->
                       wait=(0.5 + rng.random()) * m, duration=(4 + 3 * rng.random()) * m,
                       outcome=rng.choice(["succeeded", "succeeded", "failed", "stopped"]),
                       end_fraction=0.5, error_code=500001, error_message="loss became NaN")
+    # Within the first minute one run fails and another is stopped, so a fresh demo next
+    # to Prometheus shows the run alerts at once; from then on the job starts a run every
+    # 4 minutes, and one run in four fails, another is stopped.
+    world.add_job("job-demo-nightly", "nightly regression SFT", model="ERNIE-Speed-8K",
+                  train_mode="SFT", parameter_scale="LoRA", created=now - 86400,
+                  description="demo job 5: a new run every few minutes")
+    world.add_run("job-demo-nightly", "task-demo-nightly-fails-first", created=now - 2 * m,
+                  wait=0, duration=4 * m, outcome="failed", end_fraction=(2 + 1 / 3) / 4,
+                  error_code=500001, error_message="CUDA out of memory at step 312")
+    world.add_run("job-demo-nightly", "task-demo-nightly-stopped-first",
+                  created=now - 1.5 * m, wait=0.5 * m, duration=5 * m, outcome="stopped",
+                  end_fraction=(1 + 2 / 3) / 5)
+    world.add_recurring("job-demo-nightly", first=now + m, period=4 * m, wait=0.25 * m,
+                        duration=2.5 * m, outcomes=("succeeded", "failed", "succeeded",
+                                                    "stopped"), keep=180 * m)
     # V1 (frozen API) runs.
     world.add_v1_run(10250, 6205, "sdk_test_7", created=now - 90000, wait=0, duration=267452,
                      outcome="stopped", end_fraction=0.0001)

@@ -241,3 +241,52 @@ def test_new_credentials_that_fail_keep_the_runs_until_stale(
     clock.advance(FAST_POLL.stale_after)
     exporter.poller.poll_all(force=False)
     assert runs_in(parse_samples(exporter.exposition()), "team") == set()
+
+
+def test_discovered_jobs_survive_a_reload_until_the_next_listing(
+    world: World, sim: QianfanSimulator, clock: ManualClock,
+    make_exporter: Callable[..., Exporter]
+) -> None:
+    jobs = jobs_of(world, clock, 3)
+    team = account(sim, name="team", jobs=jobs[:1], discover=True)
+    exporter = make_exporter(team)
+    exporter.poller.poll_all()
+    everything = {(job, f"task-{job}") for job in jobs}
+    assert runs_in(parse_samples(exporter.exposition()), "team") == everything
+
+    # A new budget: the discovered jobs are still served, and listed again at once.
+    world.remove_job(jobs[2])
+    exporter.poller.reload(Config(accounts=(replace(team, qps=500),), poll=FAST_POLL))
+    samples = parse_samples(exporter.exposition())
+    assert runs_in(samples, "team") == everything
+    assert value(samples, "qianfan_discovered_jobs", account="team") == 2
+    listings = sim.request_count("DescribeFineTuningJobs")
+    exporter.poller.poll_all(force=False)
+    assert sim.request_count("DescribeFineTuningJobs") == listings + 1
+    samples = parse_samples(exporter.exposition())
+    assert runs_in(samples, "team") == everything - {(jobs[2], f"task-{jobs[2]}")}
+
+    # Discovery turned off: the discovered job goes at once, the configured one stays.
+    exporter.poller.reload(Config(accounts=(replace(team, discover=False),), poll=FAST_POLL))
+    samples = parse_samples(exporter.exposition())
+    assert runs_in(samples, "team") == {(jobs[0], f"task-{jobs[0]}")}
+    assert targets_in(samples, "team") == {jobs[0]: 1}
+    assert value(samples, "qianfan_discovered_jobs", account="team") is None
+
+
+def test_runs_left_out_are_not_counted_again_after_a_reload(
+    world: World, sim: QianfanSimulator, clock: ManualClock,
+    make_exporter: Callable[..., Exporter]
+) -> None:
+    jobs = jobs_of(world, clock, 2)  # job-000's run finished 540 s ago
+    poll = replace(FAST_POLL, finished_retention=100)
+    team = account(sim, name="team", jobs=jobs)
+    exporter = make_exporter(team, poll=poll)
+    exporter.poller.poll_all()
+    samples = parse_samples(exporter.exposition())
+    assert runs_in(samples, "team") == {(jobs[1], f"task-{jobs[1]}")}
+    assert value(samples, "qianfan_runs_left_out_total", reason="retention") == 1
+    exporter.poller.reload(Config(accounts=(replace(team, qps=500),), poll=poll))
+    exporter.poller.poll_all(force=False)
+    samples = parse_samples(exporter.exposition())
+    assert value(samples, "qianfan_runs_left_out_total", reason="retention") == 1

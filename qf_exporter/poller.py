@@ -14,9 +14,10 @@ Health at the right grain: an account is up (``qianfan_up``) when its latest pol
 reached Qianfan with accepted credentials. Any authoritative answer counts, "no such
 job" included: a mistyped job id is that target's problem (``qianfan_target_up`` 0),
 not an account outage. The account is down only when every call of the poll failed
-with a connection, timeout, auth, server or rate-limit error, or when the job listing
-(discovery) failed. A firing with nothing due makes no call and keeps the previous
-poll's answer; an account with nothing to read at all is not down.
+with a connection, timeout, auth, server or rate-limit error (or an answer that could
+not be read), or when the job listing (discovery) failed. A firing with nothing due
+makes no call and keeps the previous poll's answer; an account with nothing to read at
+all is not down.
 
 Accounts never share a worker, a client, a budget or a scheduler thread (each
 account's job runs in its own one-thread executor), so one account's failures,
@@ -62,10 +63,13 @@ log = logging.getLogger(__name__)
 TargetKey = tuple[str, str]  # (api, name): ("v2", "job-..."), ("v1", "10250/6205")
 RunKey = tuple[str, str, str, str]  # Run.key: (account, api, job_id, task_id)
 LEFT_OUT_REASONS = ("retention", "max_runs")
-# Failures that say Qianfan could not be used with the account's credentials. Any other
-# outcome of a call (a good answer, "no such job", a refused request, an answer that does
-# not parse) came from Qianfan after it accepted the credentials.
-UNREACHED = frozenset({"connection", "timeout", "auth", "server", "rate_limited"})
+# Failures that say nothing about Qianfan accepting the account's credentials. Any other
+# outcome of a call (a good answer, "no such job", a refused request) is an authoritative
+# answer from Qianfan given after it accepted them. An answer that cannot be read is no
+# such evidence: when every call gets one, Qianfan cannot be used either.
+UNREACHED = frozenset(
+    {"connection", "timeout", "auth", "server", "rate_limited", "invalid_response"}
+)
 
 
 @dataclass(frozen=True)

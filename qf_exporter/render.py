@@ -298,7 +298,8 @@ _KEY = attrgetter("account", "api", "job_id", "task_id")
 _HEALTH_HELP = {
     "qianfan_up": "1 when the latest poll of the account reached Qianfan and its credentials "
     "were accepted (an authoritative answer such as no such job counts); 0 when every call "
-    "failed (connection, timeout, auth, server, rate limit) or the job listing failed.",
+    "failed (connection, timeout, auth, server, rate limit, unreadable answer) or the job "
+    "listing failed.",
     "qianfan_target_up": "1 when the latest read of the target (a V2 job id, or a V1 "
     "task/job pair) succeeded; targets are read in the background every poll.interval.",
     "qianfan_target_last_success_timestamp_seconds": "When the target (a V2 job id, or a V1 "

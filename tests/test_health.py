@@ -168,6 +168,27 @@ def test_the_account_is_down_only_when_every_call_fails(
     assert exporter.poller.snapshot.accounts["default"].error == ""
 
 
+def test_answers_that_cannot_be_read_on_every_call_are_no_proof_of_access(
+    world: World, sim: QianfanSimulator, clock: ManualClock,
+    make_exporter: Callable[..., Exporter]
+) -> None:
+    five_jobs(world, clock)
+    exporter = make_exporter(account(sim, jobs=GOOD_JOBS))
+    sim.add_fault("malformed_json", target=GOOD_JOBS[0])
+    exporter.poller.poll_all()
+    samples = parse_samples(exporter.exposition())
+    assert value(samples, "qianfan_up") == 1  # the other jobs were read
+    assert value(samples, "qianfan_target_error_info", target=GOOD_JOBS[0],
+                 reason="invalid_response") == 1
+    sim.add_fault("malformed_json")
+    clock.advance(60)
+    exporter.poller.poll_all(force=False)
+    samples = parse_samples(exporter.exposition())
+    assert value(samples, "qianfan_up") == 0
+    assert exporter.poller.snapshot.accounts["default"].error.startswith(
+        "every call failed (invalid_response)")
+
+
 def test_landing_page_lists_every_target_down_with_bounded_messages() -> None:
     long = "x" * 5000
     targets = {("v2", f"job-{k:02d}"): TargetState(api="v2", name=f"job-{k:02d}", up=False,

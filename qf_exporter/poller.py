@@ -54,8 +54,9 @@ from qf_exporter.config import Account, Config, Poll
 from qf_exporter.errors import REASONS, InvalidResponse, NotFound, QianfanError
 from qf_exporter.models import Job, Run, parse_job, parse_v1_run, parse_v2_run
 from qf_exporter.ratelimit import RateLimiter
-from qf_exporter.render import Rendered, render, render_health
+from qf_exporter.render import render_health
 from qf_exporter.snapshot import AccountState, Snapshot, TargetState
+from qf_exporter.store import Rendered, RunStore
 from qf_exporter.telemetry import ApiMetrics
 
 log = logging.getLogger(__name__)
@@ -506,14 +507,24 @@ class Poller:
         self._executors: dict[str, tuple[str, SchedulerPool]] = {}
         self._executor_serial = 0
         self._build(config)
-        self._rendered = self._render(runs_changed=True)
+        self.store = RunStore()
+        self._rendered = self.store.rendered(0, render_health(self._snapshot, list(self.accounts)))
 
-    def _render(self, runs_changed: bool) -> Rendered:
-        """Render the current snapshot; the run text only when the runs changed."""
-        snapshot = self._snapshot
-        health = render_health(snapshot, list(self.accounts))
-        previous = None if runs_changed else self._rendered
-        return render(snapshot.runs(), snapshot.generation, health, previous)
+    def _publish(self, before: Snapshot) -> None:
+        """Bring the run store from ``before`` to the current snapshot, and render.
+
+        Only the runs that changed are rendered again (``store.py``); the health
+        metrics, a few lines per account and target, are rendered whole.
+        """
+        after = self._snapshot
+        for name in before.accounts.keys() | after.accounts.keys():
+            old, new = before.accounts.get(name), after.accounts.get(name)
+            old_runs = old.runs if old is not None else ()
+            new_runs = new.runs if new is not None else ()
+            if old_runs is not new_runs:
+                self.store.replace(old_runs, new_runs)
+        health = render_health(after, list(self.accounts))
+        self._rendered = self.store.rendered(after.generation, health)
 
     def _build(self, config: Config) -> None:
         for account in config.accounts:
@@ -540,14 +551,13 @@ class Poller:
         with self._swap:
             if self.accounts.get(name) is not poller:  # reloaded away meanwhile
                 return state
-            previous = self._snapshot.accounts.get(name)
-            # Compare the runs (up to 10,000 of them) once; only if they are the same is
-            # the rest of the state worth a look.
-            runs_changed = previous is None or previous.runs != state.runs
-            if not runs_changed and previous == state:
+            before = self._snapshot
+            # Runs the poll did not read are the same objects as before, so comparing
+            # even 10,000 of them costs an identity check each.
+            if before.accounts.get(name) == state:
                 return state
-            self._snapshot = self._snapshot.with_account(state)
-            self._rendered = self._render(runs_changed)
+            self._snapshot = before.with_account(state)
+            self._publish(before)
             snapshot = self._snapshot
         if snapshot.ready:
             self.ready.set()
@@ -669,8 +679,9 @@ class Poller:
                     poller.close()
                     if name not in self.accounts:
                         self.metrics.forget_account(name)
-            self._snapshot = self._snapshot.with_accounts(shown)
-            self._rendered = self._render(runs_changed=True)
+            published = self._snapshot
+            self._snapshot = published.with_accounts(shown)
+            self._publish(published)
         if self._scheduler is not None:
             for job in self._scheduler.get_jobs():
                 if job.id.removeprefix("poll:") not in self.accounts:

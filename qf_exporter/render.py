@@ -14,7 +14,6 @@ Every metric name of the run series is defined in ``FAMILIES`` below.
 from __future__ import annotations
 
 import gc
-import gzip
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from operator import attrgetter
@@ -153,7 +152,7 @@ def _help(family: Family) -> bytes:
     return f"# HELP {family.name} {text}\n# TYPE {family.name} gauge\n".encode()
 
 
-_HEADERS = {f.name: _help(f) for f in FAMILIES}
+HEADERS = {f.name: _help(f) for f in FAMILIES}
 
 
 # For each status, the values of the six status series, in STATUSES order.
@@ -212,12 +211,18 @@ def _pieces(runs: Iterable[Run]) -> Iterator[bytes]:
     labelled = [(run, *_labels(run)) for run in ordered]
     chunks = [labelled[i : i + _CHUNK] for i in range(0, len(labelled), _CHUNK)]
     for family in FAMILIES:
-        yield _HEADERS[family.name]
+        yield HEADERS[family.name]
         lines = _LINES[family.name]
         for chunk in chunks:
             text = "".join(lines(chunk))
             if text:
                 yield text.encode("utf-8")
+
+
+def render_families(runs: list[Run]) -> tuple[bytes, ...]:
+    """The lines of ``runs`` (already in key order), one piece per family in page order."""
+    labelled = [(run, *_labels(run)) for run in runs]
+    return tuple("".join(_LINES[family.name](labelled)).encode("utf-8") for family in FAMILIES)
 
 
 # A chunk: per run, (run, its base labels ``{account=...,task_id="..."``, the rest of
@@ -359,42 +364,6 @@ def render_health(snapshot: Snapshot, accounts: Iterable[str]) -> bytes:
         parts.extend(lines[metric])
     parts.append("")
     return "\n".join(parts).encode("utf-8")
-
-
-@dataclass(frozen=True)
-class Rendered:
-    """Everything a scrape serves that only a poll changes: text and one gzip member each.
-
-    ``text``/``gzipped`` hold the run metrics, ``health``/``health_gzipped`` the
-    per-account and per-target health.
-    """
-
-    text: bytes
-    gzipped: bytes
-    generation: int
-    health: bytes = b""
-    health_gzipped: bytes = b""
-
-
-def _gzip(data: bytes) -> bytes:
-    # Level 1: five times faster than the default for ~10 % more bytes; the scrape
-    # path only copies these bytes, so render time is what matters.
-    return gzip.compress(data, compresslevel=1, mtime=0)
-
-
-def render(
-    runs: Iterable[Run],
-    generation: int,
-    health: bytes = b"",
-    previous: Rendered | None = None,
-) -> Rendered:
-    """Render a snapshot. With ``previous``, its run text is reused (runs unchanged)."""
-    if previous is None:
-        text = render_runs(runs)
-        zipped = _gzip(text)
-    else:
-        text, zipped = previous.text, previous.gzipped
-    return Rendered(text, zipped, generation, health, _gzip(health) if health else b"")
 
 
 class GenericRunCollector(Collector):

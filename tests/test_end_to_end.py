@@ -335,8 +335,8 @@ def test_unchanged_snapshot_is_not_rendered_again(
     clock.advance(60)
     exporter.poller.poll_all(force=False)  # nothing due: the job is final
     # The run text is reused as it is; only the small health part (poll time) is new.
-    assert exporter.poller.rendered.text is first.text
-    assert exporter.poller.rendered.gzipped is first.gzipped
+    assert exporter.poller.rendered.runs is first.runs
+    assert exporter.poller.rendered.runs_gzipped is first.runs_gzipped
     samples = parse_samples(exporter.exposition())
     assert value(samples, "qianfan_last_successful_poll_timestamp_seconds") == clock()
     clock.advance(1800)

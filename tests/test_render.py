@@ -11,7 +11,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from qf_exporter import render as render_module
 from qf_exporter.models import Run, parse_v1_run, parse_v2_run
-from qf_exporter.render import FAMILIES, GenericRunCollector, render, render_runs
+from qf_exporter.render import FAMILIES, GenericRunCollector, render_runs
+from qf_exporter.store import render
 from tests.conftest import parse_samples, promtool_check_metrics, series, value
 from tests.test_models import V1_SDK_EXAMPLE, V2_EXAMPLE
 

@@ -27,8 +27,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from prometheus_client import CollectorRegistry, Gauge
 
 from qf_exporter.config import ConfigError
-from qf_exporter.render import render
 from qf_exporter.snapshot import Snapshot
+from qf_exporter.store import render
 from qf_exporter.web import ExporterHTTPServer
 from qf_exporter.webconfig import WebConfig, load_web_config
 

@@ -1,0 +1,118 @@
+"""The run store: rendering only what changed gives exactly the bytes of a full render."""
+
+from __future__ import annotations
+
+import gzip
+import random
+from dataclasses import replace
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qf_exporter.models import STATUSES, Run
+from qf_exporter.render import render_runs
+from qf_exporter.store import RunStore
+from tests.conftest import parse_samples, promtool_check_metrics
+
+ACCOUNTS = ("team-a", "team-b")
+label_text = st.text(alphabet=st.sampled_from('ab"\\\n{}=, é'), max_size=6)
+maybe = st.none() | st.floats(allow_nan=False, allow_infinity=False, width=32)
+
+
+@st.composite
+def run_values(draw: st.DrawFn, account: str, job: str, task: str) -> Run:
+    return Run(
+        account=account, api=draw(st.sampled_from(["v1", "v2"])), job_id=job, task_id=task,
+        status=draw(st.sampled_from(STATUSES)), upstream_status=draw(label_text),
+        job_name=draw(label_text), vdl_link=draw(label_text), progress=draw(maybe),
+        duration=draw(maybe), finish_time=draw(maybe),
+        evaluation=tuple((name, 0.5) for name in draw(st.sets(label_text, max_size=2))),
+        checkpoints=draw(st.none() | st.integers(0, 9)), training_loss=draw(maybe),
+        error_message=draw(label_text), last_read=draw(st.floats(0, 1e10)),
+    )
+
+
+@st.composite
+def account_states(draw: st.DrawFn, account: str) -> list[Run]:
+    """One account's runs after a poll: any subset of a small pool of run ids."""
+    tasks = draw(st.sets(st.sampled_from([f"t{i}" for i in range(24)]), max_size=24))
+    return [
+        draw(run_values(account, draw(st.sampled_from(["job-1", "job-2", 'j"3'])), task))
+        for task in sorted(tasks)
+    ]
+
+
+def step(previous: list[Run], new: list[Run], keep: random.Random) -> list[Run]:
+    """``new``, except that some runs equal to ``previous`` ones stay the same objects
+    (as the poller keeps a target it did not read), and sometimes in another order."""
+    old = {run.key: run for run in previous}
+    result = [old[r.key] if r.key in old and keep.random() < 0.5 else r for r in new]
+    result += [run for run in previous if keep.random() < 0.3 and run.key not in
+               {r.key for r in result}]
+    if keep.random() < 0.2:
+        keep.shuffle(result)
+    return result
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.integers(min_value=2, max_value=5),
+    st.lists(st.tuples(st.sampled_from(ACCOUNTS), st.data()), min_size=1, max_size=8),
+    st.randoms(use_true_random=False),
+)
+def test_incremental_equals_full_render(
+    bucket: int, polls: list[tuple[str, st.DataObject]], keep: random.Random
+) -> None:
+    store = RunStore(bucket_runs=bucket)
+    held: dict[str, list[Run]] = {name: [] for name in ACCOUNTS}
+    for account, data in polls:
+        new = step(held[account], data.draw(account_states(account)), keep)
+        store.replace(held[account], new)
+        held[account] = new
+        everything = [run for runs in held.values() for run in runs]
+        rendered = store.rendered(1)
+        assert rendered.text == render_runs(everything)
+        assert gzip.decompress(rendered.gzipped) == rendered.text
+        assert len(store) == len(everything)
+
+
+def test_a_change_renders_only_its_bucket() -> None:
+    runs = [Run("a", "v2", "job", f"t{i:03d}", "running", "Running", last_read=1.0)
+            for i in range(200)]
+    store = RunStore(bucket_runs=16)
+    store.replace((), runs)
+    before = store.rendered(1)
+    changed = list(runs)
+    changed[100] = replace(runs[100], last_read=2.0)
+    assert store.replace(runs, changed) == 1
+    after = store.rendered(2)
+    assert after.text == render_runs(changed)
+    # Only the last-read piece of the bucket holding run 100 is new; every other piece
+    # (and gzip member) is the very object it was.
+    fresh = [b for a, b in zip(before.runs, after.runs, strict=True) if a is not b]
+    assert len(fresh) == 1 and b'task_id="t100"} 2.0' in fresh[0]
+    zipped = [b for a, b in zip(before.runs_gzipped, after.runs_gzipped, strict=True)
+              if a is not b]
+    assert len(zipped) == 1 and gzip.decompress(zipped[0]) == fresh[0]
+    assert store.replace(changed, list(changed)) == 0
+    assert store.rendered(3).runs is after.runs
+
+
+def test_the_pieces_pass_promtool_and_the_parser() -> None:
+    rng = random.Random(7)
+    runs = [
+        Run("a", rng.choice(["v1", "v2"]), f"job-{i % 7}", f"t{i}", rng.choice(STATUSES),
+            "Running", job_name='quote " and \\ and \n', progress=rng.random(),
+            evaluation=(("BLEU-4", 0.17),), checkpoints=3, training_loss=0.5,
+            error_message="x" if i % 5 == 0 else "", last_read=float(i))
+        for i in range(300)
+    ]
+    store = RunStore(bucket_runs=8)
+    store.replace((), runs)
+    kept = [r for i, r in enumerate(runs) if i % 3] + [
+        replace(r, task_id=r.task_id + "-new") for r in runs[:40]]
+    store.replace(runs, kept)
+    text = store.rendered(1).text
+    assert text == render_runs(kept)
+    assert parse_samples(gzip.decompress(store.rendered(1).gzipped)) == parse_samples(text)
+    promtool_check_metrics(text)

@@ -495,9 +495,10 @@ def test_required_alerts_exist() -> None:
 
 
 def test_run_alerts_name_the_job_and_run() -> None:
+    # The info series directly, or one per run (`topk by`, so replicas cannot duplicate it).
     join = re.compile(
         r"\*\s*on\(account, api, job_id, task_id\)\s*group_left\(job_name, task_name\)\s*"
-        r"qianfan_finetune_run_info"
+        r"(?:topk by \(account, api, job_id, task_id\) \(1,\s*)?qianfan_finetune_run_info"
     )
     for rule in alert_rules():
         if "qianfan_finetune_run_" not in rule["expr"]:

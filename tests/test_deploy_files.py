@@ -272,7 +272,7 @@ def test_dashboard_units(path: Path) -> None:
             assert units & {"dateTimeAsIso", "dtdurations", "s"}, title
         elif "_ratio" in exprs:
             assert "percentunit" in units, title
-        if "_timestamp_seconds" in exprs and "time() -" in exprs:
+        if "_timestamp_seconds" in exprs and ("time() -" in exprs or "- time()" in exprs):
             assert units & {"s", "dtdurations"}, title
         elif "_timestamp_seconds" in exprs:
             assert "dateTimeAsIso" in units, title
@@ -341,7 +341,9 @@ def test_run_detail_content() -> None:
     assert "state-timeline" in types
     text = json.dumps(dashboard)
     for needle in (
-        "deriv(qianfan_finetune_run_progress_ratio",
+        "qianfan_finetune_run_estimated_finish_timestamp_seconds",
+        "qianfan_finetune_run_training_loss_min",
+        "qianfan_finetune_run_loss_not_finite",
         "qianfan_finetune_run_training_loss",
         "qianfan_finetune_run_perplexity",
         "qianfan_finetune_run_duration_seconds",

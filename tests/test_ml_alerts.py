@@ -90,13 +90,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     prometheus = require_tool("prometheus")
     world = ml_world(time.time)
     simulator = QianfanSimulator(world, {ACCESS_KEY: SECRET_KEY}).start()
-    exporter = Exporter(
-        Config(accounts=(account(simulator, name="main", jobs=("job-ml",)),),
-               poll=Poll(interval=1, finished_interval=60, stale_after=60, timeout=5,
-                         retries=2)),
-    )
-    server = exporter.serve("127.0.0.1", 0, "/metrics", None)
-    exporter.start()
+    # Two identical replicas, as in the README's "Two identical replicas": every run's
+    # series come twice, differing only in `instance`, and each alert must come once.
+    config = Config(accounts=(account(simulator, name="main", jobs=("job-ml",)),),
+                    poll=Poll(interval=1, finished_interval=60, stale_after=60, timeout=5,
+                              retries=2))
+    exporters = [Exporter(config), Exporter(config)]
+    ports = [exporter.serve("127.0.0.1", 0, "/metrics", None).port for exporter in exporters]
+    for exporter in exporters:
+        exporter.start()
 
     tmp = tmp_path_factory.mktemp("prometheus-ml")
     config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
@@ -105,7 +107,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     config.pop("alerting", None)
     (job,) = config["scrape_configs"]
     job["scrape_interval"] = "1s"
-    job["static_configs"] = [{"targets": [f"127.0.0.1:{server.port}"]}]
+    job["static_configs"] = [{"targets": [f"127.0.0.1:{port}" for port in ports]}]
     (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()
     log = (tmp / "prometheus.log").open("w")
@@ -121,7 +123,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         process.terminate()
         process.wait(timeout=30)
         log.close()
-        exporter.stop()
+        for exporter in exporters:
+            exporter.stop()
         simulator.stop()
 
 
@@ -148,10 +151,16 @@ def test_each_signal_fires_for_its_run_and_only_for_it(stack: dict[str, Any]) ->
         assert time.monotonic() < deadline, f"not all of {EXPECTED} fire: {active}"
         time.sleep(0.5)
     # Nothing else is active for these alerts: not the healthy run, not the run queued
-    # 10 minutes ago, not one run's alert for another run.
+    # 10 minutes ago, not one run's alert for another run, not one alert per replica.
     ours = [a for a in active if a["labels"]["alertname"] in EXPECTED]
-    assert {(a["labels"]["alertname"], a["labels"]["task_id"]) for a in ours} == set(
+    assert sorted((a["labels"]["alertname"], a["labels"]["task_id"]) for a in ours) == sorted(
         EXPECTED.items())
+    # Both replicas are scraped, and the joins over their twin series evaluate cleanly.
+    assert len(_query(stack, 'up{job="qf-exporter"} == 1')) == 2
+    groups = requests.get(f"{stack['api']}/rules", timeout=30).json()["data"]["groups"]
+    health = {r["name"]: (r["health"], r.get("lastError", "")) for g in groups
+              for r in g["rules"] if r["name"] in EXPECTED}
+    assert health == dict.fromkeys(EXPECTED, ("ok", "")), health
     for alert in ours:
         labels = alert["labels"]
         assert labels["job_name"] == "ml signals" and labels["account"] == "main"
@@ -169,16 +178,17 @@ def test_each_signal_fires_for_its_run_and_only_for_it(stack: dict[str, Any]) ->
 def test_estimated_finish_is_start_plus_elapsed_over_progress(stack: dict[str, Any]) -> None:
     """No progress change seen yet (1 % takes 3 minutes): the estimate is from the start."""
     deadline = time.monotonic() + 120
-    expr = ('qianfan_finetune_run_estimated_finish_timestamp_seconds{task_id="task-healthy"}'
-            ' - on(account, api, job_id, task_id) ('
-            'qianfan_finetune_run_start_timestamp_seconds + on(account, api, job_id, task_id)'
-            ' (qianfan_finetune_run_last_read_timestamp_seconds'
-            ' - on(account, api, job_id, task_id) qianfan_finetune_run_start_timestamp_seconds)'
-            ' / on(account, api, job_id, task_id) qianfan_finetune_run_progress_ratio)')
-    while not (result := _query(stack, expr)):
-        assert time.monotonic() < deadline, "no estimated finish for task-healthy"
+    # Per replica (each has read the run at its own times): estimate - (start + elapsed / p).
+    on = "on(instance, account, api, job_id, task_id)"
+    expr = (f'qianfan_finetune_run_estimated_finish_timestamp_seconds{{task_id="task-healthy"}}'
+            f' - {on} (qianfan_finetune_run_start_timestamp_seconds + {on}'
+            f' (qianfan_finetune_run_last_read_timestamp_seconds'
+            f' - {on} qianfan_finetune_run_start_timestamp_seconds)'
+            f' / {on} qianfan_finetune_run_progress_ratio)')
+    while len(result := _query(stack, expr)) < 2:
+        assert time.monotonic() < deadline, f"no estimated finish for task-healthy: {result}"
         time.sleep(0.5)
-    assert abs(float(result[0]["value"][1])) < 1e-3
+    assert [abs(float(r["value"][1])) < 1e-3 for r in result] == [True, True], result
     for task in ("task-queued", "task-just-queued"):  # waiting runs have none
         assert not _query(stack, 'qianfan_finetune_run_estimated_finish_timestamp_seconds'
                                  f'{{task_id="{task}"}}')

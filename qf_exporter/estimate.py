@@ -109,5 +109,8 @@ def with_estimates(previous: Iterable[Run], runs: Iterable[Run]) -> tuple[Run, .
         history = next_history(before.get(run.key), run)
         finish = estimated_finish(status=run.status, progress=run.progress,
                                   start=run.start_time, read_at=run.last_read, history=history)
-        result.append(replace(run, progress_history=history, estimated_finish=finish))
+        if history == run.progress_history and finish == run.estimated_finish:
+            result.append(run)  # most runs have ended: nothing to carry, no copy to make
+        else:
+            result.append(replace(run, progress_history=history, estimated_finish=finish))
     return tuple(result)

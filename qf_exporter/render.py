@@ -123,7 +123,8 @@ TRAINING_LOSS_MIN = Family(
 TRAINING_LOSS_RECENT_MIN = Family(
     "qianfan_finetune_run_training_loss_recent_min",
     "Lowest finite training loss of the run's latest 3 checkpoints (by step) that have one; "
-    "absent while fewer have one. Above the run's best, every one of them was." + _READ,
+    "absent while fewer have one. When it is above qianfan_finetune_run_training_loss_min, "
+    "each of those 3 checkpoints is worse than the run's best." + _READ,
     "training_loss_recent_min",
 )
 LOSS_NOT_FINITE = Family(

@@ -37,6 +37,9 @@ BEIJING = timezone(timedelta(hours=8))
 # cannot blow up every scrape. Error messages are cut shorter, as SPEC fixes.
 MAX_LABEL_LENGTH = 256
 MAX_ERROR_MESSAGE_LENGTH = 200
+# qianfan_finetune_run_training_loss_recent_min is the lowest loss of this many latest
+# checkpoints: above 1.5x the run's best, the loss has diverged for that many checkpoints.
+RECENT_CHECKPOINTS = 3
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,8 @@ class Checkpoint:
     step: float | None
     perplexity: float | None
     training_loss: float | None
+    # The loss or the perplexity is there but not a finite number (NaN, Infinity, "nan").
+    not_finite: bool = False
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,15 @@ class Run:
     error_code: str = ""
     error_message: str = ""
     last_read: float = 0.0
+    # Loss health over the whole checkpointList (V2; None where there is no such value).
+    training_loss_min: float | None = None  # lowest finite loss of any checkpoint
+    training_loss_recent_min: float | None = None  # lowest of the latest RECENT_CHECKPOINTS
+    loss_not_finite: int | None = None  # 1: the latest checkpoint's loss or perplexity is
+    # NaN or infinite, else 0 (every V2 run)
+    # Estimated finish (qf_exporter.estimate), and the progress changes it was made from:
+    # (read time at which a new progress value was first seen, that value), oldest first.
+    estimated_finish: float | None = None
+    progress_history: tuple[tuple[float, float], ...] = ()
 
     @property
     def key(self) -> tuple[str, str, str, str]:
@@ -168,6 +182,21 @@ def number(value: Any) -> float | None:
     else:
         return None
     return result if math.isfinite(result) else None
+
+
+def not_finite(value: Any) -> bool:
+    """Whether a value is a number that is not finite: NaN or an infinity, as a JSON
+    number (Python's parser reads ``NaN``, ``Infinity``, ``1e999``) or as a string
+    (``"nan"``, ``"NaN"``, ``"-inf"``, ``"Infinity"``). Missing, empty and other
+    non-numbers are unknown, not "not finite"."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, str):
+        try:
+            return not math.isfinite(float(value.strip()))
+        except ValueError:
+            return False
+    return False
 
 
 def percent(value: Any) -> float | None:
@@ -316,6 +345,7 @@ def parse_v2_run(raw: Mapping[str, Any], *, account: str, job_id: str, read_at: 
     )
     error_code = f.text("errorCode")
     error_message = f.text("errorMessage", limit=MAX_ERROR_MESSAGE_LENGTH)
+    min_loss, recent_min = _loss_minima(checkpoints)
     return Run(
         account=account,
         api="v2",
@@ -341,7 +371,26 @@ def parse_v2_run(raw: Mapping[str, Any], *, account: str, job_id: str, read_at: 
         error_code=error_code,
         error_message=error_message,
         last_read=read_at,
+        training_loss_min=min_loss,
+        training_loss_recent_min=recent_min,
+        loss_not_finite=int(latest is not None and latest.not_finite),
     )
+
+
+def _loss_minima(checkpoints: list[Checkpoint]) -> tuple[float | None, float | None]:
+    """The lowest finite loss of all checkpoints, and of the latest RECENT_CHECKPOINTS
+    (by step) that have one (None when fewer have one)."""
+    losses = sorted(
+        ((c.step, c.training_loss) for c in checkpoints
+         if c.step is not None and c.training_loss is not None),
+        key=lambda pair: pair[0],
+    )
+    if not losses:
+        return None, None
+    lowest = min(loss for _, loss in losses)
+    if len(losses) < RECENT_CHECKPOINTS:
+        return lowest, None
+    return lowest, min(loss for _, loss in losses[-RECENT_CHECKPOINTS:])
 
 
 def _evaluation(raw: Any) -> tuple[tuple[str, float], ...]:
@@ -363,11 +412,14 @@ def _checkpoints(raw: Any) -> list[Checkpoint]:
         if not isinstance(item, Mapping):
             continue
         f = Fields(item)
+        loss = f.get("trainingLoss", "training_loss", "loss")
+        perplexity = f.get("perplexity")
         result.append(
             Checkpoint(
                 step=number(f.get("step")),
-                perplexity=number(f.get("perplexity")),
-                training_loss=number(f.get("trainingLoss", "training_loss", "loss")),
+                perplexity=number(perplexity),
+                training_loss=number(loss),
+                not_finite=not_finite(loss) or not_finite(perplexity),
             )
         )
     return result

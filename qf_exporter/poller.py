@@ -52,6 +52,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from qf_exporter.client import QianfanClient
 from qf_exporter.config import Account, Config, Poll
 from qf_exporter.errors import REASONS, InvalidResponse, NotFound, QianfanError
+from qf_exporter.estimate import with_estimates
 from qf_exporter.models import Job, Run, parse_job, parse_v1_run, parse_v2_run
 from qf_exporter.ratelimit import RateLimiter
 from qf_exporter.render import render_health
@@ -404,6 +405,8 @@ class AccountPoller:
             err = InvalidResponse(f"unexpected {type(exc).__name__}")
             return replace(state, up=False, last_attempt=started, error=str(err),
                            reason=err.reason), False
+        # Each run's progress history goes from this target's previous runs to the new ones.
+        runs = with_estimates(state.runs, runs)
         return replace(state, up=True, runs=runs, last_attempt=started, last_success=read_at,
                        error="", reason=""), False
 

@@ -81,6 +81,15 @@ FINISH = Family(
     "When the run finished, absent while it is not finished." + _READ,
     "finish_time",
 )
+ESTIMATED_FINISH = Family(
+    "qianfan_finetune_run_estimated_finish_timestamp_seconds",
+    "When a running run with progress from 1% to 99% is expected to finish. Once the "
+    "exporter has seen its progress change twice: time of the latest change + "
+    "(1 - progress) / rate, the rate measured over the last (up to 6) changes it saw; "
+    "before that: start + (read time - start) / progress. Never before the read time; "
+    "absent for other runs." + _READ,
+    "estimated_finish",
+)
 EVALUATION = Family(
     "qianfan_finetune_run_evaluation_ratio",
     "Evaluation score of a finished run from 0 to 1, by metric (BLEU-4, ROUGE-1, ...)." + _READ,
@@ -105,6 +114,24 @@ PERPLEXITY = Family(
     "Perplexity at the latest checkpoint." + _READ,
     "perplexity",
 )
+TRAINING_LOSS_MIN = Family(
+    "qianfan_finetune_run_training_loss_min",
+    "Lowest finite training loss of any of the run's checkpoints." + _READ,
+    "training_loss_min",
+)
+TRAINING_LOSS_RECENT_MIN = Family(
+    "qianfan_finetune_run_training_loss_recent_min",
+    "Lowest finite training loss of the run's latest 3 checkpoints (by step) that have one; "
+    "absent while fewer have one. When it is above qianfan_finetune_run_training_loss_min, "
+    "each of those 3 checkpoints is worse than the run's best." + _READ,
+    "training_loss_recent_min",
+)
+LOSS_NOT_FINITE = Family(
+    "qianfan_finetune_run_loss_not_finite",
+    "1 when the latest checkpoint's training loss or perplexity is not a finite number "
+    "(NaN or infinite; those values give no loss or perplexity series), else 0." + _READ,
+    "loss_not_finite",
+)
 ERROR = Family(
     "qianfan_finetune_run_error_info",
     "The error Qianfan reports for the run (value 1), message cut to 200 characters." + _READ,
@@ -128,11 +155,15 @@ FAMILIES = (
     TRAIN_DURATION,
     START,
     FINISH,
+    ESTIMATED_FINISH,
     EVALUATION,
     CHECKPOINTS,
     CHECKPOINT_STEP,
     TRAINING_LOSS,
     PERPLEXITY,
+    TRAINING_LOSS_MIN,
+    TRAINING_LOSS_RECENT_MIN,
+    LOSS_NOT_FINITE,
     ERROR,
     LAST_READ,
     VDL_LINK,

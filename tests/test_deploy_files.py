@@ -272,7 +272,7 @@ def test_dashboard_units(path: Path) -> None:
             assert units & {"dateTimeAsIso", "dtdurations", "s"}, title
         elif "_ratio" in exprs:
             assert "percentunit" in units, title
-        if "_timestamp_seconds" in exprs and "time() -" in exprs:
+        if "_timestamp_seconds" in exprs and ("time() -" in exprs or "- time()" in exprs):
             assert units & {"s", "dtdurations"}, title
         elif "_timestamp_seconds" in exprs:
             assert "dateTimeAsIso" in units, title
@@ -341,7 +341,9 @@ def test_run_detail_content() -> None:
     assert "state-timeline" in types
     text = json.dumps(dashboard)
     for needle in (
-        "deriv(qianfan_finetune_run_progress_ratio",
+        "qianfan_finetune_run_estimated_finish_timestamp_seconds",
+        "qianfan_finetune_run_training_loss_min",
+        "qianfan_finetune_run_loss_not_finite",
         "qianfan_finetune_run_training_loss",
         "qianfan_finetune_run_perplexity",
         "qianfan_finetune_run_duration_seconds",
@@ -495,9 +497,10 @@ def test_required_alerts_exist() -> None:
 
 
 def test_run_alerts_name_the_job_and_run() -> None:
+    # The info series directly, or one per run (`topk by`, so replicas cannot duplicate it).
     join = re.compile(
         r"\*\s*on\(account, api, job_id, task_id\)\s*group_left\(job_name, task_name\)\s*"
-        r"qianfan_finetune_run_info"
+        r"(?:topk by \(account, api, job_id, task_id\) \(1,\s*)?qianfan_finetune_run_info"
     )
     for rule in alert_rules():
         if "qianfan_finetune_run_" not in rule["expr"]:

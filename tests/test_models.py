@@ -264,3 +264,75 @@ def test_percentages_read_as_written() -> None:
     assert repr(percent("12.37%")) == "0.1237"
     run = v1(dict(V1_SDK_EXAMPLE, progress=99.9))
     assert repr(run.progress) == "0.999"
+
+
+# --- loss health from checkpointList -------------------------------------------------
+
+
+def checkpoints(*losses: object, perplexity: object = 3.0) -> dict[str, object]:
+    """A running V2 run whose checkpoints have these losses, at steps 100, 200, ..."""
+    return {
+        "taskId": "task-loss", "runStatus": "Running",
+        "checkpointList": [
+            {"step": 100 * (k + 1), "perplexity": perplexity, "trainingLoss": loss}
+            for k, loss in enumerate(losses)
+        ],
+    }
+
+
+def test_lowest_loss_of_all_and_of_the_latest_three_checkpoints() -> None:
+    run = v2(checkpoints(2.0, 0.8, 1.5, 1.9, 2.4))
+    assert run.training_loss == 2.4
+    assert run.training_loss_min == 0.8
+    assert run.training_loss_recent_min == 1.5  # steps 300, 400, 500
+    assert run.loss_not_finite == 0
+    # Fewer than three checkpoints with a loss: no recent minimum.
+    run = v2(checkpoints(2.0, 0.8))
+    assert (run.training_loss_min, run.training_loss_recent_min) == (0.8, None)
+    # No checkpoints: none of the three, but the flag is there for every V2 run.
+    run = v2(checkpoints())
+    assert (run.training_loss_min, run.training_loss_recent_min, run.loss_not_finite) == (
+        None, None, 0)
+    assert v1(V1_SDK_EXAMPLE).loss_not_finite is None  # V1 has no checkpoints
+
+
+def test_checkpoints_are_ordered_by_step_not_by_position() -> None:
+    raw = checkpoints()
+    raw["checkpointList"] = [
+        {"step": 500, "perplexity": 9.0, "trainingLoss": 2.2},
+        {"step": 100, "perplexity": 9.0, "trainingLoss": 0.5},
+        {"step": 400, "perplexity": 9.0, "trainingLoss": 2.1},
+        {"step": 300, "perplexity": 9.0, "trainingLoss": 2.0},
+    ]
+    run = v2(raw)
+    assert (run.training_loss, run.training_loss_min, run.training_loss_recent_min) == (
+        2.2, 0.5, 2.0)
+
+
+@pytest.mark.parametrize(
+    "loss", [float("nan"), float("inf"), float("-inf"), "nan", "NaN", " -inf ", "Infinity",
+             "1e999"],
+)
+def test_a_non_finite_latest_loss_is_flagged_not_dropped(loss: object) -> None:
+    run = v2(checkpoints(2.0, 1.0, loss))
+    assert run.loss_not_finite == 1
+    assert run.training_loss is None  # never exported as NaN
+    assert run.training_loss_min == 1.0  # the finite ones still count
+    assert run.checkpoint_step == 300
+
+
+def test_a_non_finite_latest_perplexity_is_flagged() -> None:
+    assert v2(checkpoints(2.0, 1.0, perplexity="NaN")).loss_not_finite == 1
+    assert v2(checkpoints(2.0, 1.0, perplexity=float("inf"))).perplexity is None
+
+
+@pytest.mark.parametrize("loss", [None, "", "-", "n/a", True])
+def test_a_missing_or_unreadable_loss_is_unknown_not_non_finite(loss: object) -> None:
+    run = v2(checkpoints(2.0, loss))
+    assert run.loss_not_finite == 0
+    assert run.training_loss is None and run.training_loss_min == 2.0
+
+
+def test_an_older_non_finite_loss_is_not_flagged_once_a_finite_one_follows() -> None:
+    run = v2(checkpoints(2.0, "NaN", 1.5))
+    assert (run.loss_not_finite, run.training_loss, run.training_loss_min) == (0, 1.5, 1.5)

@@ -10,6 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from qf_exporter import render as render_module
+from qf_exporter.estimate import with_estimates
 from qf_exporter.models import Run, parse_v1_run, parse_v2_run
 from qf_exporter.render import FAMILIES, GenericRunCollector, render_runs
 from qf_exporter.store import render
@@ -21,7 +22,7 @@ GOLDEN = Path(__file__).parent / "golden" / "runs.prom"
 
 def sample_runs() -> list[Run]:
     read = 1_705_400_000.25
-    return [
+    runs = [
         parse_v2_run(V2_EXAMPLE, account="team-a", job_id="job-ftp4icwebtnc", read_at=read),
         parse_v2_run(
             {
@@ -44,6 +45,8 @@ def sample_runs() -> list[Run]:
         parse_v1_run(V1_SDK_EXAMPLE, account="team-b", task_id=10250, job_id=6205,
                      read_at=read),
     ]
+    # A first read, as the poller makes it: the running run's finish is estimated from start.
+    return list(with_estimates((), runs))
 
 
 def test_golden_text() -> None:

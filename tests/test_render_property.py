@@ -47,6 +47,9 @@ def runs(draw: st.DrawFn) -> list[Run]:
                 checkpoint_step=draw(maybe), training_loss=draw(maybe), perplexity=draw(maybe),
                 error_code=draw(label_text), error_message=draw(label_text),
                 last_read=draw(numbers),
+                training_loss_min=draw(maybe), training_loss_recent_min=draw(maybe),
+                loss_not_finite=draw(st.none() | st.sampled_from([0, 1])),
+                estimated_finish=draw(maybe),
             )
         )
     return result
@@ -75,6 +78,13 @@ def test_rendered_text_parses_back_to_the_snapshot(snapshot: list[Run], chunk: i
         assert value(samples, "qianfan_finetune_run_training_loss", **base) == run.training_loss
         assert value(samples, "qianfan_finetune_run_last_read_timestamp_seconds",
                      **base) == run.last_read
+        for name, expected in (
+            ("qianfan_finetune_run_estimated_finish_timestamp_seconds", run.estimated_finish),
+            ("qianfan_finetune_run_training_loss_min", run.training_loss_min),
+            ("qianfan_finetune_run_training_loss_recent_min", run.training_loss_recent_min),
+            ("qianfan_finetune_run_loss_not_finite", run.loss_not_finite),
+        ):
+            assert value(samples, name, **base) == expected, name
         for name, score in run.evaluation:
             assert value(samples, "qianfan_finetune_run_evaluation_ratio", metric=name,
                          **base) == score

@@ -62,6 +62,11 @@ class SimRun:
     v1_task_id: int | None = None  # set for runs read through the V1 API
     v1_job_id: int | None = None
     version: int = 1
+    # How the training loss goes: "converging" (down), "nan" (NaN from checkpoint
+    # loss_turn + 1 on), "diverging" (down to checkpoint loss_turn, then climbing from
+    # 1.6x its best).
+    loss: str = "converging"
+    loss_turn: int = 2
 
     @property
     def started(self) -> float:
@@ -89,17 +94,28 @@ class SimRun:
         done = min(now, self.ends) - self.started
         return round(min(100.0, 100.0 * done / self.duration), 2) if self.duration else 100.0
 
-    def checkpoint_list(self, now: float) -> list[dict[str, float | int]]:
+    def checkpoint_list(self, now: float) -> list[dict[str, float | int | str]]:
         if self.checkpoints <= 0 or now < self.started:
             return []
         reached = self.progress(now) / 100.0
         count = min(self.checkpoints, int(reached * self.checkpoints + 1e-9))
-        result = []
+        result: list[dict[str, float | int | str]] = []
+        best = math.inf
         for k in range(1, count + 1):
+            step = k * self.steps // self.checkpoints
+            if self.loss == "nan" and k > self.loss_turn:
+                # NaN as a string, the way JSON encoders that refuse bare NaN (Java's
+                # Jackson) write it: still valid JSON, still the three fields.
+                result.append({"step": step, "perplexity": "NaN", "trainingLoss": "NaN"})
+                continue
             loss = 2.4 * math.exp(-k / 2.5) + 0.35 + 0.05 * _unit(self.task_id, k)
+            if self.loss == "diverging" and k > self.loss_turn:
+                loss = best * (1.6 + 0.4 * (k - self.loss_turn - 1))
+            else:
+                best = min(best, round(loss, 4))
             result.append(
                 {
-                    "step": k * self.steps // self.checkpoints,
+                    "step": step,
                     "perplexity": round(math.exp(loss), 4),
                     "trainingLoss": round(loss, 4),
                 }
@@ -370,6 +386,17 @@ def demo_world(clock: Callable[[], float], seed: int = 7, speed: float = 1.0) ->
     world.add_recurring("job-demo-nightly", first=now + m, period=4 * m, wait=0.25 * m,
                         duration=2.5 * m, outcomes=("succeeded", "failed", "succeeded",
                                                     "stopped"), keep=180 * m)
+    # What the people who fine-tune want to hear about before a run fails: a run whose
+    # loss turned NaN, one whose loss climbs far above its best, and one stuck in the
+    # queue for hours (QianfanRunLossNotFinite, QianfanRunLossDiverging,
+    # QianfanRunWaitingTooLong).
+    world.add_job("job-demo-watch", "loss and queue watch", model="ERNIE-Speed-8K",
+                  created=now - 86400, description="demo job 6")
+    world.add_run("job-demo-watch", created=now - 3600, wait=60, duration=5 * 3600,
+                  outcome="running", checkpoints=20, loss="nan", loss_turn=2)
+    world.add_run("job-demo-watch", created=now - 2 * 3600, wait=60, duration=5 * 3600,
+                  outcome="running", checkpoints=20, loss="diverging", loss_turn=3)
+    world.add_run("job-demo-watch", created=now - 3 * 3600, wait=24 * 3600, duration=3600)
     # V1 (frozen API) runs.
     world.add_v1_run(10250, 6205, "sdk_test_7", created=now - 90000, wait=0, duration=267452,
                      outcome="stopped", end_fraction=0.0001)

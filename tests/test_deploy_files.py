@@ -57,8 +57,13 @@ def _exported_metric_names() -> set[str]:
     return names
 
 
-# Every metric the exporter exposes (SPEC section 4 and the exporter's own), plus `up`.
-KNOWN_METRICS = _exported_metric_names() | {"up"}
+# Every metric the exporter exposes (SPEC section 4 and the exporter's own), plus `up`,
+# plus the per-target last-success time SPEC section 4 defines (a rule annotation reads it;
+# it is exposed once the target-grain health change is in).
+KNOWN_METRICS = _exported_metric_names() | {
+    "up",
+    "qianfan_target_last_success_timestamp_seconds",
+}
 HISTOGRAMS = {"qianfan_api_request_duration_seconds"}
 RUN_LABELS = ("account", "api", "job_id", "task_id")
 STATUS_COLORS = {"failed": "red", "stopped": "orange", "running": "blue", "succeeded": "green"}
@@ -495,9 +500,12 @@ def test_required_alerts_exist() -> None:
 
 
 def test_run_alerts_name_the_job_and_run() -> None:
+    # The names come from the info series reduced to one per run, so that replicas that
+    # briefly disagree on its other labels (upstream_status) never make the join fail.
     join = re.compile(
         r"\*\s*on\(account, api, job_id, task_id\)\s*group_left\(job_name, task_name\)\s*"
-        r"qianfan_finetune_run_info"
+        r"max by \(account, api, job_id, task_id, job_name, task_name\) "
+        r"\(qianfan_finetune_run_info\)"
     )
     for rule in alert_rules():
         if "qianfan_finetune_run_" not in rule["expr"]:

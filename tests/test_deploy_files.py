@@ -640,6 +640,46 @@ def test_failed_run_alert_clears_after_its_window() -> None:
     pytest.fail("no test shows QianfanRunFailed clearing after it fired")
 
 
+def github_anchor(heading: str) -> str:
+    """The fragment GitHub gives a Markdown heading."""
+    slug = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return slug.replace(" ", "-")
+
+
+def readme_sections() -> dict[str, tuple[str, str]]:
+    """anchor -> (heading, text up to the next heading of any level)."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    readme = re.sub(r"(?ms)^```.*?^```", "", readme)  # no headings inside code blocks
+    parts = re.split(r"(?m)^(#{1,6} .*)$", readme)
+    return {
+        github_anchor(parts[i].lstrip("#")): (parts[i], parts[i + 1])
+        for i in range(1, len(parts), 2)
+    }
+
+
+def test_every_alert_has_a_runbook_in_the_readme() -> None:
+    """runbook_url: the README section (under "Runbooks") of the alert, in the project
+    the image names as its source, saying what the alert means and what to do."""
+    sections = readme_sections()
+    assert "runbooks" in sections
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    runbooks = readme[readme.index("\n## Runbooks\n") :]
+    runbooks = runbooks[: runbooks.index("\n## ", 1)]
+    source = dockerfile_labels()["org.opencontainers.image.source"]
+    for rule in alert_rules():
+        name = rule["alert"]
+        url = rule["annotations"]["runbook_url"]
+        base, _, anchor = url.partition("#")
+        assert base == f"{source}/blob/main/README.md", name
+        assert anchor in sections, f"{name}: no README heading for #{anchor}"
+        heading, text = sections[anchor]
+        assert heading == f"### {name}" and f"\n{heading}\n" in runbooks, name
+        assert "**Means:**" in text and "**Do:**" in text, name
+    assert github_anchor("Two identical replicas for availability") == (
+        "two-identical-replicas-for-availability"
+    )
+
+
 # ------------------------------------------------------------ Kubernetes PrometheusRule
 
 

@@ -980,6 +980,40 @@ def test_alertmanager_config() -> None:
         assert result.returncode == 0, result.stdout + result.stderr
 
 
+def _route_for(route: dict[str, Any], labels: dict[str, str]) -> dict[str, Any]:
+    """The Alertmanager route an alert lands in (first matching child, depth first;
+    only `name="v"` / `name=~"re"` matchers, which is all the shipped file uses), with
+    group_by inherited from the parent as Alertmanager does."""
+    for child in route.get("routes", []):
+        matched = True
+        for matcher in child.get("matchers", []):
+            m = re.fullmatch(r'(\w+)(=~|=)"(.*)"', matcher)
+            assert m, matcher
+            name, op, value = m.groups()
+            actual = labels.get(name, "")
+            matched &= bool(re.fullmatch(value, actual)) if op == "=~" else actual == value
+        if matched:
+            inherited = {"group_by": route.get("group_by", []), **child}
+            return _route_for(inherited, labels)
+    return route
+
+
+def test_alertmanager_groups_run_alerts_per_run_not_per_instance() -> None:
+    """Replicas must not split a run's notification; the exporter's own process alerts
+    are per instance."""
+    config = load_yaml(DEPLOY / "alertmanager" / "alertmanager.yml")
+    for rule in alert_rules():
+        name = rule["alert"]
+        group_by = _route_for(config["route"], {"alertname": name})["group_by"]
+        assert "..." not in group_by, name
+        if name in ("QianfanExporterDown", "QianfanExporterConfigReloadFailed"):
+            assert "instance" in group_by, name
+            continue
+        assert "instance" not in group_by and "pod" not in group_by, name
+        if "qianfan_finetune_run_" in rule["expr"]:
+            assert {"alertname", "account", "job_id", "task_id"} <= set(group_by), name
+
+
 # ------------------------------------------------------------------------- systemd
 
 

@@ -129,40 +129,58 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     env = {**os.environ, "QIANFAN_ACCESS_KEY": ACCESS_KEY, "QIANFAN_SECRET_KEY": SECRET_KEY}
     exporters: dict[str, subprocess.Popen[bytes]] = {}
     logs = []
-    for name in ("a", "b"):
-        address = f"127.0.0.1:{free_port()}"
-        log = (tmp / f"exporter-{name}.log").open("w")
-        logs.append(log)
-        exporters[address] = subprocess.Popen(
-            [sys.executable, "-m", "qf_exporter", f"--config.file={config_file}",
-             f"--web.listen-address={address}"],
-            stdout=subprocess.DEVNULL, stderr=log, env=env, cwd=ROOT,
-        )
+    process: subprocess.Popen[bytes] | None = None
 
-    config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
-    config["global"].update(scrape_interval="1s", evaluation_interval="1s")
-    rules_for_test(tmp / "alerts.yml")
-    config["rule_files"] = [str(tmp / "alerts.yml")]
-    config.pop("alerting", None)
-    (job,) = config["scrape_configs"]
-    job["job_name"] = SCRAPE_JOB
-    job["scrape_interval"] = "1s"
-    job["static_configs"] = [{"targets": list(exporters)}]
-    (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = free_port()
-    log = (tmp / "prometheus.log").open("w")
-    logs.append(log)
-    process = subprocess.Popen(
-        [prometheus, f"--config.file={tmp / 'prometheus.yml'}",
-         f"--storage.tsdb.path={tmp / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
-    api = f"http://127.0.0.1:{port}/api/v1"
+    def exporter_logs() -> str:
+        return "".join(path.read_text() for path in sorted(tmp.glob("exporter-*.log")))
+
     try:
-        def scraped_both() -> bool:
+        for name in ("a", "b"):
+            address = f"127.0.0.1:{free_port()}"
+            log = (tmp / f"exporter-{name}.log").open("w")
+            logs.append(log)
+            exporters[address] = subprocess.Popen(
+                [sys.executable, "-m", "qf_exporter", f"--config.file={config_file}",
+                 f"--web.listen-address={address}"],
+                stdout=subprocess.DEVNULL, stderr=log, env=env, cwd=ROOT,
+            )
+
+        # Both exporters answer before Prometheus starts: otherwise, on a busy machine,
+        # the "no exporter reports at all" case could truly hold for longer than TEST_FOR.
+        def ready() -> bool:
             for address, exporter in exporters.items():
-                assert exporter.poll() is None, (address, list(tmp.glob("exporter-*.log")))
-            assert process.poll() is None, (tmp / "prometheus.log").read_text()
+                assert exporter.poll() is None, exporter_logs()
+                if requests.get(f"http://{address}/-/ready", timeout=5).status_code != 200:
+                    return False
+            return True
+
+        wait_for("both exporters to be ready", ready, timeout=60)
+
+        config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+        config["global"].update(scrape_interval="1s", evaluation_interval="1s")
+        rules_for_test(tmp / "alerts.yml")
+        config["rule_files"] = [str(tmp / "alerts.yml")]
+        config.pop("alerting", None)
+        (job,) = config["scrape_configs"]
+        job["job_name"] = SCRAPE_JOB
+        job["scrape_interval"] = "1s"
+        job["static_configs"] = [{"targets": list(exporters)}]
+        (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
+        port = free_port()
+        log = (tmp / "prometheus.log").open("w")
+        logs.append(log)
+        process = subprocess.Popen(
+            [prometheus, f"--config.file={tmp / 'prometheus.yml'}",
+             f"--storage.tsdb.path={tmp / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        api = f"http://127.0.0.1:{port}/api/v1"
+
+        def scraped_both() -> bool:
+            for exporter in exporters.values():
+                assert exporter.poll() is None, exporter_logs()
+            assert process is not None and process.poll() is None, (
+                tmp / "prometheus.log").read_text()
             # 15 scrapes of each exporter, each of which has read the runs by now.
             scraped = query(api, f'count_over_time(up{{job="{SCRAPE_JOB}"}}[1m]) >= 15')
             with_runs = query(api, "count by (instance) (qianfan_finetune_run_info)")
@@ -171,8 +189,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         wait_for("Prometheus to scrape both exporters", scraped_both, timeout=120)
         yield {"api": api, "world": world, "exporters": exporters, "tmp": tmp}
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        if process is not None:
+            process.terminate()
+            process.wait(timeout=30)
         for exporter in exporters.values():
             if exporter.poll() is None:
                 exporter.terminate()

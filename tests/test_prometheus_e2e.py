@@ -355,6 +355,12 @@ def test_exporter_down_fires_when_its_process_stops(stack: dict[str, Any]) -> No
     assert address in alert["annotations"]["summary"]
     # Only that exporter: the other still runs, so "no exporter reports" stays silent.
     assert len(down()) == 1
+    # The fleet overview keeps showing the dead exporter, as DOWN (0), beside the live one.
+    (expr,) = [expr for title, expr in panel_queries(
+        ROOT / "grafana/qianfan-fleet-overview.json", {}) if title == "Exporter scraped"]
+    scraped = {r["metric"]["instance"]: r["value"][1] for r in query(api, expr)}
+    assert scraped[address] == "0" and len(scraped) == 2, scraped
+    assert set(scraped.values()) == {"0", "1"}, scraped
 
 
 def _rfc3339(value: str) -> float:

@@ -16,6 +16,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +58,13 @@ def _exported_metric_names() -> set[str]:
     return names
 
 
-# Every metric the exporter exposes (SPEC section 4 and the exporter's own), plus `up`.
-KNOWN_METRICS = _exported_metric_names() | {"up"}
+# Every metric the exporter exposes (SPEC section 4 and the exporter's own), plus `up`,
+# plus the per-target last-success time SPEC section 4 defines (a rule annotation reads it;
+# it is exposed once the target-grain health change is in).
+KNOWN_METRICS = _exported_metric_names() | {
+    "up",
+    "qianfan_target_last_success_timestamp_seconds",
+}
 HISTOGRAMS = {"qianfan_api_request_duration_seconds"}
 RUN_LABELS = ("account", "api", "job_id", "task_id")
 STATUS_COLORS = {"failed": "red", "stopped": "orange", "running": "blue", "succeeded": "green"}
@@ -372,6 +378,85 @@ def test_dashboard_links_point_at_shipped_dashboards() -> None:
             assert uid in uids, f"{path.name} links to unknown dashboard {uid}"
 
 
+# ----------------------------------------------------- scrape job name and replicas
+
+# A matcher on Prometheus' `job` label with a literal value (a dashboard variable is fine).
+_LITERAL_JOB_MATCHER = re.compile(r'(?<![\w.])job\s*(?:=~|!~|=|!=)\s*["\'](?!\$)')
+# The `up` metric, read bare or with matchers (not inside a longer identifier).
+_UP = re.compile(r"(?<![\w:\.])up(?![\w:])")
+
+
+def every_query() -> list[tuple[str, str]]:
+    """(where, PromQL) for every rule expression, every query in a rule annotation, and
+    every panel and variable query of every dashboard."""
+    out = []
+    for rule in alert_rules():
+        out.append((rule["alert"], rule["expr"]))
+        for annotation in rule["annotations"].values():
+            queries = re.findall(r'"([^"]*qianfan_\w+[^"]*)"', annotation)
+            out += [(rule["alert"], q) for q in queries]
+    for path in DASHBOARDS:
+        dashboard = load_dashboard(path)
+        for panel in query_panels(dashboard):
+            out += [(f"{path.name}: {panel['title']}", t["expr"]) for t in panel["targets"]]
+        out += [(f"{path.name}: variable", s) for s in variable_query_selectors(dashboard)]
+    return out
+
+
+def test_no_rule_or_panel_names_the_scrape_job() -> None:
+    """The scrape job may be called anything (a ServiceMonitor makes up its own name)."""
+    queries = every_query()
+    assert len(queries) > 40
+    for where, expr in queries:
+        assert not _LITERAL_JOB_MATCHER.search(expr), (where, expr)
+        assert "qf-exporter" not in expr, (where, expr)
+    assert _LITERAL_JOB_MATCHER.search('up{job="qf-exporter"}')  # the pattern works
+    assert not _LITERAL_JOB_MATCHER.search('up{job=~"$scrape_job"}')
+
+
+def test_up_is_read_only_for_the_exporters_own_targets() -> None:
+    """`up` covers every target of a Prometheus: each use is joined on (job, instance)
+    with a series only qf-exporter exposes, kept with last_over_time so a dead target
+    (whose build_info stopped) still matches."""
+    uses = 0
+    for where, expr in every_query():
+        bare = _STRING_RE.sub('""', expr)
+        if not _UP.search(bare):
+            continue
+        uses += 1
+        assert re.search(
+            r"and on\(job, instance\)\s*last_over_time\(qianfan_exporter_build_info[{\[]", bare
+        ), (where, expr)
+    assert uses >= 2  # QianfanExporterDown and the "Exporter scraped" panel
+
+
+def test_fleet_dashboard_selects_exporters_by_their_own_series() -> None:
+    dashboard = load_dashboard(REPO / "grafana" / "qianfan-fleet-overview.json")
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    for name, label in (("scrape_job", "job"), ("instance", "instance")):
+        var = variables[name]
+        query = var["query"]["query"]
+        assert query.startswith("label_values(qianfan_exporter_build_info"), name
+        assert query.endswith(f", {label})"), name
+        assert var["includeAll"] is True and var["allValue"] == ".*" and var["multi"] is True
+    (scraped,) = [p for p in query_panels(dashboard) if p["title"] == "Exporter scraped"]
+    assert 'up{job=~"$scrape_job", instance=~"$instance"}' in scraped["targets"][0]["expr"]
+
+
+def test_run_panels_merge_replicas() -> None:
+    """Two replicas export every run twice: panels that count or join runs reduce each
+    run series to one per run first (max by the run's labels), or they would count each
+    run twice and their joins would fail with "many-to-many matching"."""
+    for path in DASHBOARDS:
+        for panel in query_panels(load_dashboard(path)):
+            for target in panel["targets"]:
+                expr = target["expr"]
+                if re.match(r"\s*(sum|count)\b", expr) and "qianfan_finetune_run_" in expr:
+                    assert "max by (account, api, job_id, task_id" in expr, panel["title"]
+                for match in re.finditer(r"group_left\s*\([^)]*\)\s*(\S+)", expr):
+                    assert match.group(1) in ("max", "topk"), (panel["title"], expr)
+
+
 # ------------------------------------------------------------------ dashboard queries
 
 
@@ -410,7 +495,7 @@ def test_panel_queries_are_valid_promql(path: Path, tmp_path: Path) -> None:
     variables = {"account": "default", "job": "job-abc", "run": "task-123"}
     exprs = [expr for _, expr in panel_queries(path, variables)]
     dashboard = load_dashboard(path)
-    values = {"account": ".*", "job": ".*", "run": ".*"}
+    values = {"account": ".*", "job": ".*", "run": ".*", "scrape_job": ".*", "instance": ".*"}
     exprs += [substitute(s, values) for s in variable_query_selectors(dashboard)]
     promtool_parses(exprs, tmp_path)
 
@@ -497,10 +582,12 @@ def test_required_alerts_exist() -> None:
 
 
 def test_run_alerts_name_the_job_and_run() -> None:
-    # The info series directly, or one per run (`topk by`, so replicas cannot duplicate it).
+    # The names come from one info series per run (`topk by`), so that replicas, which
+    # export it once each and may briefly disagree on its other labels (upstream_status),
+    # never make the join fail.
     join = re.compile(
         r"\*\s*on\(account, api, job_id, task_id\)\s*group_left\(job_name, task_name\)\s*"
-        r"(?:topk by \(account, api, job_id, task_id\) \(1,\s*)?qianfan_finetune_run_info"
+        r"topk by \(account, api, job_id, task_id\) \(1,\s*qianfan_finetune_run_info\)"
     )
     for rule in alert_rules():
         if "qianfan_finetune_run_" not in rule["expr"]:
@@ -553,6 +640,45 @@ def test_failed_run_alert_clears_after_its_window() -> None:
         if fired and any(q > max(fired) for q in quiet):
             return
     pytest.fail("no test shows QianfanRunFailed clearing after it fired")
+
+
+def github_anchor(heading: str) -> str:
+    """The fragment GitHub gives a Markdown heading."""
+    slug = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return slug.replace(" ", "-")
+
+
+def readme_sections() -> dict[str, tuple[str, str]]:
+    """anchor -> (heading, text up to the next heading of any level)."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    readme = re.sub(r"(?ms)^```.*?^```", "", readme)  # no headings inside code blocks
+    parts = re.split(r"(?m)^(#{1,6} .*)$", readme)
+    return {
+        github_anchor(parts[i].lstrip("#")): (parts[i], parts[i + 1])
+        for i in range(1, len(parts), 2)
+    }
+
+
+def test_every_alert_has_a_runbook_in_the_readme() -> None:
+    """runbook_url: README.md#<anchor> (relative to the repository) of the alert's own
+    section under "Runbooks", which says what the alert means and what to do."""
+    sections = readme_sections()
+    assert "runbooks" in sections
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    runbooks = readme[readme.index("\n### Runbooks\n") :]
+    runbooks = runbooks[: runbooks.index("\n## ", 1)]
+    for rule in alert_rules():
+        name = rule["alert"]
+        url = rule["annotations"]["runbook_url"]
+        assert url == f"README.md#{name.lower()}", name
+        anchor = url.partition("#")[2]
+        assert anchor in sections, f"{name}: no README heading for #{anchor}"
+        heading, text = sections[anchor]
+        assert heading == f"#### {name}" and f"\n{heading}\n" in runbooks, name
+        assert len(text.split()) >= 40, f"{name}: the runbook says too little"
+    assert github_anchor("Two identical replicas for availability") == (
+        "two-identical-replicas-for-availability"
+    )
 
 
 # ------------------------------------------------------------ Kubernetes PrometheusRule
@@ -712,6 +838,78 @@ def test_dockerfile() -> None:
     assert ("ENTRYPOINT", '["qf-exporter"]') in instructions
 
 
+def package_version() -> str:
+    version: str = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))[
+        "project"
+    ]["version"]
+    return version
+
+
+def dockerfile_labels() -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for word, rest in dockerfile_instructions():
+        if word == "LABEL":
+            for item in shlex.split(rest):
+                key, _, value = item.partition("=")
+                labels[key] = value
+    return labels
+
+
+# An image reference to the exporter with a tag (not "qf-exporter:9788", a host and port).
+_IMAGE_TAG = re.compile(r"(?<![\w/.-])qf-exporter:(latest|\d+\.\d+[\w.+-]*)")
+
+
+def test_images_are_tagged_with_the_package_version() -> None:
+    """No `latest`: the deploy files and README name the image of this version, and a
+    version bump in pyproject.toml fails here until they follow."""
+    import qf_exporter
+
+    version = package_version()
+    assert qf_exporter.__version__ == version, "reinstall: the installed metadata is old"
+    assert dockerfile_labels()["org.opencontainers.image.version"] == version
+    assert compose()["services"]["qf-exporter"]["image"] == f"qf-exporter:{version}"
+    (image,) = load_yaml(KUBERNETES / "kustomization.yaml")["images"]
+    assert image["name"] == "qf-exporter" and image["newTag"] == version
+    for name in ("deployment.yaml", "statefulset-sharded.yaml"):
+        (container,) = _pod_spec(KUBERNETES / name)["containers"]
+        assert container["image"] == f"qf-exporter:{version}", name
+    files = [REPO / "README.md", *sorted(p for p in DEPLOY.rglob("*") if p.is_file())]
+    tags = {}
+    for path in files:
+        for tag in _IMAGE_TAG.findall(path.read_text(encoding="utf-8", errors="replace")):
+            tags.setdefault(tag, []).append(path.relative_to(REPO).as_posix())
+    assert set(tags) == {version}, tags
+
+
+def test_dockerfile_oci_labels() -> None:
+    labels = dockerfile_labels()
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert labels["org.opencontainers.image.licenses"] == project["license"]["text"]
+    assert labels["org.opencontainers.image.source"].startswith("https://")
+    assert labels["org.opencontainers.image.title"] == "qf-exporter"
+    # The runtime stage carries them (labels of a build stage do not reach the image).
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    assert text.rindex("\nFROM ") < text.index("\nLABEL ")
+
+
+def test_license_is_the_apache_2_text() -> None:
+    text = (REPO / "LICENSE").read_text(encoding="utf-8")
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert project["license"] == {"text": "Apache-2.0"}
+    assert re.match(r"\s*Apache License\s+Version 2\.0, January 2004\s", text)
+    sections = re.findall(r"(?m)^\s+(\d)\. (\w[\w ]*)\.", text)
+    assert [n for n, _ in sections] == [str(i) for i in range(1, 10)], sections
+    assert "END OF TERMS AND CONDITIONS" in text
+
+
+def test_compose_publishes_on_loopback_only() -> None:
+    for name, service in compose()["services"].items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), (name, port)
+    assert compose()["services"]["grafana"]["ports"]
+    assert compose()["services"]["prometheus"]["ports"]
+
+
 def test_dockerignore_keeps_the_copied_files() -> None:
     ignore = (DEPLOY / "Dockerfile.dockerignore").read_text(encoding="utf-8").splitlines()
     kept = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
@@ -729,7 +927,7 @@ def test_compose_services_and_paths() -> None:
     assert "--demo" in exporter["command"]
     build = exporter["build"]
     assert (DEPLOY / build["context"] / build["dockerfile"]).resolve() == DOCKERFILE
-    assert exporter["image"] == "qf-exporter:latest"
+    assert exporter["image"] == f"qf-exporter:{package_version()}"
     for name, service in services.items():
         for source, _target in volume_mounts(service):
             assert (DEPLOY / source).exists(), f"{name}: volume source {source} is missing"
@@ -781,6 +979,40 @@ def test_alertmanager_config() -> None:
     if amtool:
         result = run([amtool, "check-config", str(DEPLOY / "alertmanager" / "alertmanager.yml")])
         assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _route_for(route: dict[str, Any], labels: dict[str, str]) -> dict[str, Any]:
+    """The Alertmanager route an alert lands in (first matching child, depth first;
+    only `name="v"` / `name=~"re"` matchers, which is all the shipped file uses), with
+    group_by inherited from the parent as Alertmanager does."""
+    for child in route.get("routes", []):
+        matched = True
+        for matcher in child.get("matchers", []):
+            m = re.fullmatch(r'(\w+)(=~|=)"(.*)"', matcher)
+            assert m, matcher
+            name, op, value = m.groups()
+            actual = labels.get(name, "")
+            matched &= bool(re.fullmatch(value, actual)) if op == "=~" else actual == value
+        if matched:
+            inherited = {"group_by": route.get("group_by", []), **child}
+            return _route_for(inherited, labels)
+    return route
+
+
+def test_alertmanager_groups_run_alerts_per_run_not_per_instance() -> None:
+    """Replicas must not split a run's notification; the exporter's own process alerts
+    are per instance."""
+    config = load_yaml(DEPLOY / "alertmanager" / "alertmanager.yml")
+    for rule in alert_rules():
+        name = rule["alert"]
+        group_by = _route_for(config["route"], {"alertname": name})["group_by"]
+        assert "..." not in group_by, name
+        if name in ("QianfanExporterDown", "QianfanExporterConfigReloadFailed"):
+            assert "instance" in group_by, name
+            continue
+        assert "instance" not in group_by and "pod" not in group_by, name
+        if "qianfan_finetune_run_" in rule["expr"]:
+            assert {"alertname", "account", "job_id", "task_id"} <= set(group_by), name
 
 
 # ------------------------------------------------------------------------- systemd

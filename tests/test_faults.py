@@ -58,6 +58,7 @@ REASON = {
     "http_503": "server",
     "code_2": "server",
     "code_336100": "server",
+    "code_336501": "rate_limited",
     "code_500000": "server",
     "code_500001": "client",
     "code_14": "auth",

@@ -43,6 +43,7 @@ FAULT_KINDS = frozenset(
         "http_503",
         "code_2",
         "code_336100",
+        "code_336501",  # RPM limit reached (the SDK's RPMLimitReached): a rate limit
         "code_500000",
         "code_500001",  # bad request: not retryable
         "code_14",  # IAM certification failed (an app API key used as AK/SK)
@@ -506,9 +507,10 @@ class _Handler(BaseHTTPRequestHandler):
                                         "message": "internal error"})
         elif kind.startswith("code_"):
             code = int(kind[5:])
-            status = 400 if code in (500001, 14) else 500
-            self._error(v1, status, "InternalError" if status == 500 else "AccessDenied"
-                        if code == 14 else "InvalidParameter", code, f"simulated error {code}")
+            status = 400 if code in (500001, 14) else 429 if code == 336501 else 500
+            name = {500: "InternalError", 429: "RequestLimitExceeded"}.get(
+                status, "AccessDenied" if code == 14 else "InvalidParameter")
+            self._error(v1, status, name, code, f"simulated error {code}")
         elif kind == "auth_403":
             self._refuse("IamSignatureInvalid", "simulated signature failure")
         elif kind == "unknown":

@@ -118,13 +118,15 @@ class QianfanClient:
             parse=_v1_detail,
         )
 
-    def describe_task(self, task_id: str, deadline: float | None = None) -> Any:
+    def describe_task(self, task_id: str, deadline: float | None = None) -> Mapping[str, Any]:
+        """V2: one run's detail (``result`` object); the only answer with ``runProgress``."""
         return self.call(
             "DescribeFineTuningTask",
             V2_FINETUNING,
             {"Action": "DescribeFineTuningTask"},
             {"taskId": task_id},
             deadline,
+            parse=_v2_detail,
         )
 
     def describe_tasks(self, job_id: str, deadline: float | None = None) -> list[dict[str, Any]]:
@@ -402,6 +404,12 @@ def _v1_detail(result: Any) -> Mapping[str, Any]:
     # Every real jobDetail answer names the run's status; one without it is not one.
     if not any(str(key).lower() == "trainstatus" for key in result):
         raise InvalidResponse("jobDetail: result has no trainStatus")
+    return result
+
+
+def _v2_detail(result: Any) -> Mapping[str, Any]:
+    if not isinstance(result, Mapping):
+        raise InvalidResponse("DescribeFineTuningTask: result is not a JSON object")
     return result
 
 

@@ -8,6 +8,33 @@ has its answer can count on the counts), knows its open connections (``stop()``
 closes them, ``wait_idle()`` waits for them to end), and writes each answer in one
 piece without Nagle's delay, as a real gateway would. It is shipped for ``--demo``
 and is the tests' backbone.
+
+Which answer carries what follows Baidu's reference pages (cited by title; the
+simulator must never be more lenient than they are, and ``test_simulator_conformance``
+keeps it so):
+
+* ``DescribeFineTuningTasks`` (获取模型精调任务列表, seed 001): ``result.taskList`` items
+  with taskId, jobId, jobName, jobDescription, model, trainMode, parameterScale,
+  runStatus, metrics (only when Done), checkpointList, createTime, finishTime,
+  errorMessage, errorCode; and ``result.pageInfo`` {marker, maxKeys, isTruncated,
+  nextMarker (only when isTruncated)}. The items carry **no runProgress and no
+  vdlLink**: that page's taskList table lists neither.
+* ``DescribeFineTuningTask`` (获取模型精调任务详情): ``result`` with the fields above plus
+  ``runProgress`` ("51%"; "只有任务运行状态运行中,才会返回此参数", i.e. only while
+  runStatus is Running) and ``vdlLink``. The SDK's own mock server
+  (python/qianfan/tests/utils/mock_server.py, ``finetune_v2_task_detail``) answers the
+  same way, and its trainer and CLI read progress only from this call.
+* ``DescribeFineTuningJobs`` (获取模型精调作业列表): ``result.jobList`` items {jobId,
+  name, description, model, trainMode, createDate} and ``result.pageInfo``.
+* V1 ``jobDetail`` (获取任务运行详情, seed 000): ``result`` {id, description, taskId,
+  taskName, version, jobRunType, trainType, trainMode, peftType, trainStatus, progress
+  (0..100), runTime, trainTime, startTime, finishTime, vdlLink}; errors as HTTP 200
+  with {error_code, error_msg}.
+* Some jobs spell the times createDate/finishDate, as the SDK's mock server does
+  (``SimJob.date_spelling``); unset times are the "0000-00-00..." sentinels.
+* Request bodies are checked as the reference types them: V2 ids are strings
+  (``taskId``, ``jobId``), V1 ids are integers, ``maxKeys`` a positive integer (at most
+  100 are returned), ``marker`` a string; anything else is refused with 400.
 """
 
 from __future__ import annotations
@@ -29,7 +56,7 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from qf_exporter.signing import parse_authorization, sign
-from qf_exporter.simulator.scenario import World
+from qf_exporter.simulator.scenario import SimJob, SimRun, World
 
 ACTIONS_V2 = ("DescribeFineTuningTasks", "DescribeFineTuningJobs", "DescribeFineTuningTask")
 # How far a request's x-bce-date may be in the future before the gateway refuses it.
@@ -161,6 +188,7 @@ class QianfanSimulator:
         self._lock = threading.Lock()
         self._connections: dict[socket.socket, threading.Thread] = {}
         self._arrivals: dict[str, list[float]] = {}
+        self._task_jobs: dict[str, str] = {}  # task id -> job id (see _find_task)
         handler = type("Handler", (_Handler,), {"sim": self})
         self._server = _Server((host, port), handler)
         self._server.sim = self
@@ -290,6 +318,20 @@ class QianfanSimulator:
         with self._lock:
             self.stats.requests[action] += 1
             self.stats.log.append(Logged(action, access_key, target, arrived, status))
+
+    def _find_task(self, task_id: str, now: float) -> tuple[SimJob, SimRun] | None:
+        """The job and run of a task id (an index, so a fleet's details stay cheap)."""
+        world = self.world
+        job = world.jobs.get(self._task_jobs.get(task_id, ""))
+        if job is None or not any(r.task_id == task_id for r in job.runs):
+            self._task_jobs = {r.task_id: j.job_id for j in world.jobs.values() for r in j.runs}
+            job = world.jobs.get(self._task_jobs.get(task_id, ""))
+        if job is None:
+            return None
+        for run in world.visible_runs(job, now):
+            if run.task_id == task_id:
+                return job, run
+        return None
 
     def _opened(self, conn: socket.socket, thread: threading.Thread) -> None:
         with self._lock:
@@ -450,17 +492,23 @@ class _Handler(BaseHTTPRequestHandler):
                                         else detail})
             if action == "DescribeFineTuningTask":
                 task_id = body.get("taskId")
-                for job in world.jobs.values():
-                    for run in world.visible_runs(job, now):
-                        if run.task_id == task_id:
-                            item = world.v2_task(job, run, now)
-                            return self._ok(_odd(item) if odd else item)
-                return self._error(False, 400, "510202", 510202, "task not exist")
+                if not isinstance(task_id, str) or not task_id:
+                    return self._error(False, 400, "InvalidParameter", 500001,
+                                       "taskId must be a string")
+                found_run = self.sim._find_task(task_id, now)
+                if found_run is None:
+                    return self._error(False, 400, "510202", 510202, "task not exist")
+                item = world.v2_task(*found_run, now, detail=True)
+                return self._ok(_odd(item) if odd else item)
             keys, problem = _page_args(body)
             if problem:
                 return self._error(False, 400, "InvalidParameter", 500001, problem)
             if action == "DescribeFineTuningTasks":
-                found = world.jobs.get(str(body.get("jobId")))
+                job_id = body.get("jobId")
+                if not isinstance(job_id, str) or not job_id:
+                    return self._error(False, 400, "InvalidParameter", 500001,
+                                       "jobId must be a string")
+                found = world.jobs.get(job_id)
                 if found is None:
                     return self._error(False, 400, "510301", 510301, "job not exist")
                 items = [(r.task_id, world.v2_task(found, r, now))

@@ -288,7 +288,7 @@ class QianfanClient:
         headers: dict[str, str],
         timeout: float,
         watch: upstream.Watch,
-    ) -> tuple[int, Mapping[str, str], bytes]:
+    ) -> tuple[int, Mapping[str, str], bytearray]:
         """Send one request and read its whole answer under ``watch``: status, headers, body."""
         try:
             # Redirects are not followed: a signed call has one right address, and
@@ -332,14 +332,14 @@ class QianfanClient:
         return response.status_code, response.headers, content
 
     def _result(
-        self, action: str, status: int, headers: Mapping[str, str], content: bytes
+        self, action: str, status: int, headers: Mapping[str, str], content: bytearray
     ) -> Any:
         # Upstream text may echo the credentials (a run named after the access key, an
         # error that quotes the request): scrub them before anything reads the answer.
         content = upstream.scrub_bytes(content, self.account.secrets())
         data: Any = None
         try:
-            data = upstream.parse_json(content) if content.strip() else None
+            data = None if upstream.is_blank(content) else upstream.parse_json(content)
         except ValueError:
             data = None
         request_id = None
@@ -351,6 +351,7 @@ class QianfanClient:
             if isinstance(data, dict):
                 code = _text(data.get("code") or data.get("error_code"))[:MAX_CODE] or code
                 message = _text(data.get("message") or data.get("error_msg")) or message
+            message = message[: 2 * upstream.MAX_UPSTREAM_MESSAGE]  # (see _scrub)
             raise errors.from_http(
                 status,
                 code,
@@ -359,7 +360,7 @@ class QianfanClient:
                 _retry_after(headers.get("Retry-After"), self.clock()),
             )
         if data is None:
-            what = "an empty answer" if not content.strip() else "an answer that is not JSON"
+            what = "an empty answer" if upstream.is_blank(content) else "an answer that is not JSON"
             raise InvalidResponse(f"{action}: {what}", status=status)
         if not isinstance(data, dict):
             raise InvalidResponse(f"{action}: the answer is not a JSON object", status=status)
@@ -387,8 +388,10 @@ class QianfanClient:
 
     def _scrub(self, text: str) -> str:
         """Upstream messages may echo the access key; never let one through. They are
-        cut too: a multi-megabyte message must not be logged whole on every poll."""
-        return upstream.cut_message(redact(text, self.account.secrets()))
+        cut too: a multi-megabyte message must not be logged whole on every poll.
+        (Cut twice: a secret across the first cut is beyond the second.)"""
+        head = text[: 2 * upstream.MAX_UPSTREAM_MESSAGE]
+        return upstream.cut_message(redact(head, self.account.secrets()))
 
 
 def _last_id(page: Page, id_key: str) -> str | None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import heapq
 import json
+import logging
 import re
 import socket
 import threading
@@ -35,11 +36,15 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from qf_exporter.errors import InvalidResponse
 
 CHUNK = 64 * 1024  # bytes read from the socket at a time
+INFLATE_STEP = 1024 * 1024  # the most one inflate step adds (its temporary copy)
 MAX_JSON_DEPTH = 64  # far deeper than any documented answer (at most 4 levels)
 # Upstream messages put into exceptions (and so into logs and the landing page) are
 # cut to this many characters: a 5 MB error message is not logged whole every poll.
 MAX_UPSTREAM_MESSAGE = 300
 REDACTED = "<redacted>"
+MAX_WAIT = 3600.0  # the watchdog wakes at least this often, whatever the deadlines
+
+log = logging.getLogger(__name__)
 
 
 class DeadlinePassed(Exception):
@@ -129,18 +134,24 @@ class _Watchdog:
 
     def _run(self) -> None:
         while True:
-            with self._cond:
-                while self._heap and self._heap[0][2].done:
-                    heapq.heappop(self._heap)  # finished in time: forget it
-                if not self._heap:
-                    self._cond.wait()
-                    continue
-                wait = self._heap[0][0] - time.monotonic()
-                if wait > 0:
-                    self._cond.wait(wait)
-                    continue
-                _, _, watch = heapq.heappop(self._heap)
-            watch.fire()
+            try:
+                self._fire_due()
+            except Exception:  # never let the one watchdog die: every request needs it
+                log.exception("upstream watchdog error")
+
+    def _fire_due(self) -> None:
+        with self._cond:
+            while self._heap and self._heap[0][2].done:
+                heapq.heappop(self._heap)  # finished in time: forget it
+            if not self._heap:
+                self._cond.wait()
+                return
+            wait = self._heap[0][0] - time.monotonic()
+            if wait > 0:
+                self._cond.wait(min(wait, MAX_WAIT))
+                return
+            _, _, watch = heapq.heappop(self._heap)
+        watch.fire()
 
 
 _WATCHDOG = _Watchdog()
@@ -186,37 +197,60 @@ def watch_pools(poolmanager: Any) -> None:
 # --- the body ----------------------------------------------------------------------------
 
 
-def _decoder(encoding: str) -> Any:
-    """A zlib decompressor for the answer's Content-Encoding; None for identity."""
+class _Inflater:
+    """Inflates a gzip or deflate body a bounded piece at a time.
+
+    A gzip body may hold several members one after another (RFC 1952); each is
+    inflated in turn, so none is silently dropped.
+    """
+
+    def __init__(self, wbits: int) -> None:
+        self.wbits = wbits
+        self.obj = zlib.decompressobj(wbits)
+
+    def feed(self, data: bytes, out: bytearray, cap: int) -> None:
+        """Inflate ``data`` onto ``out``, stopping once ``out`` is past ``cap``."""
+        while data and len(out) <= cap:
+            room = min(cap + 1 - len(out), INFLATE_STEP)
+            try:
+                out += self.obj.decompress(data, room)
+            except zlib.error:
+                raise InvalidResponse("the answer's compressed body is garbled") from None
+            if self.obj.eof and self.wbits > zlib.MAX_WBITS:  # gzip: a next member?
+                data = self.obj.unused_data
+                self.obj = zlib.decompressobj(self.wbits)
+            else:
+                data = self.obj.unconsumed_tail
+
+
+def _inflater(encoding: str) -> _Inflater | None:
+    """The inflater for the answer's Content-Encoding; None for identity."""
     name = encoding.strip().lower()
     if name in ("", "identity"):
         return None
     if name in ("gzip", "x-gzip"):
-        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+        return _Inflater(16 + zlib.MAX_WBITS)
     if name == "deflate":
-        return zlib.decompressobj(zlib.MAX_WBITS)  # zlib-wrapped, as RFC 9110 says
+        return _Inflater(zlib.MAX_WBITS)  # zlib-wrapped, as RFC 9110 says
     raise InvalidResponse(f"an answer in an unknown Content-Encoding {name[:40]!r}")
 
 
-def read_body(raw: Any, encoding: str, watch: Watch, cap: int) -> bytes:
+def read_body(raw: Any, encoding: str, watch: Watch, cap: int) -> bytearray:
     """The whole decoded body of a urllib3 response (``decode_content`` off), or raise.
 
-    Raises ``DeadlinePassed`` at the deadline and ``TooLarge`` past ``cap`` decoded bytes.
+    Raises ``DeadlinePassed`` at the deadline and ``TooLarge`` past ``cap`` decoded
+    bytes. The body is never copied whole: at most the cap (and one piece) is held.
     """
-    decoder = _decoder(encoding)
+    inflater = _inflater(encoding)
     out = bytearray()
     for piece in _raw_pieces(raw, watch):
-        if decoder is None:
+        if inflater is None:
             out += piece
         else:
-            out += _inflate(decoder, piece, cap - len(out) + 1)
+            inflater.feed(piece, out, cap)
         if len(out) > cap:
             raise TooLarge
-    if decoder is not None:
-        out += decoder.flush()[: cap - len(out) + 1]
-        if len(out) > cap:
-            raise TooLarge
-    return bytes(out)
+    return out
 
 
 def _raw_pieces(raw: Any, watch: Watch) -> Iterator[bytes]:
@@ -232,22 +266,10 @@ def _raw_pieces(raw: Any, watch: Watch) -> Iterator[bytes]:
         yield piece
 
 
-def _inflate(decoder: Any, data: bytes, room: int) -> bytes:
-    """Inflate ``data`` into at most ``room`` bytes (more means the cap is passed)."""
-    out = bytearray()
-    while data and len(out) < room:
-        try:
-            out += decoder.decompress(data, room - len(out))
-        except zlib.error:
-            raise InvalidResponse("the answer's compressed body is garbled") from None
-        data = decoder.unconsumed_tail
-    return bytes(out)
-
-
 # --- parsing -----------------------------------------------------------------------------
 
 
-def scrub_bytes(body: bytes, secrets: Iterable[str]) -> bytes:
+def scrub_bytes(body: bytearray, secrets: Iterable[str]) -> bytearray:
     """``body`` with every secret replaced, longest first (JSON stays valid)."""
     for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
         encoded = secret.encode()
@@ -259,7 +281,7 @@ def scrub_bytes(body: bytes, secrets: Iterable[str]) -> bytes:
 _OPENING = re.compile(rb"[\s\[{]*")
 
 
-def too_deep(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+def too_deep(body: bytes | bytearray, limit: int = MAX_JSON_DEPTH) -> bool:
     """True when the answer opens with more than ``limit`` nested arrays or objects.
 
     A cheap look at the start, before the parser, that catches the usual bomb
@@ -271,7 +293,12 @@ def too_deep(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
     return len(run) - len(run.translate(None, b"[{")) > limit
 
 
-def parse_json(body: bytes) -> Any:
+def is_blank(body: bytes | bytearray) -> bool:
+    """Empty or only whitespace (without copying a body of many megabytes)."""
+    return not body or body.isspace()
+
+
+def parse_json(body: bytes | bytearray) -> Any:
     """The JSON value of ``body``; ``ValueError`` when it is not JSON (or too deep)."""
     if too_deep(body):
         raise ValueError("nested too deeply")

@@ -73,9 +73,15 @@ REASON = {
     "delay": "timeout",
     "stall_body": "timeout",  # the answer stops halfway
     "close": "connection",
+    # a bad day: only a total deadline, a size cap and a bounded parser survive these
+    "drip": "timeout",
+    "endless_body": "invalid_response",  # the size cap comes first on loopback
+    "gzip_bomb": "invalid_response",
+    "deep_json": "invalid_response",
+    "huge_error": "server",
 }
 NOT_RETRIED = ("code_14", "auth_403", "code_500001", "unknown")
-SLOW = ("delay", "stall_body")  # these need a short request timeout
+SLOW = ("delay", "stall_body", "drip")  # these need a short request timeout
 
 
 def test_the_matrix_covers_every_fault_the_simulator_has() -> None:

@@ -49,6 +49,7 @@ import sys
 import threading
 import time
 import uuid
+import zlib
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -87,8 +88,16 @@ FAULT_KINDS = frozenset(
         "delay",  # answer after ``seconds``
         "stall_body",  # send the headers and half the body, then nothing for ``seconds``
         "close",  # close the connection without an answer
+        # A bad day (a broken gateway or proxy in between):
+        "drip",  # a valid answer, one byte every ``seconds`` (default 1)
+        "endless_body",  # a chunked body that never ends
+        "gzip_bomb",  # ~1 MB of gzip that inflates to 1 GiB of spaces, then a valid answer
+        "deep_json",  # JSON nested 100,000 deep
+        "huge_error",  # an error whose message is 5 MB long and echoes the access key
     }
 )
+HUGE_MESSAGE = 5 * 1024 * 1024
+DEEP = 100_000
 
 
 @dataclass
@@ -601,7 +610,59 @@ class _Handler(BaseHTTPRequestHandler):
             self._log(0)
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)
+        else:
+            self._bad_day(fault, v1, action)
         return True
+
+    def _bad_day(self, fault: Fault, v1: bool, action: str) -> None:
+        kind = fault.kind
+        if kind == "drip":
+            self._drip(fault, _valid_answer(v1, action))
+        elif kind == "endless_body":
+            self._endless(fault)
+        elif kind == "gzip_bomb":
+            self._raw(200, gzip_bomb() + _gzip(_valid_answer(v1, action)),
+                      {"Content-Encoding": "gzip"})
+        elif kind == "deep_json":
+            self._raw(200, b"[" * DEEP + b"]" * DEEP)
+        elif kind == "huge_error":
+            access_key = self._meta[1] if self._meta else ""
+            message = "x" * HUGE_MESSAGE + f" (request signed by {access_key})"
+            self._error(v1, 500, "InternalError", 336100, message)
+
+    def _drip(self, fault: Fault, body: bytes) -> None:
+        """Headers at once, then the body one byte at a time: only a total deadline
+        stops a client from waiting for it (per-read timeouts never fire)."""
+        self._log(200)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json;charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.close_connection = True
+        try:
+            self.wfile.flush()
+            for i in range(len(body)):
+                if fault.released.wait(fault.seconds or 1.0):
+                    return
+                self.wfile.write(body[i : i + 1])
+                self.wfile.flush()
+        except OSError:
+            return  # the client gave up
+
+    def _endless(self, fault: Fault) -> None:
+        self._log(200)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json;charset=utf-8")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        self.close_connection = True
+        chunk = b"%x\r\n%s\r\n" % (64 * 1024, b" " * (64 * 1024))
+        try:
+            while not fault.released.is_set():
+                self.wfile.write(chunk)
+                self.wfile.flush()
+        except OSError:
+            return  # the client gave up
 
     # --- writing ----------------------------------------------------------------------------
 
@@ -628,6 +689,39 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
         return status
+
+
+def _valid_answer(v1: bool, action: str) -> bytes:
+    """A well-formed answer with nothing in it (what a bad-day fault wraps)."""
+    if v1:
+        result: dict[str, Any] = {"trainStatus": "RUNNING", "taskId": 0}
+    elif action == "DescribeFineTuningTask":
+        result = {"taskId": "task-none", "runStatus": "Running"}
+    else:
+        key = "jobList" if action == "DescribeFineTuningJobs" else "taskList"
+        result = {key: [], "pageInfo": {"isTruncated": False}}
+    return json.dumps({"requestId": _rid(), "log_id": _rid(), "result": result}).encode()
+
+
+def _gzip(data: bytes) -> bytes:
+    compressor = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    return compressor.compress(data) + compressor.flush()
+
+
+_BOMB: list[bytes] = []
+_BOMB_LOCK = threading.Lock()
+
+
+def gzip_bomb() -> bytes:
+    """1 GiB of spaces as ~1 MB of gzip: one 64 MiB member, sent 16 times (a gzip body
+    may hold several members). Made once per process: compressing takes a moment."""
+    with _BOMB_LOCK:
+        if not _BOMB:
+            compressor = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+            block = b" " * (1024 * 1024)
+            member = b"".join(compressor.compress(block) for _ in range(64))
+            _BOMB.append((member + compressor.flush()) * 16)
+        return _BOMB[0]
 
 
 def _rid() -> str:

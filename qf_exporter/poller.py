@@ -311,7 +311,7 @@ class AccountPoller:
                     ),
                 )
             else:
-                runs, read_at, partial = self._read_v2(name, deadline)
+                runs, read_at, partial = self._read_v2(name, deadline, state.runs)
                 if partial is not None:
                     return self._partly_read(state, runs, started, partial), False
         except QianfanError as exc:
@@ -336,7 +336,7 @@ class AccountPoller:
                        error="", reason=""), False
 
     def _read_v2(
-        self, job_id: str, deadline: float
+        self, job_id: str, deadline: float, previous: tuple[Run, ...] = ()
     ) -> tuple[tuple[Run, ...], float, QianfanError | None]:
         """A V2 job's runs: the list, then the detail of every run it shows as Running.
 
@@ -367,7 +367,7 @@ class AccountPoller:
             parse_v2_run(item, account=self.account.name, job_id=job_id, read_at=read_at)
             for item in by_key.values()
         )
-        return runs, read_at, failure
+        return _keep_vdl_links(runs, previous), read_at, failure
 
     def _partly_read(self, state: TargetState, runs: tuple[Run, ...], started: float,
                      exc: QianfanError) -> TargetState:
@@ -648,6 +648,19 @@ class Poller:
 
 def _running(item: Mapping[str, object]) -> bool:
     return map_status(Fields(item).text("runStatus", "status"), "v2") == "running"
+
+
+def _keep_vdl_links(runs: tuple[Run, ...], previous: tuple[Run, ...]) -> tuple[Run, ...]:
+    """Only a running run's detail has its VisualDL link: a run that has finished keeps
+    the link it had while it ran (the dashboards link to it)."""
+    links = {run.task_id: run.vdl_link for run in previous if run.vdl_link}
+    if not links:
+        return runs
+    return tuple(
+        replace(run, vdl_link=links[run.task_id])
+        if not run.vdl_link and run.task_id in links else run
+        for run in runs
+    )
 
 
 def _with_detail(item: dict[str, object], detail: object) -> dict[str, object]:

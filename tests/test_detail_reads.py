@@ -73,6 +73,15 @@ def test_progress_comes_from_the_detail_of_each_running_run(
     exporter.poller.poll_all()
     samples = parse_samples(exporter.exposition())
     assert value(samples, "qianfan_finetune_run_progress_ratio", task_id="task-run") == 0.5
+    # Once it is done it needs no detail read, and keeps the VisualDL link it had.
+    clock.advance(300)
+    exporter.poller.poll_all()
+    samples = parse_samples(exporter.exposition())
+    assert value(samples, "qianfan_finetune_run_status", task_id="task-run",
+                 status="succeeded") == 1
+    assert value(samples, "qianfan_finetune_run_progress_ratio", task_id="task-run") is None
+    assert value(samples, "qianfan_finetune_run_vdl_link_info", task_id="task-run") == 1
+    assert sim.request_count("DescribeFineTuningTask") == 2
 
 
 def test_a_failed_detail_read_keeps_the_run_and_downs_the_target(

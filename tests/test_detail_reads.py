@@ -175,3 +175,24 @@ def _v2_progress(samples: dict[tuple[str, frozenset[tuple[str, str]]], float]) -
         dict(labels)["task_id"]: v for (name, labels), v in samples.items()
         if name == "qianfan_finetune_run_progress_ratio" and dict(labels)["api"] == "v2"
     }
+
+
+def test_the_demo_as_shipped_reads_progress_through_the_detail() -> None:
+    """``--demo`` itself (its simulator, account and poll settings): one poll exports
+    progress for its running V2 runs, and every one came from a detail read."""
+    from qf_exporter.demo import start_demo
+
+    simulator, config = start_demo()
+    exporter = Exporter(config, process_metrics=False)
+    try:
+        exporter.poller.poll_all()
+        samples = parse_samples(exporter.exposition())
+    finally:
+        exporter.stop()
+        simulator.stop()
+    progress = _v2_progress(samples)
+    running = {dict(labels)["task_id"] for (name, labels), v in samples.items()
+               if name == "qianfan_finetune_run_status" and v == 1
+               and dict(labels)["status"] == "running" and dict(labels)["api"] == "v2"}
+    assert running and set(progress) == running
+    assert simulator.request_count("DescribeFineTuningTask") == len(running)

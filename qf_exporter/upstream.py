@@ -11,9 +11,9 @@ the headers and the whole body, and a body is read in a loop that stops
 * at a cap on the *decoded* size (``InvalidResponse``): gzip and deflate are inflated
   here, a bounded piece at a time, so a gzip bomb costs at most the cap.
 
-Parsing is bounded too: JSON nested deeper than ``MAX_JSON_DEPTH`` (or deep enough
-for the parser to raise ``RecursionError``) is an ``InvalidResponse``, never an
-unclassified exception. The account's credentials are scrubbed from the body before it
+Parsing is bounded too: JSON that opens with more than ``MAX_JSON_DEPTH`` nested
+arrays or objects, or nests deep enough anywhere for the parser to raise
+``RecursionError``, is an ``InvalidResponse``, never an unclassified exception. The account's credentials are scrubbed from the body before it
 is parsed, so no upstream string that echoes them reaches a label, a page or a log.
 """
 

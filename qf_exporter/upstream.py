@@ -13,8 +13,9 @@ the headers and the whole body, and a body is read in a loop that stops
 
 Parsing is bounded too: JSON that opens with more than ``MAX_JSON_DEPTH`` nested
 arrays or objects, or nests deep enough anywhere for the parser to raise
-``RecursionError``, is an ``InvalidResponse``, never an unclassified exception. The account's credentials are scrubbed from the body before it
-is parsed, so no upstream string that echoes them reaches a label, a page or a log.
+``RecursionError``, is an ``InvalidResponse``, never an unclassified exception. The
+account's credentials are scrubbed from the body before it is parsed, so no upstream
+string that echoes them reaches a label, a page or a log.
 """
 
 from __future__ import annotations

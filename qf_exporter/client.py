@@ -21,9 +21,9 @@ from urllib.parse import urlencode, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import ReadTimeoutError
+from urllib3.exceptions import HTTPError, ProtocolError, ReadTimeoutError
 
-from qf_exporter import errors
+from qf_exporter import errors, upstream
 from qf_exporter.config import Account, redact
 from qf_exporter.errors import InvalidResponse, QianfanError
 from qf_exporter.models import Fields, Page, parse_page
@@ -38,6 +38,7 @@ V2_FINETUNING = "/v2/finetuning"
 MAX_KEYS = 100  # the most one V2 page holds
 MAX_PAGES = 10_000  # a guard against a server whose markers never end
 SIGNATURE_EXPIRATION = 1800
+MAX_CODE = 100  # error codes and request ids are short; an odd upstream's are cut
 
 T = TypeVar("T")
 
@@ -56,6 +57,7 @@ class QianfanClient:
         stop: threading.Event | None = None,
         backoff_base: float = 0.5,
         backoff_cap: float = 10.0,
+        max_response_bytes: int = 32 * 1024 * 1024,
     ) -> None:
         self.account = account
         self.metrics = metrics
@@ -66,10 +68,12 @@ class QianfanClient:
         self.stop = stop or threading.Event()
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
+        self.max_response_bytes = max_response_bytes
         self._host = urlsplit(account.endpoint).netloc
         self._session = requests.Session()
         self._session.trust_env = False  # never send IAM-signed calls through a stray proxy
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=max(pool_size, 1), max_retries=0)
+        upstream.watch_pools(adapter.poolmanager)  # each request's deadline can cut its socket
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
         self._closed = False
@@ -114,13 +118,15 @@ class QianfanClient:
             parse=_v1_detail,
         )
 
-    def describe_task(self, task_id: str, deadline: float | None = None) -> Any:
+    def describe_task(self, task_id: str, deadline: float | None = None) -> Mapping[str, Any]:
+        """V2: one run's detail (``result`` object); the only answer with ``runProgress``."""
         return self.call(
             "DescribeFineTuningTask",
             V2_FINETUNING,
             {"Action": "DescribeFineTuningTask"},
             {"taskId": task_id},
             deadline,
+            parse=_v2_detail,
         )
 
     def describe_tasks(self, job_id: str, deadline: float | None = None) -> list[dict[str, Any]]:
@@ -239,6 +245,9 @@ class QianfanClient:
         headers = {
             "Host": self._host,
             "Content-Type": "application/json",
+            # Only what this client can inflate within its size cap (requests would also
+            # offer br and zstd when those libraries happen to be installed).
+            "Accept-Encoding": "gzip, deflate",
             "x-bce-date": bce_timestamp(now),
         }
         headers["Authorization"] = sign(
@@ -251,62 +260,107 @@ class QianfanClient:
             timestamp=now,
             expiration=SIGNATURE_EXPIRATION,
         ).authorization
+        # One wall-clock deadline for this request: connect, headers and the whole body,
+        # never past the poll's deadline.
         timeout = self.timeout
         if deadline is not None:
             timeout = max(0.1, min(timeout, deadline - now))
         self.metrics.requests.labels(self.account.name, action).inc()
         started = time.perf_counter()
         try:
-            # Redirects are not followed: a signed call has one right address, and
-            # requests would resend a redirected POST as a GET.
-            response = self._session.post(url, data=payload, headers=headers, timeout=timeout,
-                                          allow_redirects=False)
-            content = response.content
-        except requests.Timeout:
-            raise errors.Timeout(f"{action}: no answer within {timeout:g}s") from None
-        except (requests.exceptions.ChunkedEncodingError,
-                requests.exceptions.ContentDecodingError):
-            raise InvalidResponse(f"{action}: the answer was cut off or garbled") from None
-        except requests.RequestException as exc:
-            # A read timeout while the body is read surfaces as a ConnectionError.
-            if any(isinstance(arg, ReadTimeoutError) for arg in exc.args):
-                raise errors.Timeout(f"{action}: no answer within {timeout:g}s") from None
-            raise errors.ConnectionFailed(
-                f"{action}: cannot reach {self._host}: {type(exc).__name__}"
-            ) from None
+            with upstream.watched(time.monotonic() + timeout) as watch:
+                status, response_headers, content = self._exchange(
+                    action, url, payload, headers, timeout, watch
+                )
         finally:
             self.metrics.duration.labels(self.account.name, action).observe(
                 time.perf_counter() - started
             )
             if self._closed:  # closed meanwhile: do not leave this connection pooled
                 self.drop_connections()
-        return self._result(action, response, content)
+        return self._result(action, status, response_headers, content)
 
-    def _result(self, action: str, response: requests.Response, content: bytes) -> Any:
-        status = response.status_code
+    def _exchange(
+        self,
+        action: str,
+        url: str,
+        payload: bytes,
+        headers: dict[str, str],
+        timeout: float,
+        watch: upstream.Watch,
+    ) -> tuple[int, Mapping[str, str], bytearray]:
+        """Send one request and read its whole answer under ``watch``: status, headers, body."""
+        try:
+            # Redirects are not followed: a signed call has one right address, and
+            # requests would resend a redirected POST as a GET. The body is streamed,
+            # so that its size and its time are ours to bound.
+            response = self._session.post(url, data=payload, headers=headers,
+                                          timeout=(timeout, timeout), allow_redirects=False,
+                                          stream=True)
+            try:
+                content = upstream.read_body(
+                    response.raw, response.headers.get("Content-Encoding", ""), watch,
+                    self.max_response_bytes,
+                )
+            except BaseException:
+                watch.discard_connection()  # the rest of this answer must not be read
+                response.close()
+                raise
+        except upstream.DeadlinePassed:
+            raise errors.Timeout(f"{action}: no whole answer within {timeout:g}s") from None
+        except upstream.TooLarge:
+            raise InvalidResponse(
+                f"{action}: the answer is larger than {self.max_response_bytes} bytes"
+            ) from None
+        except requests.Timeout:
+            raise errors.Timeout(f"{action}: no answer within {timeout:g}s") from None
+        except (requests.exceptions.ChunkedEncodingError,
+                requests.exceptions.ContentDecodingError, ProtocolError):
+            if watch.fired:
+                raise errors.Timeout(f"{action}: no whole answer within {timeout:g}s") from None
+            raise InvalidResponse(f"{action}: the answer was cut off or garbled") from None
+        except (requests.RequestException, OSError, HTTPError) as exc:
+            # A read timeout while the body is read surfaces as a ConnectionError, and a
+            # socket the watchdog shut down as any of these.
+            if watch.fired or isinstance(exc, ReadTimeoutError) or any(
+                isinstance(arg, ReadTimeoutError) for arg in exc.args
+            ):
+                raise errors.Timeout(f"{action}: no answer within {timeout:g}s") from None
+            raise errors.ConnectionFailed(
+                f"{action}: cannot reach {self._host}: {type(exc).__name__}"
+            ) from None
+        return response.status_code, response.headers, content
+
+    def _result(
+        self, action: str, status: int, headers: Mapping[str, str], content: bytearray
+    ) -> Any:
+        # Upstream text may echo the credentials (a run named after the access key, an
+        # error that quotes the request): scrub them before anything reads the answer.
+        content = upstream.scrub_bytes(content, self.account.secrets())
         data: Any = None
         try:
-            data = json.loads(content) if content.strip() else None
+            data = None if upstream.is_blank(content) else upstream.parse_json(content)
         except ValueError:
             data = None
         request_id = None
         if isinstance(data, dict):
-            request_id = _text(data.get("requestId") or data.get("log_id"))
+            request_id = _text(data.get("requestId") or data.get("log_id"))[:MAX_CODE]
         if status >= 300 or status < 200:
-            code = response.headers.get("X-Bce-Error-Code")
-            message = response.headers.get("X-Bce-Error-Message", "")
+            code = _text(headers.get("X-Bce-Error-Code"))[:MAX_CODE] or None
+            message = headers.get("X-Bce-Error-Message", "")
             if isinstance(data, dict):
-                code = _text(data.get("code") or data.get("error_code")) or code
+                code = _text(data.get("code") or data.get("error_code"))[:MAX_CODE] or code
                 message = _text(data.get("message") or data.get("error_msg")) or message
+            message = message[: 2 * upstream.MAX_UPSTREAM_MESSAGE]  # (see _scrub)
             raise errors.from_http(
                 status,
                 code,
                 self._scrub(f"{action}: {message}" if message else action),
                 request_id,
-                _retry_after(response.headers.get("Retry-After"), self.clock()),
+                _retry_after(headers.get("Retry-After"), self.clock()),
             )
         if data is None:
-            what = "an empty answer" if not content.strip() else "an answer that is not JSON"
+            what = "an empty answer" if upstream.is_blank(content) else "an answer that is not JSON"
             raise InvalidResponse(f"{action}: {what}", status=status)
         if not isinstance(data, dict):
             raise InvalidResponse(f"{action}: the answer is not a JSON object", status=status)
@@ -315,13 +369,16 @@ class QianfanClient:
             message = self._scrub(_text(data.get("error_msg")) or "")
             try:
                 code_int = int(code_value)
-            except (TypeError, ValueError):
-                raise InvalidResponse(f"{action}: error_code {code_value!r}") from None
+            except (TypeError, ValueError, OverflowError):
+                raise InvalidResponse(
+                    f"{action}: error_code {self._scrub(repr(code_value))}"
+                ) from None
             raise errors.from_error_code(code_int, f"{action}: {message}", request_id)
         if "result" not in data:
             if data.get("code"):
                 raise errors.from_http(
-                    status, _text(data.get("code")), self._scrub(_text(data.get("message"))),
+                    status, _text(data.get("code"))[:MAX_CODE],
+                    self._scrub(_text(data.get("message"))),
                     request_id,
                 )
             raise InvalidResponse(f"{action}: the answer has no result", status=status)
@@ -330,8 +387,11 @@ class QianfanClient:
         return data["result"]
 
     def _scrub(self, text: str) -> str:
-        """Upstream messages may echo the access key; never let one through."""
-        return redact(text, self.account.secrets())
+        """Upstream messages may echo the access key; never let one through. They are
+        cut too: a multi-megabyte message must not be logged whole on every poll.
+        (Cut twice: a secret across the first cut is beyond the second.)"""
+        head = text[: 2 * upstream.MAX_UPSTREAM_MESSAGE]
+        return upstream.cut_message(redact(head, self.account.secrets()))
 
 
 def _last_id(page: Page, id_key: str) -> str | None:
@@ -347,6 +407,12 @@ def _v1_detail(result: Any) -> Mapping[str, Any]:
     # Every real jobDetail answer names the run's status; one without it is not one.
     if not any(str(key).lower() == "trainstatus" for key in result):
         raise InvalidResponse("jobDetail: result has no trainStatus")
+    return result
+
+
+def _v2_detail(result: Any) -> Mapping[str, Any]:
+    if not isinstance(result, Mapping):
+        raise InvalidResponse("DescribeFineTuningTask: result is not a JSON object")
     return result
 
 

@@ -117,6 +117,9 @@ class Poll:
     concurrency: int = 4
     retries: int = 3
     finished_retention: float | None = None
+    # The most one upstream answer may hold once decoded (gzip inflates): a bigger
+    # one is refused as invalid_response, so no answer can cost more memory than this.
+    max_response_bytes: int = 32 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -281,6 +284,24 @@ def _integer(value: Any) -> int:
     return value
 
 
+_SIZE = re.compile(r"\s*([0-9]+)\s*(B|KiB|MiB|GiB)?\s*")
+_SIZE_UNIT = {None: 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}
+MIN_RESPONSE_BYTES = 64 * 1024  # the largest documented answer (a 100-run page) fits
+MAX_RESPONSE_BYTES = 1024**3
+
+
+def _size(value: Any) -> int:
+    """A size in bytes: ``33554432``, or ``512KiB``, ``32MiB``, ``1GiB``."""
+    if isinstance(value, str):
+        match = _SIZE.fullmatch(value)
+        if match is None:
+            raise ValueError("must be a size in bytes, or like 512KiB, 32MiB, 1GiB")
+        return int(match.group(1)) * _SIZE_UNIT[match.group(2)]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("must be a size in bytes, or like 512KiB, 32MiB, 1GiB")
+    return value
+
+
 def _boolean(value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError("must be true or false")
@@ -323,6 +344,7 @@ _POLL_KEYS = {
     "concurrency",
     "retries",
     "finished_retention",
+    "max_response_bytes",
 }
 _ACCOUNT_KEYS = {
     "name",
@@ -478,6 +500,9 @@ def _poll(c: _Checker, raw: dict[str, Any]) -> Poll:
     if concurrency > 64:
         c.problem("poll.concurrency", "must be at most 64")
     retention = c.get(raw, "poll", "finished_retention", duration, None)
+    max_bytes = c.get(raw, "poll", "max_response_bytes", _size, d.max_response_bytes)
+    if not MIN_RESPONSE_BYTES <= max_bytes <= MAX_RESPONSE_BYTES:
+        c.problem("poll.max_response_bytes", "must be between 64KiB and 1GiB")
     # Compare only values that were given and valid (not a default standing in).
     given = {
         key: not c.flagged(f"poll.{key}")
@@ -487,7 +512,7 @@ def _poll(c: _Checker, raw: dict[str, Any]) -> Poll:
         c.problem("poll.finished_interval", "must be >= poll.interval")
     if given["interval"] and given["stale_after"] and stale < interval:
         c.problem("poll.stale_after", "must be >= poll.interval")
-    return Poll(interval, finished, stale, timeout, concurrency, retries, retention)
+    return Poll(interval, finished, stale, timeout, concurrency, retries, retention, max_bytes)
 
 
 def _endpoint(value: Any) -> str:

@@ -92,8 +92,20 @@ class InvalidResponse(QianfanError):
     retryable = True
 
 
-# Qianfan's numeric error codes (V1 ``error_code``; sometimes seen in V2 bodies too).
-RATE_LIMIT_CODES = frozenset({4, 17, 18, 19})
+# Qianfan's numeric error codes (V1 ``error_code``; sometimes seen in V2 bodies too),
+# in one place, each with where it comes from:
+# * 2, 4, 13, 14, 17, 18, 19, 110, 111, 336100, 336501, 500000: the official SDK's
+#   ``qianfan.consts.APIErrorCode`` (baidubce/bce-qianfan-sdk, python/qianfan/consts.py):
+#   ServiceUnavailable 2, RequestLimitReached 4, GetServiceTokenFailed 13,
+#   IAMCertificationFailed 14, DailyLimitReached 17, QPSLimitReached 18,
+#   TotalRequestLimitReached 19, APITokenInvalid 110, APITokenExpired 111,
+#   ServerHighLoad 336100, RPMLimitReached 336501, ConsoleInternalError 500000. The SDK
+#   retries 18, 336100 and 500000 on console calls (``ConsoleRetryErrCodes``) and adds
+#   2 and 336501 for its other calls (``RetryErrCodes``); 336501 is a rate limit.
+# * 500001 ("param invalid"): the V1 jobDetail reference page (seed 000), 错误码.
+# * 510202 (task not exist), 510301 (job not exist): Qianfan's error code page, as
+#   gathered in SPEC §1.
+RATE_LIMIT_CODES = frozenset({4, 17, 18, 19, 336501})
 AUTH_CODES = frozenset({13, 14, 110, 111})
 SERVER_CODES = frozenset({2, 336100, 500000})
 NOT_FOUND_CODES = frozenset({510202, 510301})

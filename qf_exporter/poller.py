@@ -40,7 +40,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from types import MappingProxyType
@@ -53,7 +53,15 @@ from qf_exporter.client import QianfanClient
 from qf_exporter.config import Account, Config, Poll
 from qf_exporter.errors import REASONS, InvalidResponse, NotFound, QianfanError
 from qf_exporter.estimate import with_estimates
-from qf_exporter.models import Job, Run, parse_job, parse_v1_run, parse_v2_run
+from qf_exporter.models import (
+    Fields,
+    Job,
+    Run,
+    map_status,
+    parse_job,
+    parse_v1_run,
+    parse_v2_run,
+)
 from qf_exporter.ratelimit import RateLimiter
 from qf_exporter.render import render_health
 from qf_exporter.snapshot import AccountState, Snapshot, TargetState
@@ -125,6 +133,7 @@ class AccountPoller:
             limiter=RateLimiter(account.qps, wait=stop.wait),
             clock=clock,
             stop=stop,
+            max_response_bytes=poll.max_response_bytes,
         )
         self._zero_counters()
         self.workers = ThreadPoolExecutor(
@@ -160,7 +169,8 @@ class AccountPoller:
         if self.account.tasks:
             actions.append("jobDetail")
         if self.account.jobs or self.account.discover:
-            actions.append("DescribeFineTuningTasks")
+            # V2 progress comes from each running run's detail (see _read_v2).
+            actions += ["DescribeFineTuningTasks", "DescribeFineTuningTask"]
         if self.account.discover:
             actions.append("DescribeFineTuningJobs")
         for action in actions:
@@ -329,7 +339,10 @@ class AccountPoller:
                     state, vanished = future.result()
                 except CancelledError:  # stopping: this read never started
                     continue
-                outcomes.append(("", "") if state.up else (state.reason, state.error))
+                # A job whose list was read but a run's detail was not (its runs were read
+                # at this poll, the target is down) did reach Qianfan.
+                reached = state.up or any(run.last_read >= now for run in state.runs)
+                outcomes.append(("", "") if reached else (state.reason, state.error))
                 if vanished and key not in self._configured:
                     # A discovered job the API no longer knows: drop it now, not at
                     # the next listing (which adds it back should it reappear).
@@ -378,15 +391,9 @@ class AccountPoller:
                     ),
                 )
             else:
-                items = self.client.describe_tasks(name, deadline)
-                read_at = self.clock()
-                by_key: dict[str, Run] = {}
-                for item in items:
-                    run = parse_v2_run(item, account=self.account.name, job_id=name,
-                                       read_at=read_at)
-                    if run.task_id:
-                        by_key[run.task_id] = run
-                runs = tuple(by_key.values())
+                runs, read_at, partial = self._read_v2(name, deadline, state.runs)
+                if partial is not None:
+                    return self._partly_read(state, runs, started, partial), False
         except QianfanError as exc:
             log.warning(
                 "cannot read target",
@@ -410,11 +417,59 @@ class AccountPoller:
         return replace(state, up=True, runs=runs, last_attempt=started, last_success=read_at,
                        error="", reason=""), False
 
+    def _read_v2(
+        self, job_id: str, deadline: float, previous: tuple[Run, ...] = ()
+    ) -> tuple[tuple[Run, ...], float, QianfanError | None]:
+        """A V2 job's runs: the list, then the detail of every run it shows as Running.
+
+        Baidu's reference for ``DescribeFineTuningTasks`` has no ``runProgress`` in its
+        items; ``DescribeFineTuningTask`` has it, "only while runStatus is Running"
+        (the SDK's trainer and CLI read progress the same way). The detail reads share
+        the account's budget and this read's deadline. A failed one keeps the run as
+        the list has it and is returned, so that the target reads as down.
+        """
+        items = self.client.describe_tasks(job_id, deadline)
+        read_at = self.clock()
+        by_key: dict[str, dict[str, object]] = {}
+        for item in items:
+            task_id = Fields(item).text("taskId")
+            if task_id:
+                by_key[task_id] = item
+        failure: QianfanError | None = None
+        for task_id, item in by_key.items():
+            if failure is not None or not _running(item):
+                continue
+            try:
+                detail = self.client.describe_task(task_id, deadline)
+            except QianfanError as exc:
+                failure = exc  # the rest keep their list fields: the budget is likely gone
+                continue
+            by_key[task_id] = _with_detail(item, detail)
+        runs = tuple(
+            parse_v2_run(item, account=self.account.name, job_id=job_id, read_at=read_at)
+            for item in by_key.values()
+        )
+        return _keep_vdl_links(runs, previous), read_at, failure
+
+    def _partly_read(self, state: TargetState, runs: tuple[Run, ...], started: float,
+                     exc: QianfanError) -> TargetState:
+        """The list was read but a run's detail was not: fresh runs, target down."""
+        log.warning(
+            "cannot read a run's detail",
+            extra={"account": self.account.name, "api": "v2", "target": state.name,
+                   "reason": exc.reason, "error": str(exc)},
+        )
+        return replace(state, up=False, runs=with_estimates(state.runs, runs),
+                       last_attempt=started, error=str(exc), reason=exc.reason)
+
     def _expire(self, state: TargetState, now: float) -> TargetState:
+        # Runs read by a partial read (a job's list without a run's detail) are fresh
+        # although the target is down: staleness goes by when its runs were last read.
+        last_read = max((run.last_read for run in state.runs), default=None)
         if (
             not state.up
             and state.runs
-            and (state.last_success is None or now - state.last_success > self.poll.stale_after)
+            and (last_read is None or now - last_read > self.poll.stale_after)
         ):
             log.info("dropping stale runs", extra={"account": self.account.name,
                                                    "target": state.name})
@@ -697,6 +752,36 @@ class Poller:
                     self._schedule(name)
         if self.on_change:
             self.on_change(self._snapshot)
+
+
+def _running(item: Mapping[str, object]) -> bool:
+    return map_status(Fields(item).text("runStatus", "status"), "v2") == "running"
+
+
+def _keep_vdl_links(runs: tuple[Run, ...], previous: tuple[Run, ...]) -> tuple[Run, ...]:
+    """Only a running run's detail has its VisualDL link: a run that has finished keeps
+    the link it had while it ran (the dashboards link to it)."""
+    links = {run.task_id: run.vdl_link for run in previous if run.vdl_link}
+    if not links:
+        return runs
+    return tuple(
+        replace(run, vdl_link=links[run.task_id])
+        if not run.vdl_link and run.task_id in links else run
+        for run in runs
+    )
+
+
+def _with_detail(item: dict[str, object], detail: object) -> dict[str, object]:
+    """A list item with every field the run's detail has and the item lacks
+    (``runProgress``, ``vdlLink``, ...). The list's own fields are kept."""
+    if not isinstance(detail, Mapping):
+        return item
+    have = {str(key).lower() for key, value in item.items() if value is not None}
+    merged = dict(item)
+    for key, value in detail.items():
+        if str(key).lower() not in have:
+            merged[str(key)] = value
+    return merged
 
 
 def _utcnow() -> object:

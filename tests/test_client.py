@@ -87,6 +87,7 @@ def test_v1_job_detail(world: World, sim: QianfanSimulator, clock: ManualClock) 
         ("http_503", errors.ServerError, "server"),
         ("code_2", errors.ServerError, "server"),
         ("code_336100", errors.ServerError, "server"),
+        ("code_336501", errors.RateLimited, "rate_limited"),
         ("code_500000", errors.ServerError, "server"),
         ("code_500001", errors.ClientError, "client"),
         ("code_14", errors.AuthError, "auth"),

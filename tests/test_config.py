@@ -615,3 +615,22 @@ accounts:
         "the oldest runs will not be exported",
         "accounts[0].discovery: ignored without discover: true",
     )
+
+
+# --- the size cap on upstream answers ---------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "size"), [
+    ("33554432", 32 * 1024 * 1024), ("32MiB", 32 * 1024 * 1024), ("512KiB", 512 * 1024),
+    ("1GiB", 1024**3), ("65536", 65536), ("'2 MiB'", 2 * 1024 * 1024),
+])
+def test_max_response_bytes(text: str, size: int) -> None:
+    config = parse(MINIMAL + f"poll:\n  max_response_bytes: {text}\n")
+    assert config.poll.max_response_bytes == size
+    assert parse(MINIMAL).poll.max_response_bytes == 32 * 1024 * 1024  # the default
+
+
+@pytest.mark.parametrize("text", ["32MB", "lots", "-1", "1.5MiB", "true", "1024", "2GiB"])
+def test_bad_max_response_bytes(text: str) -> None:
+    (problem,) = problems(MINIMAL + f"poll:\n  max_response_bytes: {text}\n")
+    assert problem.startswith("poll.max_response_bytes: ")

@@ -192,7 +192,7 @@ def test_one_account_failing_leaves_the_other_up(
     assert value(samples, "qianfan_up", account="good") == 1
     assert value(samples, "qianfan_up", account="bad") == 0
     assert value(samples, "qianfan_api_request_failures_total", account="bad",
-                 reason="auth") == 1
+                 action="DescribeFineTuningTasks", reason="auth") == 1
     assert value(samples, "qianfan_finetune_run_info", account="good", task_id="task-a") == 1
     assert value(samples, "qianfan_finetune_run_info", account="bad", task_id="task-a") is None
 
@@ -352,5 +352,7 @@ def test_failure_counters_start_at_zero(world: World, sim: QianfanSimulator, clo
     exporter = make_exporter(account(sim, jobs=("job-a",), tasks=((1, 2),)))
     samples = parse_samples(exporter.exposition())
     failures = series(samples, "qianfan_api_request_failures_total", account="default")
-    assert len(failures) == 2 * 7 and set(failures.values()) == {0}
+    # jobDetail, DescribeFineTuningTasks and DescribeFineTuningTask (the detail reads)
+    assert len(failures) == 3 * 7 and set(failures.values()) == {0}
     assert value(samples, "qianfan_api_requests_total", action="jobDetail") == 0
+    assert value(samples, "qianfan_api_requests_total", action="DescribeFineTuningTask") == 0

@@ -58,6 +58,7 @@ REASON = {
     "http_503": "server",
     "code_2": "server",
     "code_336100": "server",
+    "code_336501": "rate_limited",
     "code_500000": "server",
     "code_500001": "client",
     "code_14": "auth",
@@ -72,9 +73,15 @@ REASON = {
     "delay": "timeout",
     "stall_body": "timeout",  # the answer stops halfway
     "close": "connection",
+    # a bad day: only a total deadline, a size cap and a bounded parser survive these
+    "drip": "timeout",
+    "endless_body": "invalid_response",  # the size cap comes first on loopback
+    "gzip_bomb": "invalid_response",
+    "deep_json": "invalid_response",
+    "huge_error": "server",
 }
 NOT_RETRIED = ("code_14", "auth_403", "code_500001", "unknown")
-SLOW = ("delay", "stall_body")  # these need a short request timeout
+SLOW = ("delay", "stall_body", "drip")  # these need a short request timeout
 
 
 def test_the_matrix_covers_every_fault_the_simulator_has() -> None:
@@ -489,7 +496,8 @@ def test_budget_holds_with_many_targets_and_high_concurrency(
         assert value(samples, "qianfan_up", account="a") == 1
         assert len(series(samples, "qianfan_target_up", account="a")) == 40
         assert len(waits.delays) == 6
-        assert sim.request_count() == 40 + 6
+        # 30 job lists, 30 details (every job has one running run), 10 V1 reads, 6 retries
+        assert sim.request_count() == 30 + 30 + 10 + 6
         assert sim.stats.throttled == 0
         assert failures(samples, "a", reason="rate_limited") == 0
         arrivals = sorted(e.arrived for e in sim.logged())

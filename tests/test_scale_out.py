@@ -327,12 +327,16 @@ def test_each_account_has_its_own_keys_endpoint_budget_and_targets(
     assert value(samples, "qianfan_up", account="a") == 1
     assert value(samples, "qianfan_up", account="b") == 1
     # Each simulator saw only its own account's key and targets.
+    # (and the detail of each running V2 run, for its progress)
     assert {(e.access_key, e.action, e.target) for e in sim_a.logged()} == {
-        (KEY_A, "DescribeFineTuningTasks", "job-a"), (KEY_A, "jobDetail", "11/21")}
+        (KEY_A, "DescribeFineTuningTasks", "job-a"), (KEY_A, "jobDetail", "11/21"),
+        (KEY_A, "DescribeFineTuningTask", "task-a")}
     assert {(e.access_key, e.action, e.target) for e in sim_b.logged()} == {
         (KEY_B, "DescribeFineTuningJobs", ""),
         (KEY_B, "DescribeFineTuningTasks", "job-b1"),
-        (KEY_B, "DescribeFineTuningTasks", "job-b2")}
+        (KEY_B, "DescribeFineTuningTasks", "job-b2"),
+        (KEY_B, "DescribeFineTuningTask", "task-job-b1"),
+        (KEY_B, "DescribeFineTuningTask", "task-job-b2")}
     assert exporter.poller.accounts["a"].client.limiter.capacity == 2
     assert exporter.poller.accounts["b"].client.limiter.capacity == 7
     assert exporter.poller.accounts["a"].client.limiter is not (

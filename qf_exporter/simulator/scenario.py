@@ -251,7 +251,14 @@ class World:
             self._recur(job, now)
             return [r for r in job.runs if r.created <= now]
 
-    def v2_task(self, job: SimJob, run: SimRun, now: float) -> dict[str, object]:
+    def v2_task(
+        self, job: SimJob, run: SimRun, now: float, detail: bool = False
+    ) -> dict[str, object]:
+        """A ``taskList`` item, or with ``detail`` a ``DescribeFineTuningTask`` result.
+
+        Only the detail has ``runProgress`` (while Running) and ``vdlLink``, as in
+        Baidu's reference (see the simulator's server module for the field table).
+        """
         status = run.status(now)
         item: dict[str, object] = {
             "taskId": run.task_id,
@@ -263,15 +270,18 @@ class World:
             "parameterScale": job.parameter_scale,
             "runStatus": run.upstream_status if run.upstream_status is not None
             else _V2_STATUS[status],
-            "vdlLink": f"https://console.bce.baidu.com/qianfan/visualdl/index?task={run.task_id}",
         }
+        if detail:
+            item["vdlLink"] = (
+                f"https://console.bce.baidu.com/qianfan/visualdl/index?task={run.task_id}"
+            )
         created_key, finish_key = (
             ("createDate", "finishDate") if job.date_spelling else ("createTime", "finishTime")
         )
         item[created_key] = _iso(run.created)
         item[finish_key] = _iso(run.ends) if status in ("succeeded", "failed", "stopped") \
             else V2_UNSET
-        if status == "running":
+        if detail and item["runStatus"] == "Running":  # "only while runStatus is Running"
             item["runProgress"] = f"{int(run.progress(now))}%"
         if status == "succeeded":
             item["metrics"] = run.metrics if run.metrics is not None \

@@ -8,6 +8,33 @@ has its answer can count on the counts), knows its open connections (``stop()``
 closes them, ``wait_idle()`` waits for them to end), and writes each answer in one
 piece without Nagle's delay, as a real gateway would. It is shipped for ``--demo``
 and is the tests' backbone.
+
+Which answer carries what follows Baidu's reference pages (cited by title; the
+simulator must never be more lenient than they are, and ``test_simulator_conformance``
+keeps it so):
+
+* ``DescribeFineTuningTasks`` (获取模型精调任务列表, seed 001): ``result.taskList`` items
+  with taskId, jobId, jobName, jobDescription, model, trainMode, parameterScale,
+  runStatus, metrics (only when Done), checkpointList, createTime, finishTime,
+  errorMessage, errorCode; and ``result.pageInfo`` {marker, maxKeys, isTruncated,
+  nextMarker (only when isTruncated)}. The items carry **no runProgress and no
+  vdlLink**: that page's taskList table lists neither.
+* ``DescribeFineTuningTask`` (获取模型精调任务详情): ``result`` with the fields above plus
+  ``runProgress`` ("51%"; "只有任务运行状态运行中,才会返回此参数", i.e. only while
+  runStatus is Running) and ``vdlLink``. The SDK's own mock server
+  (python/qianfan/tests/utils/mock_server.py, ``finetune_v2_task_detail``) answers the
+  same way, and its trainer and CLI read progress only from this call.
+* ``DescribeFineTuningJobs`` (获取模型精调作业列表): ``result.jobList`` items {jobId,
+  name, description, model, trainMode, createDate} and ``result.pageInfo``.
+* V1 ``jobDetail`` (获取任务运行详情, seed 000): ``result`` {id, description, taskId,
+  taskName, version, jobRunType, trainType, trainMode, peftType, trainStatus, progress
+  (0..100), runTime, trainTime, startTime, finishTime, vdlLink}; errors as HTTP 200
+  with {error_code, error_msg}.
+* Some jobs spell the times createDate/finishDate, as the SDK's mock server does
+  (``SimJob.date_spelling``); unset times are the "0000-00-00..." sentinels.
+* Request bodies are checked as the reference types them: V2 ids are strings
+  (``taskId``, ``jobId``), V1 ids are integers, ``maxKeys`` a positive integer (at most
+  100 are returned), ``marker`` a string; anything else is refused with 400.
 """
 
 from __future__ import annotations
@@ -15,12 +42,14 @@ from __future__ import annotations
 import bisect
 import calendar
 import contextlib
+import hmac
 import json
 import socket
 import sys
 import threading
 import time
 import uuid
+import zlib
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,7 +58,7 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from qf_exporter.signing import parse_authorization, sign
-from qf_exporter.simulator.scenario import World
+from qf_exporter.simulator.scenario import SimJob, SimRun, World
 
 ACTIONS_V2 = ("DescribeFineTuningTasks", "DescribeFineTuningJobs", "DescribeFineTuningTask")
 # How far a request's x-bce-date may be in the future before the gateway refuses it.
@@ -43,6 +72,7 @@ FAULT_KINDS = frozenset(
         "http_503",
         "code_2",
         "code_336100",
+        "code_336501",  # RPM limit reached (the SDK's RPMLimitReached): a rate limit
         "code_500000",
         "code_500001",  # bad request: not retryable
         "code_14",  # IAM certification failed (an app API key used as AK/SK)
@@ -58,8 +88,16 @@ FAULT_KINDS = frozenset(
         "delay",  # answer after ``seconds``
         "stall_body",  # send the headers and half the body, then nothing for ``seconds``
         "close",  # close the connection without an answer
+        # A bad day (a broken gateway or proxy in between):
+        "drip",  # a valid answer, one byte every ``seconds`` (default 1)
+        "endless_body",  # a chunked body that never ends
+        "gzip_bomb",  # ~1 MB of gzip that inflates to 1 GiB of spaces, then a valid answer
+        "deep_json",  # JSON nested 100,000 deep
+        "huge_error",  # an error whose message is 5 MB long and echoes the access key
     }
 )
+HUGE_MESSAGE = 5 * 1024 * 1024
+DEEP = 100_000
 
 
 @dataclass
@@ -160,6 +198,7 @@ class QianfanSimulator:
         self._lock = threading.Lock()
         self._connections: dict[socket.socket, threading.Thread] = {}
         self._arrivals: dict[str, list[float]] = {}
+        self._task_jobs: dict[str, str] = {}  # task id -> job id (see _find_task)
         handler = type("Handler", (_Handler,), {"sim": self})
         self._server = _Server((host, port), handler)
         self._server.sim = self
@@ -290,6 +329,20 @@ class QianfanSimulator:
             self.stats.requests[action] += 1
             self.stats.log.append(Logged(action, access_key, target, arrived, status))
 
+    def _find_task(self, task_id: str, now: float) -> tuple[SimJob, SimRun] | None:
+        """The job and run of a task id (an index, so a fleet's details stay cheap)."""
+        world = self.world
+        job = world.jobs.get(self._task_jobs.get(task_id, ""))
+        if job is None or not any(r.task_id == task_id for r in job.runs):
+            self._task_jobs = {r.task_id: j.job_id for j in world.jobs.values() for r in j.runs}
+            job = world.jobs.get(self._task_jobs.get(task_id, ""))
+        if job is None:
+            return None
+        for run in world.visible_runs(job, now):
+            if run.task_id == task_id:
+                return job, run
+        return None
+
     def _opened(self, conn: socket.socket, thread: threading.Thread) -> None:
         with self._lock:
             self._prune()
@@ -411,7 +464,11 @@ class _Handler(BaseHTTPRequestHandler):
             expiration=auth.expiration,
             signed_headers=auth.signed_headers,
         )
-        if expected.authorization != header:
+        # The signature decides, not the order of the signed-header list: the official
+        # SDK lists them unsorted (request-source;x-bce-date;host;content-type) and the
+        # real gateway accepts it; the canonical headers are sorted either way.
+        if not hmac.compare_digest(expected.authorization.rsplit("/", 1)[-1],
+                                   auth.signature):
             self._refuse("IamSignatureInvalid", "the signature does not match")
             return None
         return auth.access_key
@@ -449,17 +506,23 @@ class _Handler(BaseHTTPRequestHandler):
                                         else detail})
             if action == "DescribeFineTuningTask":
                 task_id = body.get("taskId")
-                for job in world.jobs.values():
-                    for run in world.visible_runs(job, now):
-                        if run.task_id == task_id:
-                            item = world.v2_task(job, run, now)
-                            return self._ok(_odd(item) if odd else item)
-                return self._error(False, 400, "510202", 510202, "task not exist")
+                if not isinstance(task_id, str) or not task_id:
+                    return self._error(False, 400, "InvalidParameter", 500001,
+                                       "taskId must be a string")
+                found_run = self.sim._find_task(task_id, now)
+                if found_run is None:
+                    return self._error(False, 400, "510202", 510202, "task not exist")
+                item = world.v2_task(*found_run, now, detail=True)
+                return self._ok(_odd(item) if odd else item)
             keys, problem = _page_args(body)
             if problem:
                 return self._error(False, 400, "InvalidParameter", 500001, problem)
             if action == "DescribeFineTuningTasks":
-                found = world.jobs.get(str(body.get("jobId")))
+                job_id = body.get("jobId")
+                if not isinstance(job_id, str) or not job_id:
+                    return self._error(False, 400, "InvalidParameter", 500001,
+                                       "jobId must be a string")
+                found = world.jobs.get(job_id)
                 if found is None:
                     return self._error(False, 400, "510301", 510301, "job not exist")
                 items = [(r.task_id, world.v2_task(found, r, now))
@@ -506,9 +569,10 @@ class _Handler(BaseHTTPRequestHandler):
                                         "message": "internal error"})
         elif kind.startswith("code_"):
             code = int(kind[5:])
-            status = 400 if code in (500001, 14) else 500
-            self._error(v1, status, "InternalError" if status == 500 else "AccessDenied"
-                        if code == 14 else "InvalidParameter", code, f"simulated error {code}")
+            status = 400 if code in (500001, 14) else 429 if code == 336501 else 500
+            name = {500: "InternalError", 429: "RequestLimitExceeded"}.get(
+                status, "AccessDenied" if code == 14 else "InvalidParameter")
+            self._error(v1, status, name, code, f"simulated error {code}")
         elif kind == "auth_403":
             self._refuse("IamSignatureInvalid", "simulated signature failure")
         elif kind == "unknown":
@@ -546,7 +610,59 @@ class _Handler(BaseHTTPRequestHandler):
             self._log(0)
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)
+        else:
+            self._bad_day(fault, v1, action)
         return True
+
+    def _bad_day(self, fault: Fault, v1: bool, action: str) -> None:
+        kind = fault.kind
+        if kind == "drip":
+            self._drip(fault, _valid_answer(v1, action))
+        elif kind == "endless_body":
+            self._endless(fault)
+        elif kind == "gzip_bomb":
+            self._raw(200, gzip_bomb() + _gzip(_valid_answer(v1, action)),
+                      {"Content-Encoding": "gzip"})
+        elif kind == "deep_json":
+            self._raw(200, b"[" * DEEP + b"]" * DEEP)
+        elif kind == "huge_error":
+            access_key = self._meta[1] if self._meta else ""
+            message = "x" * HUGE_MESSAGE + f" (request signed by {access_key})"
+            self._error(v1, 500, "InternalError", 336100, message)
+
+    def _drip(self, fault: Fault, body: bytes) -> None:
+        """Headers at once, then the body one byte at a time: only a total deadline
+        stops a client from waiting for it (per-read timeouts never fire)."""
+        self._log(200)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json;charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.close_connection = True
+        try:
+            self.wfile.flush()
+            for i in range(len(body)):
+                if fault.released.wait(fault.seconds or 1.0):
+                    return
+                self.wfile.write(body[i : i + 1])
+                self.wfile.flush()
+        except OSError:
+            return  # the client gave up
+
+    def _endless(self, fault: Fault) -> None:
+        self._log(200)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json;charset=utf-8")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        self.close_connection = True
+        chunk = b"%x\r\n%s\r\n" % (64 * 1024, b" " * (64 * 1024))
+        try:
+            while not fault.released.is_set():
+                self.wfile.write(chunk)
+                self.wfile.flush()
+        except OSError:
+            return  # the client gave up
 
     # --- writing ----------------------------------------------------------------------------
 
@@ -573,6 +689,39 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
         return status
+
+
+def _valid_answer(v1: bool, action: str) -> bytes:
+    """A well-formed answer with nothing in it (what a bad-day fault wraps)."""
+    if v1:
+        result: dict[str, Any] = {"trainStatus": "RUNNING", "taskId": 0}
+    elif action == "DescribeFineTuningTask":
+        result = {"taskId": "task-none", "runStatus": "Running"}
+    else:
+        key = "jobList" if action == "DescribeFineTuningJobs" else "taskList"
+        result = {key: [], "pageInfo": {"isTruncated": False}}
+    return json.dumps({"requestId": _rid(), "log_id": _rid(), "result": result}).encode()
+
+
+def _gzip(data: bytes) -> bytes:
+    compressor = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    return compressor.compress(data) + compressor.flush()
+
+
+_BOMB: list[bytes] = []
+_BOMB_LOCK = threading.Lock()
+
+
+def gzip_bomb() -> bytes:
+    """1 GiB of spaces as ~1 MB of gzip: one 64 MiB member, sent 16 times (a gzip body
+    may hold several members). Made once per process: compressing takes a moment."""
+    with _BOMB_LOCK:
+        if not _BOMB:
+            compressor = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+            block = b" " * (1024 * 1024)
+            member = b"".join(compressor.compress(block) for _ in range(64))
+            _BOMB.append((member + compressor.flush()) * 16)
+        return _BOMB[0]
 
 
 def _rid() -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
+from qf_exporter import yamlfile
 
 DEFAULT_ENDPOINT = "https://qianfan.baidubce.com"
 ENV_ACCESS_KEY = "QIANFAN_ACCESS_KEY"
@@ -157,7 +157,7 @@ def parse_duration(value: Any) -> float:
             total += float(match.group(1)) * _UNIT[match.group(2)]
             pos = match.end()
         if text and pos == len(text):
-            return total
+            return _finite_seconds(total)  # 400 digits of seconds is not a duration
     raise ValueError(f"{value!r} is not a duration like 30s, 5m, 1h or a number of seconds")
 
 
@@ -240,7 +240,7 @@ class _Checker:
             return default
         try:
             return convert(raw[key])
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             self.problem(_join(path, key), str(exc))
             return default
 
@@ -343,51 +343,23 @@ _DISCOVERY_KEYS = {"interval", "include", "exclude", "models", "train_modes", "m
 # --- the loader -----------------------------------------------------------------------
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice in one mapping (YAML keeps the last)."""
-
-
-def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    seen: set[Any] = set()
-    for key_node, _value_node in node.value:
-        if key_node.tag == "tag:yaml.org,2002:merge":
-            continue  # keys written next to a merge (<<: *base) override it: not duplicates
-        key = loader.construct_object(key_node)  # type: ignore[no-untyped-call]
-        try:
-            duplicate = key in seen
-            seen.add(key)
-        except TypeError:
-            continue  # an unhashable key: construct_mapping reports it
-        if duplicate:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"found duplicate key {key!r}", key_node.start_mark
-            )
-    loader.flatten_mapping(node)
-    return loader.construct_mapping(node)
-
-
-_StrictLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-    _construct_mapping,  # type: ignore[arg-type]
-)
-
-
 def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
-    """Read and validate a config file. Raises ``ConfigError`` with every problem."""
+    """Read and validate a config file. Raises ``ConfigError`` with every problem.
+
+    The file must be a regular file of at most 1 MiB (a FIFO or a device would block
+    or never end).
+    """
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text, info = yamlfile.read_text(path, yamlfile.MAX_FILE_BYTES)
     except OSError as exc:
-        raise ConfigError([f"{path}: cannot read the file: {exc.strerror}"]) from None
-    except UnicodeDecodeError:
-        raise ConfigError([f"{path}: not UTF-8 text"]) from None
+        raise ConfigError([f"{path}: cannot read the file: {exc.strerror or exc}"]) from None
+    except yamlfile.FileRefused as exc:
+        raise ConfigError([f"{path}: {exc}"]) from None
     config, literal_secrets = _parse(
         text, environ, source=str(path), base=Path(path).resolve().parent
     )
     warnings = []
-    try:
-        world_readable = bool(os.stat(path).st_mode & stat.S_IROTH)
-    except OSError:
-        world_readable = False
+    world_readable = bool(info.st_mode & stat.S_IROTH)
     if world_readable and literal_secrets:
         warnings.append(
             f"{path} holds a secret_key ({', '.join(literal_secrets)}) and can be read by "
@@ -414,14 +386,9 @@ def _parse(
     """The config and the paths of the secret_keys written literally into the text."""
     env = os.environ if environ is None else environ
     try:
-        raw = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        where = ""
-        mark = getattr(exc, "problem_mark", None)
-        if mark is not None:
-            where = f" at line {mark.line + 1}, column {mark.column + 1}"
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError([f"{source}: invalid YAML{where}: {problem}"]) from None
+        raw = yamlfile.parse(text)  # safe, strict and bounded: see yamlfile
+    except yamlfile.YamlRefused as exc:
+        raise ConfigError([f"{source}: {exc}"]) from None
     if raw is not None and not isinstance(raw, dict):
         raise ConfigError([f"{source}: must be a mapping with accounts (and poll)"])
     c = _Checker(env)
@@ -592,9 +559,10 @@ def _tasks(c: _Checker, raw: Any, path: str) -> tuple[V1Target, ...]:
         ids = []
         for key in ("task_id", "job_id"):
             value = entry.get(key)
-            if isinstance(value, str) and value.isdigit():
+            # ASCII digits only ("²".isdigit() is true, int("²") fails); an id fits int64.
+            if isinstance(value, str) and re.fullmatch(r"[0-9]{1,19}", value):
                 value = int(value)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**63:
                 c.problem(f"{p}.{key}", "is required and must be a positive integer")
             else:
                 ids.append(value)
@@ -667,15 +635,18 @@ def _credentials(
         if base is not None and not file.is_absolute():
             file = base / file
         try:
-            secret = file.read_text(encoding="utf-8").strip()
-            c.secrets.add(secret)
-            world_readable = bool(file.stat().st_mode & stat.S_IROTH)
+            # A regular file of a few KiB: a FIFO would hang the read (and every later
+            # reload), /dev/zero would fill the memory.
+            text, info = yamlfile.read_text(file, yamlfile.MAX_SECRET_BYTES)
         except OSError as exc:
             c.problem(p, f"cannot read {file}: {exc.strerror or exc}")
             return None, None
-        except UnicodeDecodeError:
-            c.problem(p, f"{file} is not UTF-8 text")
+        except yamlfile.FileRefused as exc:
+            c.problem(p, f"{file} is {exc}")
             return None, None
+        secret = text.strip()
+        c.secrets.add(secret)
+        world_readable = bool(info.st_mode & stat.S_IROTH)
         if not secret:
             c.problem(p, f"{file} is empty")
             return None, None

@@ -327,7 +327,7 @@ def test_secret_key_file_problems(tmp_path: Path) -> None:
         f"accounts[0].secret_key_file: {empty} is empty",
         f"accounts[1].secret_key_file: {binary} is not UTF-8 text",
         f"accounts[2].secret_key_file: cannot read {missing}: No such file or directory",
-        f"accounts[3].secret_key_file: cannot read {tmp_path}: Is a directory",
+        f"accounts[3].secret_key_file: {tmp_path} is not a regular file (a directory)",
         "accounts[4].secret_key_file: give secret_key or secret_key_file, not both",
     ]
 

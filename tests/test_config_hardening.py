@@ -320,6 +320,24 @@ def test_reload_refuses_a_fifo_secret_key_file(reloadable: tuple[Exporter, Path]
     assert reload_successful(exporter) == 0
 
 
+def test_reload_survives_an_unexpected_error(
+    reloadable: tuple[Exporter, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Should checking ever fail with something other than ConfigError, the reload is
+    still refused and reported, not a dead reload thread with the metric left at 1."""
+    exporter, path = reloadable
+
+    def broken(_path: str) -> Config:
+        raise RecursionError(f"maximum recursion depth exceeded near {SK}")
+
+    monkeypatch.setattr("qf_exporter.app.load_config", broken)
+    ok, message = exporter.reload()
+    assert not ok
+    assert message.endswith(f"{path}: cannot be loaded (RecursionError)")
+    assert SK not in message
+    assert reload_successful(exporter) == 0
+
+
 # --- anything at all: ConfigError or a Config, nothing else --------------------------
 
 KEYS = st.sampled_from(

@@ -259,6 +259,37 @@ def _positive(convert: Callable[[Any], float]) -> Callable[[Any], float]:
     return check
 
 
+MINUTE, HOUR, DAY = 60.0, 3600.0, 86400.0
+
+
+def _show_duration(seconds: float) -> str:
+    for unit, size in (("d", DAY), ("h", HOUR), ("m", MINUTE)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
+def _limits(
+    convert: Callable[[Any], Any],
+    low: float | None = None,
+    high: float | None = None,
+    show: Callable[[float], str] = lambda v: f"{v:g}" if v % 1 else str(int(v)),
+) -> Callable[[Any], Any]:
+    """``convert``, then a range check: values that are valid but would make the
+    exporter misbehave (an interval of 1 ms floods the log, one of 1e14 s overflows
+    the scheduler, a timeout of 1e10 s overflows the socket) are refused up front."""
+
+    def check(value: Any) -> Any:
+        result = convert(value)
+        if low is not None and result < low:
+            raise ValueError(f"must be at least {show(low)}")
+        if high is not None and result > high:
+            raise ValueError(f"must be at most {show(high)}")
+        return result
+
+    return check
+
+
 def _number(value: Any) -> float:
     # A numeric string is accepted: ``qps: ${QPS}`` gives one.
     if isinstance(value, str):
@@ -431,29 +462,64 @@ def _parse(
     return Config(tuple(accounts), poll, tuple(warnings)), literal_secrets
 
 
+# Bounds (README, "Configuration"): what lies outside them is a mistake, or would make
+# the exporter misbehave, so --config.check refuses it.
+INTERVAL_BOUNDS = (1.0, DAY)  # poll.interval, poll.finished_interval, discovery.interval
+MAX_STALE_AFTER = 7 * DAY
+MAX_AGE = 3650 * DAY  # poll.finished_retention, discovery.max_age
+MAX_CONCURRENCY = 64
+MAX_RETRIES = 10
+QPS_BOUNDS = (0.01, 1000.0)
+MAX_RUNS = 1_000_000
+
+
 def _poll(c: _Checker, raw: dict[str, Any]) -> Poll:
     d = Poll()
-    duration = _positive(parse_duration)
-    interval = c.get(raw, "poll", "interval", duration, d.interval)
-    finished = c.get(raw, "poll", "finished_interval", duration, d.finished_interval)
-    stale = c.get(raw, "poll", "stale_after", duration, d.stale_after)
-    timeout = c.get(raw, "poll", "timeout", duration, d.timeout)
-    concurrency = c.get(raw, "poll", "concurrency", _positive(_integer), d.concurrency)
+    period = _limits(_positive(parse_duration), *INTERVAL_BOUNDS, show=_show_duration)
+    interval = c.get(raw, "poll", "interval", period, d.interval)
+    finished = c.get(raw, "poll", "finished_interval", period, d.finished_interval)
+    stale = c.get(
+        raw,
+        "poll",
+        "stale_after",
+        _limits(_positive(parse_duration), high=MAX_STALE_AFTER, show=_show_duration),
+        d.stale_after,
+    )
+    timeout = c.get(
+        raw,
+        "poll",
+        "timeout",
+        _limits(_positive(parse_duration), high=INTERVAL_BOUNDS[1], show=_show_duration),
+        d.timeout,
+    )
+    concurrency = c.get(
+        raw, "poll", "concurrency", _limits(_positive(_integer), high=MAX_CONCURRENCY),
+        d.concurrency,
+    )
     retries = c.get(raw, "poll", "retries", _integer, d.retries)
     if retries < 0:
         c.problem("poll.retries", "must be >= 0")
-    if concurrency > 64:
-        c.problem("poll.concurrency", "must be at most 64")
-    retention = c.get(raw, "poll", "finished_retention", duration, None)
+    elif retries > MAX_RETRIES:
+        c.problem("poll.retries", f"must be at most {MAX_RETRIES}")
+    retention = c.get(
+        raw,
+        "poll",
+        "finished_retention",
+        _limits(parse_duration, high=MAX_AGE, show=_show_duration),
+        None,
+    )
     # Compare only values that were given and valid (not a default standing in).
     given = {
         key: not c.flagged(f"poll.{key}")
-        for key in ("interval", "finished_interval", "stale_after")
+        for key in ("interval", "finished_interval", "stale_after", "timeout")
     }
     if given["interval"] and given["finished_interval"] and finished < interval:
         c.problem("poll.finished_interval", "must be >= poll.interval")
     if given["interval"] and given["stale_after"] and stale < interval:
         c.problem("poll.stale_after", "must be >= poll.interval")
+    if given["interval"] and given["timeout"] and timeout > interval:
+        # A read would still be waiting when the next poll is due.
+        c.problem("poll.timeout", "must be <= poll.interval")
     return Poll(interval, finished, stale, timeout, concurrency, retries, retention)
 
 
@@ -498,7 +564,7 @@ def _account(
     elif not _ACCOUNT_NAME.match(name):
         c.problem(f"{path}.name", "must be 1-64 characters of letters, digits, _ . : -")
     endpoint = c.get(raw, path, "endpoint", _endpoint, DEFAULT_ENDPOINT)
-    qps = c.get(raw, path, "qps", _positive(_number), 5.0)
+    qps = c.get(raw, path, "qps", _limits(_positive(_number), *QPS_BOUNDS), 5.0)
     jobs = c.get(raw, path, "jobs", _string_list, ())
     for j, job in enumerate(jobs):
         if not _JOB_ID.match(job):
@@ -512,7 +578,7 @@ def _account(
         c.mapping(raw.get("discovery"), f"{path}.discovery", _DISCOVERY_KEYS),
         f"{path}.discovery",
     )
-    max_runs = c.get(raw, path, "max_runs", _positive(_integer), None)
+    max_runs = c.get(raw, path, "max_runs", _limits(_positive(_integer), high=MAX_RUNS), None)
     if max_runs is not None and max_runs < len(tasks):
         warnings.append(
             f"{path}.max_runs: {max_runs} is less than the {len(tasks)} V1 pairs configured: "
@@ -577,12 +643,24 @@ def _tasks(c: _Checker, raw: Any, path: str) -> tuple[V1Target, ...]:
 def _discovery(c: _Checker, raw: dict[str, Any], path: str) -> Discovery:
     d = Discovery()
     return Discovery(
-        interval=c.get(raw, path, "interval", _positive(parse_duration), d.interval),
+        interval=c.get(
+            raw,
+            path,
+            "interval",
+            _limits(_positive(parse_duration), *INTERVAL_BOUNDS, show=_show_duration),
+            d.interval,
+        ),
         include=c.get(raw, path, "include", _regex_list, ()),
         exclude=c.get(raw, path, "exclude", _regex_list, ()),
         models=c.get(raw, path, "models", _string_list, ()),
         train_modes=c.get(raw, path, "train_modes", _string_list, ()),
-        max_age=c.get(raw, path, "max_age", _positive(parse_duration), None),
+        max_age=c.get(
+            raw,
+            path,
+            "max_age",
+            _limits(_positive(parse_duration), high=MAX_AGE, show=_show_duration),
+            None,
+        ),
     )
 
 

@@ -178,12 +178,12 @@ def test_durations_in_the_file(value: object, seconds: float) -> None:
         + f"""
 poll:
   interval: {value}
-  finished_interval: 7d
+  finished_interval: 1d
   stale_after: 7d
 """
     )
     assert config.poll.interval == seconds
-    assert config.poll.finished_interval == 7 * 86400
+    assert config.poll.finished_interval == 86400
 
 
 # --- ${VAR} ----------------------------------------------------------------------------

@@ -282,6 +282,8 @@ def reloadable(tmp_path: Path) -> tuple[Exporter, Path]:
 BROKEN_ON_RELOAD = [
     *sorted(p.name for p in CORPUS.glob("yaml-*.yaml")),
     "secret-file-dev-zero.yaml",
+    "interval-too-long.yaml",
+    "timeout-huge.yaml",
 ]
 
 
@@ -336,6 +338,39 @@ def test_reload_survives_an_unexpected_error(
     assert message.endswith(f"{path}: cannot be loaded (RecursionError)")
     assert SK not in message
     assert reload_successful(exporter) == 0
+
+
+# --- bounds --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("poll", "account"),
+    [
+        (
+            "{interval: 1d, finished_interval: 1d, stale_after: 7d, timeout: 1d,"
+            " concurrency: 64, retries: 10, finished_retention: 3650d}",
+            "qps: 1000, max_runs: 1000000, discovery: {interval: 1d, max_age: 3650d}",
+        ),
+        (
+            "{interval: 1s, finished_interval: 1s, stale_after: 1s, timeout: 1s,"
+            " concurrency: 1, retries: 0, finished_retention: 0s}",
+            "qps: 0.01, max_runs: 1, discovery: {interval: 1s, max_age: 1s}",
+        ),
+    ],
+)
+def test_values_at_the_bounds_are_accepted(poll: str, account: str) -> None:
+    config = parse_config(
+        f"accounts: [{{name: a, access_key: {AK}, secret_key: {SK}, discover: true,"
+        f" {account}}}]\npoll: {poll}\n"
+    )
+    assert config.poll.timeout == config.poll.interval
+
+
+def test_a_value_out_of_bounds_is_one_problem_not_a_cascade() -> None:
+    """An interval refused for its size is not also compared with the others."""
+    with pytest.raises(ConfigError) as info:
+        parse_config(GOOD + "poll: {interval: 2d, finished_interval: 1h, stale_after: 1h}\n")
+    assert info.value.problems == ["poll.interval: must be at most 1d"]
 
 
 # --- anything at all: ConfigError or a Config, nothing else --------------------------

@@ -246,6 +246,8 @@ class _Checker:
 
 
 def _join(path: str, key: str) -> str:
+    if not key.isprintable():
+        key = repr(key)  # a key with a newline must not split its problem line in two
     return f"{path}.{key}" if path else key
 
 

@@ -439,3 +439,9 @@ def test_odd_task_ids_are_a_problem_not_a_crash(task_id: str) -> None:
     assert info.value.problems == [
         "accounts[0].tasks[0].task_id: is required and must be a positive integer"
     ]
+
+
+def test_a_key_with_a_line_break_is_shown_escaped() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(GOOD + 'poll: {"a\\nb": 1}\n')
+    assert info.value.problems == ["poll.'a\\nb': unknown key"]

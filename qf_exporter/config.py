@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from qf_exporter import yamlfile
+from qf_exporter.patterns import Pattern, PatternError, compile_pattern
 
 DEFAULT_ENDPOINT = "https://qianfan.baidubce.com"
 ENV_ACCESS_KEY = "QIANFAN_ACCESS_KEY"
@@ -84,8 +85,8 @@ class Discovery:
     """Which jobs ``discover: true`` adds (all of them unless filtered)."""
 
     interval: float = 600.0
-    include: tuple[re.Pattern[str], ...] = ()
-    exclude: tuple[re.Pattern[str], ...] = ()
+    include: tuple[Pattern, ...] = ()
+    exclude: tuple[Pattern, ...] = ()
     models: tuple[str, ...] = ()
     train_modes: tuple[str, ...] = ()
     max_age: float | None = None
@@ -334,13 +335,16 @@ def _string_list(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _regex_list(value: Any) -> tuple[re.Pattern[str], ...]:
+def _regex_list(value: Any) -> tuple[Pattern, ...]:
+    """Patterns in RE2 syntax (linear-time matching, as Prometheus)."""
     patterns = []
     for text in _string_list(value):
         try:
-            patterns.append(re.compile(text))
-        except re.error as exc:
-            raise ValueError(f"{text!r} is not a valid regular expression: {exc}") from None
+            patterns.append(compile_pattern(text))
+        except PatternError as exc:
+            raise ValueError(
+                f"{text!r} is not a valid regular expression: {exc} (RE2 syntax)"
+            ) from None
     return tuple(patterns)
 
 

@@ -28,6 +28,7 @@ from qf_exporter.config import (
     load_config,
     parse_config,
 )
+from qf_exporter.patterns import PatternError, compile_pattern
 from qf_exporter.webconfig import load_web_config
 from tests.conftest import parse_samples, value
 from tests.test_config_corpus import CORPUS, clean_env
@@ -284,6 +285,7 @@ BROKEN_ON_RELOAD = [
     "secret-file-dev-zero.yaml",
     "interval-too-long.yaml",
     "timeout-huge.yaml",
+    "regex-backreference.yaml",
 ]
 
 
@@ -338,6 +340,61 @@ def test_reload_survives_an_unexpected_error(
     assert message.endswith(f"{path}: cannot be loaded (RecursionError)")
     assert SK not in message
     assert reload_successful(exporter) == 0
+
+
+# --- discovery patterns: RE2 --------------------------------------------------------
+
+
+def test_backtracking_pattern_matches_in_linear_time() -> None:
+    """``^(a+)+$`` against 28 characters took Python's re minutes (holding the GIL, so
+    even /-/healthy froze); RE2 answers at once, here against 100,000 characters too."""
+    script = (
+        "from qf_exporter.config import parse_config\n"
+        "config = parse_config(\"accounts: [{name: a, access_key: k, secret_key: s, "
+        "discover: true, discovery: {include: ['^(a+)+$'], exclude: ['(x+x+)+y']}}]\")\n"
+        "d = config.accounts[0].discovery\n"
+        "for name in ['a' * 27 + '!', 'a' * 100_000 + '!', 'x' * 100_000]:\n"
+        "    print(any(p.search(name) for p in d.include), "
+        "any(p.search(name) for p in d.exclude))\n"
+        "print(d.include[0].search('a' * 28) is not None)\n"
+    )
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", script],
+            cwd=ROOT,
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"matching a backtracking pattern took more than {TIMEOUT}s")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["False False"] * 3 + ["True"]
+
+
+def test_patterns_keep_their_usual_meaning() -> None:
+    prod = compile_pattern("^prod-")
+    assert prod.pattern == "^prod-"
+    assert prod.search("prod-sft") and not prod.search("dev-prod-sft")
+    assert compile_pattern("(?i)-TMP$").search("prod-sft-tmp")
+    assert compile_pattern(r"^\w+-\d{3}$").search("sft-123")
+    assert compile_pattern("训练").search("千帆训练任务")
+    for bad in (r"(a)\1", "(?=x)", "(?<!x)y", "a{1001}", "(unclosed"):
+        with pytest.raises(PatternError):
+            compile_pattern(bad)
+
+
+def test_refused_pattern_problem_names_its_path_and_reason() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(
+            "accounts: [{name: a, access_key: k, secret_key: s, discover: true,\n"
+            "  discovery: {include: ['^ok', '(a)\\1']}}]"
+        )
+    assert info.value.problems == [
+        "accounts[0].discovery.include: '(a)\\\\1' is not a valid regular expression: "
+        "invalid escape sequence: \\1 (RE2 syntax)"
+    ]
 
 
 # --- bounds --------------------------------------------------------------------------

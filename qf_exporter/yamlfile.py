@@ -154,6 +154,11 @@ class _Loader(yaml.SafeLoader):
         if len(self._totals) >= MAX_DEPTH:
             raise ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels", mark)
         defined: str | None = event.anchor if isinstance(event, NodeEvent) else None
+        if defined is not None and defined in self.anchors:  # PyYAML's own says only
+            first = self.anchors[defined].start_mark.line + 1  # "second occurrence"
+            raise ComposerError(
+                None, None, f"found duplicate anchor &{defined} (first at line {first})", mark
+            )
         if defined is not None and isinstance(event, CollectionStartEvent):
             self._open.append(defined)
         self._totals.append(0)
@@ -242,7 +247,7 @@ def parse(text: str) -> Any:
         problem = getattr(exc, "problem", None) or "not valid YAML"
         raise YamlRefused(f"invalid YAML{where}: {problem}") from None
     except (ValueError, OverflowError, RecursionError, MemoryError) as exc:
-        # e.g. an integer of more than 4,300 digits (int() refuses it)
+        # A last resort: the limits above and construct_object should leave none of these.
         raise YamlRefused(f"invalid YAML: {type(exc).__name__}") from None
     finally:
         loader.dispose()

@@ -198,6 +198,7 @@ def test_the_alias_ratio_follows_go_yaml() -> None:
         ("x: &a {<<: *a}\n", "line 1, column 12: found a recursive alias *a"),
         ("&a {*a : 1}\n", "line 1, column 5: found a recursive alias *a"),
         ("x: *nope\n", "line 1, column 4: found undefined alias 'nope'"),
+        ("x: &a 1\ny: &a 2\n", "line 2, column 4: found duplicate anchor &a (first at line 1)"),
         ("x: " + "[" * 100 + "]" * 100 + "\n", "nested deeper than 64 levels"),
         ("".join("  " * i + f"k{i}:\n" for i in range(100)), "nested deeper than 64 levels"),
         ("1: x\n", "line 1, column 1: found a key that is not a string"),

@@ -93,11 +93,13 @@ class Exporter:
         with self._reload_lock:
             try:
                 config = load_config(self.config_path)
-            except ConfigError as exc:
+            except Exception as exc:  # whatever goes wrong, the old config keeps running
+                err = exc if isinstance(exc, ConfigError) else ConfigError(
+                    [f"{self.config_path}: cannot be loaded ({type(exc).__name__})"])
                 self.reload_state.successful = False
-                for problem in exc.problems:
+                for problem in err.problems:
                     log.error("configuration reload refused", extra={"problem": problem})
-                return False, "configuration refused, still running the previous one:\n" + str(exc)
+                return False, "configuration refused, still running the previous one:\n" + str(err)
             for warning in config.warnings:
                 log.warning(warning)
             REDACTOR.set(config.secrets() + self.poller.config.secrets())

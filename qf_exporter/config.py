@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
+from qf_exporter import yamlfile
+from qf_exporter.patterns import Pattern, PatternError, compile_pattern
 
 DEFAULT_ENDPOINT = "https://qianfan.baidubce.com"
 ENV_ACCESS_KEY = "QIANFAN_ACCESS_KEY"
@@ -84,8 +85,8 @@ class Discovery:
     """Which jobs ``discover: true`` adds (all of them unless filtered)."""
 
     interval: float = 600.0
-    include: tuple[re.Pattern[str], ...] = ()
-    exclude: tuple[re.Pattern[str], ...] = ()
+    include: tuple[Pattern, ...] = ()
+    exclude: tuple[Pattern, ...] = ()
     models: tuple[str, ...] = ()
     train_modes: tuple[str, ...] = ()
     max_age: float | None = None
@@ -160,7 +161,7 @@ def parse_duration(value: Any) -> float:
             total += float(match.group(1)) * _UNIT[match.group(2)]
             pos = match.end()
         if text and pos == len(text):
-            return total
+            return _finite_seconds(total)  # 400 digits of seconds is not a duration
     raise ValueError(f"{value!r} is not a duration like 30s, 5m, 1h or a number of seconds")
 
 
@@ -243,12 +244,14 @@ class _Checker:
             return default
         try:
             return convert(raw[key])
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             self.problem(_join(path, key), str(exc))
             return default
 
 
 def _join(path: str, key: str) -> str:
+    if not key.isprintable():
+        key = repr(key)  # a key with a newline must not split its problem line in two
     return f"{path}.{key}" if path else key
 
 
@@ -257,6 +260,37 @@ def _positive(convert: Callable[[Any], float]) -> Callable[[Any], float]:
         result = convert(value)
         if not result > 0:
             raise ValueError("must be > 0")
+        return result
+
+    return check
+
+
+MINUTE, HOUR, DAY = 60.0, 3600.0, 86400.0
+
+
+def _show_duration(seconds: float) -> str:
+    for unit, size in (("d", DAY), ("h", HOUR), ("m", MINUTE)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
+def _limits(
+    convert: Callable[[Any], Any],
+    low: float | None = None,
+    high: float | None = None,
+    show: Callable[[float], str] = lambda v: f"{v:g}" if v % 1 else str(int(v)),
+) -> Callable[[Any], Any]:
+    """``convert``, then a range check: values that are valid but would make the
+    exporter misbehave (an interval of 1 ms floods the log, one of 1e14 s overflows
+    the scheduler, a timeout of 1e10 s overflows the socket) are refused up front."""
+
+    def check(value: Any) -> Any:
+        result = convert(value)
+        if low is not None and result < low:
+            raise ValueError(f"must be at least {show(low)}")
+        if high is not None and result > high:
+            raise ValueError(f"must be at most {show(high)}")
         return result
 
     return check
@@ -322,13 +356,16 @@ def _string_list(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _regex_list(value: Any) -> tuple[re.Pattern[str], ...]:
+def _regex_list(value: Any) -> tuple[Pattern, ...]:
+    """Patterns in RE2 syntax (linear-time matching, as Prometheus)."""
     patterns = []
     for text in _string_list(value):
         try:
-            patterns.append(re.compile(text))
-        except re.error as exc:
-            raise ValueError(f"{text!r} is not a valid regular expression: {exc}") from None
+            patterns.append(compile_pattern(text))
+        except PatternError as exc:
+            raise ValueError(
+                f"{text!r} is not a valid regular expression: {exc} (RE2 syntax)"
+            ) from None
     return tuple(patterns)
 
 
@@ -365,51 +402,23 @@ _DISCOVERY_KEYS = {"interval", "include", "exclude", "models", "train_modes", "m
 # --- the loader -----------------------------------------------------------------------
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice in one mapping (YAML keeps the last)."""
-
-
-def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    seen: set[Any] = set()
-    for key_node, _value_node in node.value:
-        if key_node.tag == "tag:yaml.org,2002:merge":
-            continue  # keys written next to a merge (<<: *base) override it: not duplicates
-        key = loader.construct_object(key_node)  # type: ignore[no-untyped-call]
-        try:
-            duplicate = key in seen
-            seen.add(key)
-        except TypeError:
-            continue  # an unhashable key: construct_mapping reports it
-        if duplicate:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"found duplicate key {key!r}", key_node.start_mark
-            )
-    loader.flatten_mapping(node)
-    return loader.construct_mapping(node)
-
-
-_StrictLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-    _construct_mapping,  # type: ignore[arg-type]
-)
-
-
 def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
-    """Read and validate a config file. Raises ``ConfigError`` with every problem."""
+    """Read and validate a config file. Raises ``ConfigError`` with every problem.
+
+    The file must be a regular file of at most 1 MiB (a FIFO or a device would block
+    or never end).
+    """
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text, info = yamlfile.read_text(path, yamlfile.MAX_FILE_BYTES)
     except OSError as exc:
-        raise ConfigError([f"{path}: cannot read the file: {exc.strerror}"]) from None
-    except UnicodeDecodeError:
-        raise ConfigError([f"{path}: not UTF-8 text"]) from None
+        raise ConfigError([f"{path}: cannot read the file: {exc.strerror or exc}"]) from None
+    except yamlfile.FileRefused as exc:
+        raise ConfigError([f"{path}: {exc}"]) from None
     config, literal_secrets = _parse(
         text, environ, source=str(path), base=Path(path).resolve().parent
     )
     warnings = []
-    try:
-        world_readable = bool(os.stat(path).st_mode & stat.S_IROTH)
-    except OSError:
-        world_readable = False
+    world_readable = bool(info.st_mode & stat.S_IROTH)
     if world_readable and literal_secrets:
         warnings.append(
             f"{path} holds a secret_key ({', '.join(literal_secrets)}) and can be read by "
@@ -436,14 +445,9 @@ def _parse(
     """The config and the paths of the secret_keys written literally into the text."""
     env = os.environ if environ is None else environ
     try:
-        raw = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        where = ""
-        mark = getattr(exc, "problem_mark", None)
-        if mark is not None:
-            where = f" at line {mark.line + 1}, column {mark.column + 1}"
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError([f"{source}: invalid YAML{where}: {problem}"]) from None
+        raw = yamlfile.parse(text)  # safe, strict and bounded: see yamlfile
+    except yamlfile.YamlRefused as exc:
+        raise ConfigError([f"{source}: {exc}"]) from None
     if raw is not None and not isinstance(raw, dict):
         raise ConfigError([f"{source}: must be a mapping with accounts (and poll)"])
     c = _Checker(env)
@@ -486,32 +490,67 @@ def _parse(
     return Config(tuple(accounts), poll, tuple(warnings)), literal_secrets
 
 
+# Bounds (README, "Configuration"): what lies outside them is a mistake, or would make
+# the exporter misbehave, so --config.check refuses it.
+INTERVAL_BOUNDS = (1.0, DAY)  # poll.interval, poll.finished_interval, discovery.interval
+MAX_STALE_AFTER = 7 * DAY
+MAX_AGE = 3650 * DAY  # poll.finished_retention, discovery.max_age
+MAX_CONCURRENCY = 64
+MAX_RETRIES = 10
+QPS_BOUNDS = (0.01, 1000.0)
+MAX_RUNS = 1_000_000
+
+
 def _poll(c: _Checker, raw: dict[str, Any]) -> Poll:
     d = Poll()
-    duration = _positive(parse_duration)
-    interval = c.get(raw, "poll", "interval", duration, d.interval)
-    finished = c.get(raw, "poll", "finished_interval", duration, d.finished_interval)
-    stale = c.get(raw, "poll", "stale_after", duration, d.stale_after)
-    timeout = c.get(raw, "poll", "timeout", duration, d.timeout)
-    concurrency = c.get(raw, "poll", "concurrency", _positive(_integer), d.concurrency)
+    period = _limits(_positive(parse_duration), *INTERVAL_BOUNDS, show=_show_duration)
+    interval = c.get(raw, "poll", "interval", period, d.interval)
+    finished = c.get(raw, "poll", "finished_interval", period, d.finished_interval)
+    stale = c.get(
+        raw,
+        "poll",
+        "stale_after",
+        _limits(_positive(parse_duration), high=MAX_STALE_AFTER, show=_show_duration),
+        d.stale_after,
+    )
+    timeout = c.get(
+        raw,
+        "poll",
+        "timeout",
+        _limits(_positive(parse_duration), high=INTERVAL_BOUNDS[1], show=_show_duration),
+        d.timeout,
+    )
+    concurrency = c.get(
+        raw, "poll", "concurrency", _limits(_positive(_integer), high=MAX_CONCURRENCY),
+        d.concurrency,
+    )
     retries = c.get(raw, "poll", "retries", _integer, d.retries)
     if retries < 0:
         c.problem("poll.retries", "must be >= 0")
-    if concurrency > 64:
-        c.problem("poll.concurrency", "must be at most 64")
-    retention = c.get(raw, "poll", "finished_retention", duration, None)
+    elif retries > MAX_RETRIES:
+        c.problem("poll.retries", f"must be at most {MAX_RETRIES}")
+    retention = c.get(
+        raw,
+        "poll",
+        "finished_retention",
+        _limits(parse_duration, high=MAX_AGE, show=_show_duration),
+        None,
+    )
     max_bytes = c.get(raw, "poll", "max_response_bytes", _size, d.max_response_bytes)
     if not MIN_RESPONSE_BYTES <= max_bytes <= MAX_RESPONSE_BYTES:
         c.problem("poll.max_response_bytes", "must be between 64KiB and 1GiB")
     # Compare only values that were given and valid (not a default standing in).
     given = {
         key: not c.flagged(f"poll.{key}")
-        for key in ("interval", "finished_interval", "stale_after")
+        for key in ("interval", "finished_interval", "stale_after", "timeout")
     }
     if given["interval"] and given["finished_interval"] and finished < interval:
         c.problem("poll.finished_interval", "must be >= poll.interval")
     if given["interval"] and given["stale_after"] and stale < interval:
         c.problem("poll.stale_after", "must be >= poll.interval")
+    if given["interval"] and given["timeout"] and timeout > interval:
+        # A read would still be waiting when the next poll is due.
+        c.problem("poll.timeout", "must be <= poll.interval")
     return Poll(interval, finished, stale, timeout, concurrency, retries, retention, max_bytes)
 
 
@@ -556,7 +595,7 @@ def _account(
     elif not _ACCOUNT_NAME.match(name):
         c.problem(f"{path}.name", "must be 1-64 characters of letters, digits, _ . : -")
     endpoint = c.get(raw, path, "endpoint", _endpoint, DEFAULT_ENDPOINT)
-    qps = c.get(raw, path, "qps", _positive(_number), 5.0)
+    qps = c.get(raw, path, "qps", _limits(_positive(_number), *QPS_BOUNDS), 5.0)
     jobs = c.get(raw, path, "jobs", _string_list, ())
     for j, job in enumerate(jobs):
         if not _JOB_ID.match(job):
@@ -570,7 +609,7 @@ def _account(
         c.mapping(raw.get("discovery"), f"{path}.discovery", _DISCOVERY_KEYS),
         f"{path}.discovery",
     )
-    max_runs = c.get(raw, path, "max_runs", _positive(_integer), None)
+    max_runs = c.get(raw, path, "max_runs", _limits(_positive(_integer), high=MAX_RUNS), None)
     if max_runs is not None and max_runs < len(tasks):
         warnings.append(
             f"{path}.max_runs: {max_runs} is less than the {len(tasks)} V1 pairs configured: "
@@ -617,9 +656,10 @@ def _tasks(c: _Checker, raw: Any, path: str) -> tuple[V1Target, ...]:
         ids = []
         for key in ("task_id", "job_id"):
             value = entry.get(key)
-            if isinstance(value, str) and value.isdigit():
+            # ASCII digits only ("²".isdigit() is true, int("²") fails); an id fits int64.
+            if isinstance(value, str) and re.fullmatch(r"[0-9]{1,19}", value):
                 value = int(value)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**63:
                 c.problem(f"{p}.{key}", "is required and must be a positive integer")
             else:
                 ids.append(value)
@@ -634,12 +674,24 @@ def _tasks(c: _Checker, raw: Any, path: str) -> tuple[V1Target, ...]:
 def _discovery(c: _Checker, raw: dict[str, Any], path: str) -> Discovery:
     d = Discovery()
     return Discovery(
-        interval=c.get(raw, path, "interval", _positive(parse_duration), d.interval),
+        interval=c.get(
+            raw,
+            path,
+            "interval",
+            _limits(_positive(parse_duration), *INTERVAL_BOUNDS, show=_show_duration),
+            d.interval,
+        ),
         include=c.get(raw, path, "include", _regex_list, ()),
         exclude=c.get(raw, path, "exclude", _regex_list, ()),
         models=c.get(raw, path, "models", _string_list, ()),
         train_modes=c.get(raw, path, "train_modes", _string_list, ()),
-        max_age=c.get(raw, path, "max_age", _positive(parse_duration), None),
+        max_age=c.get(
+            raw,
+            path,
+            "max_age",
+            _limits(_positive(parse_duration), high=MAX_AGE, show=_show_duration),
+            None,
+        ),
     )
 
 
@@ -692,15 +744,18 @@ def _credentials(
         if base is not None and not file.is_absolute():
             file = base / file
         try:
-            secret = file.read_text(encoding="utf-8").strip()
-            c.secrets.add(secret)
-            world_readable = bool(file.stat().st_mode & stat.S_IROTH)
+            # A regular file of a few KiB: a FIFO would hang the read (and every later
+            # reload), /dev/zero would fill the memory.
+            text, info = yamlfile.read_text(file, yamlfile.MAX_SECRET_BYTES)
         except OSError as exc:
             c.problem(p, f"cannot read {file}: {exc.strerror or exc}")
             return None, None
-        except UnicodeDecodeError:
-            c.problem(p, f"{file} is not UTF-8 text")
+        except yamlfile.FileRefused as exc:
+            c.problem(p, f"{file} is {exc}")
             return None, None
+        secret = text.strip()
+        c.secrets.add(secret)
+        world_readable = bool(info.st_mode & stat.S_IROTH)
         if not secret:
             c.problem(p, f"{file} is empty")
             return None, None

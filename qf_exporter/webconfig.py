@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import bcrypt
-import yaml
 
+from qf_exporter import yamlfile
 from qf_exporter.config import ConfigError
 
 # Python's ssl module verifies every client certificate it asks for against the CA
@@ -119,17 +119,10 @@ def _dummy_hash() -> bytes:
 
 def load_web_config(path: str) -> WebConfig:
     base = Path(path).resolve().parent
-    try:
-        raw: Any = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError([f"cannot read the file: {exc.strerror or exc}"]) from None
-    except UnicodeDecodeError:
-        raise ConfigError(["not UTF-8 text"]) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError([f"invalid YAML{where}: {problem}"]) from None
+    loaded = yamlfile.load(path)  # a bounded regular file, strict and safe YAML
+    if loaded.problems:
+        raise ConfigError(list(loaded.problems))
+    raw: Any = loaded.data
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import subprocess
 import sys
 import threading
@@ -21,6 +20,7 @@ import pytest
 
 from qf_exporter.app import Exporter
 from qf_exporter.config import Account, Config, Discovery, Poll
+from qf_exporter.patterns import compile_pattern
 from qf_exporter.poller import Shard
 from qf_exporter.simulator import QianfanSimulator, SimJob, SimRun, World
 from tests.conftest import (
@@ -146,8 +146,8 @@ def test_discovery_filters_and_configured_jobs_stay(
         world.add_run(job_id, f"task-{job_id}", created=now - 100, duration=100 * DAY)
     discovery = Discovery(
         interval=3600,
-        include=(re.compile(r"^prod-"),),
-        exclude=(re.compile(r"-tmp$"),),
+        include=(compile_pattern(r"^prod-"),),  # RE2, as load_config compiles them
+        exclude=(compile_pattern(r"-tmp$"),),
         models=("ERNIE-Speed-8K",),
         train_modes=("SFT",),
         max_age=7 * DAY,

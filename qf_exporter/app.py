@@ -58,7 +58,7 @@ class Exporter:
 
     def exposition(self) -> bytes:
         rendered = self.poller.rendered
-        return generate_latest(self.registry) + rendered.health + rendered.text
+        return b"".join(rendered.plain(generate_latest(self.registry)))
 
     def serve(
         self, host: str, port: int, telemetry_path: str, web_config: WebConfig | None

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import gzip
 import logging
 import socket
 import threading
@@ -177,14 +176,10 @@ class _Handler(BaseHTTPRequestHandler):
         health = generate_latest(self.server.registry)
         accepts = self.headers.get("Accept-Encoding", "")
         if "gzip" in accepts.lower():
-            parts = (
-                gzip.compress(health, compresslevel=1, mtime=0),
-                rendered.health_gzipped,
-                *rendered.runs_gzipped,
-            )
-            self._send(200, parts, CONTENT_TYPE, {"Content-Encoding": "gzip"})
+            parts = rendered.gzipped(health)
+            self._send(200, tuple(parts), CONTENT_TYPE, {"Content-Encoding": "gzip"})
         else:
-            self._send(200, (health, rendered.health, *rendered.runs), CONTENT_TYPE)
+            self._send(200, tuple(rendered.plain(health)), CONTENT_TYPE)
 
     def _text(self, status: int, text: str) -> None:
         self._send(status, text.encode(), "text/plain; charset=utf-8")

@@ -336,7 +336,7 @@ def test_unchanged_snapshot_is_not_rendered_again(
     exporter.poller.poll_all(force=False)  # nothing due: the job is final
     # The run text is reused as it is; only the small health part (poll time) is new.
     assert exporter.poller.rendered.runs is first.runs
-    assert exporter.poller.rendered.runs_gzipped is first.runs_gzipped
+    assert exporter.poller.rendered.runs_deflated is first.runs_deflated
     samples = parse_samples(exporter.exposition())
     assert value(samples, "qianfan_last_successful_poll_timestamp_seconds") == clock()
     clock.advance(1800)

@@ -130,5 +130,5 @@ def test_every_family_has_help_and_type() -> None:
 
 def test_gzip_member_matches_text() -> None:
     rendered = render(sample_runs(), 7)
-    assert gzip.decompress(rendered.gzipped) == rendered.text
+    assert gzip.decompress(b"".join(rendered.gzipped())) == rendered.text
     assert rendered.generation == 7

@@ -24,7 +24,15 @@ from qf_exporter.app import Exporter
 from qf_exporter.config import Poll
 from qf_exporter.simulator import QianfanSimulator, World
 from qf_exporter.upstream import MAX_UPSTREAM_MESSAGE
-from tests.conftest import ACCESS_KEY, SECRET_KEY, ManualClock, account, parse_samples, value
+from tests.helpers import (
+    ACCESS_KEY,
+    SECRET_KEY,
+    ManualClock,
+    account,
+    parse_samples,
+    scrape,
+    value,
+)
 
 AK_B, SK_B = "AKbadday0123456789abcdef", "SKbadday-0123456789abcdef-secret"
 CAP = 8 * 1024 * 1024  # the size cap configured here: a 5 MB error message fits
@@ -84,13 +92,6 @@ def _exporter(sim: QianfanSimulator, make_exporter: Callable[..., Exporter]) -> 
     return exporter
 
 
-def _scrape(exporter: Exporter) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    assert exporter.server is not None
-    answer = requests.get(f"http://127.0.0.1:{exporter.server.port}/metrics", timeout=10)
-    assert answer.status_code == 200
-    return parse_samples(answer.content)
-
-
 @pytest.mark.parametrize("kind", sorted(BAD))
 def test_a_bad_answer_downs_one_target_and_nothing_else(
     kind: str, sim: QianfanSimulator, make_exporter: Callable[..., Exporter],
@@ -98,7 +99,7 @@ def test_a_bad_answer_downs_one_target_and_nothing_else(
 ) -> None:
     exporter = _exporter(sim, make_exporter)
     exporter.poller.poll_all()  # a good poll first: everything is up
-    assert value(_scrape(exporter), "qianfan_up", account="a") == 1
+    assert value(scrape(exporter), "qianfan_up", account="a") == 1
     sim.add_fault(kind, action="DescribeFineTuningTasks", target="job-bad",
                   access_key=ACCESS_KEY, seconds=1.0)
     caplog.set_level(logging.DEBUG)
@@ -107,13 +108,13 @@ def test_a_bad_answer_downs_one_target_and_nothing_else(
     polling = threading.Thread(target=exporter.poller.poll_all)
     polling.start()
     # /metrics answers while the bad answer is being read.
-    during = _scrape(exporter)
+    during = scrape(exporter)
     assert value(during, "qianfan_target_up", account="a", target="job-good") == 1
     polling.join(timeout=60)
     assert not polling.is_alive()
     grown = _kib("VmHWM") - before
     print(f"MEASURED {kind}: peak RSS +{grown / 2**20:.1f} MiB")
-    samples = _scrape(exporter)
+    samples = scrape(exporter)
 
     assert value(samples, "qianfan_target_up", account="a", target="job-bad") == 0
     assert value(samples, "qianfan_api_request_failures_total", account="a",

@@ -19,7 +19,7 @@ import requests
 
 from qf_exporter import __version__
 from qf_exporter.simulator import QianfanSimulator, World
-from tests.conftest import ACCESS_KEY, SECRET_KEY, parse_samples, promtool_check_metrics, value
+from tests.helpers import ACCESS_KEY, SECRET_KEY, parse_samples, promtool_check_metrics, value
 
 CMD = [sys.executable, "-m", "qf_exporter"]
 

@@ -16,7 +16,7 @@ from qf_exporter.config import Account, Secret
 from qf_exporter.ratelimit import RateLimiter
 from qf_exporter.simulator import QianfanSimulator, World
 from qf_exporter.telemetry import ApiMetrics
-from tests.conftest import ACCESS_KEY, SECRET_KEY, ManualClock, account
+from tests.helpers import ACCESS_KEY, SECRET_KEY, ManualClock, account
 
 
 class RecordingStop(threading.Event):

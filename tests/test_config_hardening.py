@@ -30,7 +30,7 @@ from qf_exporter.config import (
 )
 from qf_exporter.patterns import PatternError, compile_pattern
 from qf_exporter.webconfig import load_web_config
-from tests.conftest import parse_samples, value
+from tests.helpers import parse_samples, value
 from tests.test_config_corpus import CORPUS, clean_env
 
 ROOT = Path(__file__).resolve().parent.parent

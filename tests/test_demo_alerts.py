@@ -21,7 +21,7 @@ import requests
 import yaml
 
 from qf_exporter.simulator import demo_world
-from tests.conftest import require_tool
+from tests.helpers import require_tool
 from tests.test_prometheus_e2e import free_port
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -22,7 +22,8 @@ from typing import Any
 
 import pytest
 import yaml
-from dashboard_queries import iter_panels, panel_queries, substitute
+
+from tests.dashboard_queries import iter_panels, panel_queries, substitute
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"

@@ -14,7 +14,7 @@ from qf_exporter.client import QianfanClient
 from qf_exporter.simulator import QianfanSimulator, World
 from qf_exporter.simulator.scenario import demo_world
 from qf_exporter.telemetry import ApiMetrics
-from tests.conftest import ACCESS_KEY, SECRET_KEY, ManualClock, account, parse_samples, value
+from tests.helpers import ACCESS_KEY, SECRET_KEY, ManualClock, account, parse_samples, value
 
 LIST_ONLY_FORBIDDEN = {"runprogress", "vdllink"}  # not in seed 001's taskList table
 

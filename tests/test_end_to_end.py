@@ -9,18 +9,19 @@ import gzip
 from collections.abc import Callable
 
 import pytest
-import requests
 
 from qf_exporter.app import Exporter
 from qf_exporter.config import Poll
 from qf_exporter.simulator import QianfanSimulator, World
-from tests.conftest import (
+from tests.helpers import (
     ACCESS_KEY,
     SECRET_KEY,
     ManualClock,
     account,
+    http_get,
     parse_samples,
     promtool_check_metrics,
+    scrape,
     series,
     value,
 )
@@ -29,17 +30,9 @@ STATUS_OF = {"waiting": "waiting", "running": "running", "succeeded": "succeeded
              "failed": "failed", "stopped": "stopped"}
 
 
-def scrape(exporter: Exporter, path: str = "/metrics", **kw: object) -> requests.Response:
-    if exporter.server is None:
-        exporter.serve("127.0.0.1", 0, "/metrics", None)
-    assert exporter.server is not None
-    return requests.get(f"http://127.0.0.1:{exporter.server.port}{path}", timeout=10,
-                        **kw)  # type: ignore[arg-type]
-
-
 def assert_agrees(exporter: Exporter, world: World, clock: ManualClock) -> None:
     """Every visible simulated run is exported with the simulator's status and progress."""
-    samples = parse_samples(scrape(exporter).content)
+    samples = scrape(exporter)
     now = clock()
     expected = 0
     for job in world.jobs.values():
@@ -77,7 +70,7 @@ def test_a_run_lives_its_whole_life(world: World, sim: QianfanSimulator, clock: 
     poller = exporter.poller
 
     poller.poll_all()
-    samples = parse_samples(scrape(exporter).content)
+    samples = scrape(exporter)
     assert series(samples, "qianfan_finetune_run_info") == {}
     assert value(samples, "qianfan_up", account="default") == 1
     assert value(samples, "qianfan_target_up", target="job-life", api="v2") == 1
@@ -87,13 +80,13 @@ def test_a_run_lives_its_whole_life(world: World, sim: QianfanSimulator, clock: 
         clock.advance(60)
         poller.poll_all()
         assert_agrees(exporter, world, clock)
-        samples = parse_samples(scrape(exporter).content)
+        samples = scrape(exporter)
         progress = value(samples, "qianfan_finetune_run_progress_ratio", task_id="task-life")
         if progress is not None:
             seen_progress.append(progress)
     assert run.status(clock()) == "succeeded"
     assert seen_progress == sorted(seen_progress) and len(set(seen_progress)) >= 5
-    samples = parse_samples(scrape(exporter).content)
+    samples = scrape(exporter)
     assert value(samples, "qianfan_finetune_run_status", task_id="task-life",
                  status="succeeded") == 1
     assert value(samples, "qianfan_finetune_run_checkpoints", task_id="task-life") == 5
@@ -117,7 +110,7 @@ def test_failed_and_stopped_runs_and_v1(world: World, sim: QianfanSimulator, clo
     exporter = make_exporter(account(sim, jobs=("job-x",), tasks=((10250, 6205),)))
     exporter.poller.poll_all()
     assert_agrees(exporter, world, clock)
-    samples = parse_samples(scrape(exporter).content)
+    samples = scrape(exporter)
     errors = series(samples, "qianfan_finetune_run_error_info", task_id="task-fail")
     assert [dict(k)["error_message"] for k in errors] == ['bad "row" 12']
     assert series(samples, "qianfan_finetune_run_error_info", task_id="task-stop") == {}
@@ -125,7 +118,7 @@ def test_failed_and_stopped_runs_and_v1(world: World, sim: QianfanSimulator, clo
                  job_id="6205") == pytest.approx(0.1)
     assert value(samples, "qianfan_finetune_run_duration_seconds", task_id="10250") == 100
     assert value(samples, "qianfan_target_up", target="10250/6205", api="v1") == 1
-    promtool_check_metrics(scrape(exporter).content)
+    promtool_check_metrics(http_get(exporter).content)
 
 
 def test_a_failing_target_keeps_its_runs_until_stale(
@@ -145,7 +138,7 @@ def test_a_failing_target_keeps_its_runs_until_stale(
     for _ in range(5):  # 300 s: still within stale_after
         clock.advance(60)
         exporter.poller.poll_all(force=False)
-        samples = parse_samples(scrape(exporter).content)
+        samples = scrape(exporter)
         assert value(samples, "qianfan_target_up", target="job-a") == 0
         assert value(samples, "qianfan_target_error_info", target="job-a",
                      reason="server") == 1
@@ -163,7 +156,7 @@ def test_a_failing_target_keeps_its_runs_until_stale(
                      action="DescribeFineTuningTasks", reason="server") is not None
     clock.advance(60)
     exporter.poller.poll_all(force=False)
-    samples = parse_samples(scrape(exporter).content)
+    samples = scrape(exporter)
     assert value(samples, "qianfan_finetune_run_info", task_id="task-a") is None  # stale: gone
     assert value(samples, "qianfan_finetune_run_info", task_id="task-b") == 1
     assert value(samples, "qianfan_target_last_success_timestamp_seconds",
@@ -172,7 +165,7 @@ def test_a_failing_target_keeps_its_runs_until_stale(
     sim.clear_faults()
     clock.advance(60)
     exporter.poller.poll_all(force=False)
-    samples = parse_samples(scrape(exporter).content)
+    samples = scrape(exporter)
     assert value(samples, "qianfan_finetune_run_info", task_id="task-a") == 1
     assert value(samples, "qianfan_up", account="default") == 1
     assert value(samples, "qianfan_last_successful_poll_timestamp_seconds") == clock()
@@ -188,7 +181,7 @@ def test_one_account_failing_leaves_the_other_up(
     bad = account(sim, name="bad", jobs=("job-a",), secret_key="not-the-secret")
     exporter = make_exporter(good, bad)
     exporter.poller.poll_all()
-    samples = parse_samples(scrape(exporter).content)
+    samples = scrape(exporter)
     assert value(samples, "qianfan_up", account="good") == 1
     assert value(samples, "qianfan_up", account="bad") == 0
     assert value(samples, "qianfan_api_request_failures_total", account="bad",
@@ -215,7 +208,7 @@ def test_adaptive_intervals(world: World, sim: QianfanSimulator, clock: ManualCl
     for minute in range(1, 31):
         clock.advance(60)
         exporter.poller.poll_all(force=False)
-        samples = parse_samples(scrape(exporter).content)
+        samples = scrape(exporter)
         if found_after is None and value(samples, "qianfan_finetune_run_info",
                                          task_id="task-new") == 1:
             found_after = minute
@@ -237,8 +230,8 @@ def test_scrapes_never_reach_qianfan(world: World, sim: QianfanSimulator, clock:
     exporter = make_exporter(account(sim, jobs=("job-a",), tasks=()))
     exporter.poller.poll_all()
     before = sim.request_count()
-    bodies = {scrape(exporter).content for _ in range(25)}
-    bodies |= {scrape(exporter, headers={"Accept-Encoding": "gzip"}).content
+    bodies = {http_get(exporter).content for _ in range(25)}
+    bodies |= {http_get(exporter, headers={"Accept-Encoding": "gzip"}).content
                for _ in range(25)}
     assert sim.request_count() == before
     assert len(bodies) >= 1
@@ -259,9 +252,9 @@ def test_gzip_and_plain_agree(world: World, sim: QianfanSimulator, clock: Manual
     assert response.getheader("Content-Encoding") == "gzip"
     zipped = gzip.decompress(response.read())
     conn.close()
-    plain = scrape(exporter, headers={"Accept-Encoding": "identity"}).content
+    plain = http_get(exporter, headers={"Accept-Encoding": "identity"}).content
     assert parse_samples(zipped) == parse_samples(plain)
-    assert scrape(exporter).headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    assert http_get(exporter).headers["Content-Type"].startswith("text/plain; version=0.0.4")
 
 
 def test_health_readiness_and_landing(world: World, sim: QianfanSimulator, clock: ManualClock,
@@ -270,18 +263,18 @@ def test_health_readiness_and_landing(world: World, sim: QianfanSimulator, clock
     world.add_run("job-a", "task-a", created=clock() - 100)
     world.add_run("job-a", "task-b", created=clock() - 10_000, duration=60, outcome="failed")
     exporter = make_exporter(account(sim, jobs=("job-a",)))
-    assert scrape(exporter, "/-/healthy").status_code == 200
-    assert scrape(exporter, "/-/ready").status_code == 503
-    samples = parse_samples(scrape(exporter).content)
+    assert http_get(exporter, "/-/healthy").status_code == 200
+    assert http_get(exporter, "/-/ready").status_code == 503
+    samples = scrape(exporter)
     assert value(samples, "qianfan_up", account="default") == 0  # always present
     assert value(samples, "qianfan_exporter_build_info") == 1
     exporter.poller.poll_all()
-    assert scrape(exporter, "/-/ready").status_code == 200
-    page = scrape(exporter, "/").text
+    assert http_get(exporter, "/-/ready").status_code == 200
+    page = http_get(exporter, "/").text
     assert 'href="/metrics"' in page and 'href="/-/healthy"' in page and "/-/ready" in page
     assert "default" in page and "reachable" in page
     assert "<td>1</td>" in page  # one running, one failed
-    assert scrape(exporter, "/nope").status_code == 404
+    assert http_get(exporter, "/nope").status_code == 404
     assert ACCESS_KEY not in page and SECRET_KEY not in page
 
 

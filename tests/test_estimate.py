@@ -26,7 +26,7 @@ from qf_exporter.estimate import (
 )
 from qf_exporter.models import STATUSES, Run
 from qf_exporter.simulator import QianfanSimulator, World
-from tests.conftest import ManualClock, account
+from tests.helpers import ManualClock, account
 
 times = st.floats(min_value=1e9, max_value=2e9, allow_nan=False)
 gaps = st.floats(min_value=1.0, max_value=1e6, allow_nan=False)

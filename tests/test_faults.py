@@ -27,7 +27,7 @@ from qf_exporter.client import _retry_after
 from qf_exporter.config import Account, Poll
 from qf_exporter.ratelimit import RateLimiter
 from qf_exporter.simulator import FAULT_KINDS, QianfanSimulator, World
-from tests.conftest import (
+from tests.helpers import (
     ACCESS_KEY,
     SECRET_KEY,
     ManualClock,

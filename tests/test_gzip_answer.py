@@ -23,7 +23,7 @@ from qf_exporter import gzipstream
 from qf_exporter.app import Exporter
 from qf_exporter.simulator import QianfanSimulator, World
 from qf_exporter.store import RunStore
-from tests.conftest import ManualClock, account, parse_samples, require_tool
+from tests.helpers import ManualClock, account, parse_samples, require_tool
 
 pieces = st.lists(st.binary(max_size=3000), max_size=30)
 

@@ -16,7 +16,7 @@ from qf_exporter.landing import MESSAGE_LIMIT, landing_page
 from qf_exporter.render import render_health
 from qf_exporter.simulator import QianfanSimulator, World
 from qf_exporter.snapshot import AccountState, Snapshot, TargetState
-from tests.conftest import (
+from tests.helpers import (
     ACCESS_KEY,
     SECRET_KEY,
     ManualClock,

@@ -23,7 +23,7 @@ import yaml
 from qf_exporter.app import Exporter
 from qf_exporter.config import Config, Poll
 from qf_exporter.simulator import QianfanSimulator, World, demo_world
-from tests.conftest import (
+from tests.helpers import (
     ACCESS_KEY,
     SECRET_KEY,
     ManualClock,

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from qf_exporter.simulator import QianfanSimulator, World
-from tests.conftest import ACCESS_KEY, SECRET_KEY
+from tests.helpers import ACCESS_KEY, SECRET_KEY
 
 qianfan = pytest.importorskip("qianfan", reason="the official SDK is a test dependency")
 

@@ -37,8 +37,8 @@ import requests
 import yaml
 
 from qf_exporter.simulator import QianfanSimulator, World
-from tests.conftest import ACCESS_KEY, SECRET_KEY, require_tool
 from tests.dashboard_queries import panel_queries
+from tests.helpers import ACCESS_KEY, SECRET_KEY, require_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARDS = sorted((ROOT / "grafana").glob("*.json"))

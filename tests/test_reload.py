@@ -18,7 +18,7 @@ import requests
 from qf_exporter.app import Exporter
 from qf_exporter.config import Config, Secret
 from qf_exporter.simulator import QianfanSimulator, SimJob, SimRun, World
-from tests.conftest import (
+from tests.helpers import (
     ACCESS_KEY,
     FAST_POLL,
     SECRET_KEY,

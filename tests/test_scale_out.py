@@ -23,7 +23,7 @@ from qf_exporter.config import Account, Config, Discovery, Poll
 from qf_exporter.patterns import compile_pattern
 from qf_exporter.poller import Shard
 from qf_exporter.simulator import QianfanSimulator, SimJob, SimRun, World
-from tests.conftest import (
+from tests.helpers import (
     ManualClock,
     account,
     parse_samples,

@@ -12,7 +12,6 @@ memory traced by ``tracemalloc``. Run with ``pytest -s`` to see the numbers.
 from __future__ import annotations
 
 import gc
-import http.client
 import logging
 import os
 import random
@@ -27,7 +26,7 @@ import pytest
 from qf_exporter.app import Exporter
 from qf_exporter.config import Config, Poll
 from qf_exporter.simulator import FAULT_KINDS, QianfanSimulator, World
-from tests.conftest import ACCESS_KEY, SECRET_KEY, ManualClock, account, parse_samples, series
+from tests.helpers import ACCESS_KEY, SECRET_KEY, ManualClock, account, scrape, series
 
 AK_B, SK_B = "AKsoak0123456789abcdef", "SKsoak-0123456789abcdef-secret"
 POLLS = 3000
@@ -107,7 +106,7 @@ def test_soak_nothing_grows(clock: ManualClock) -> None:
     b = account(sim, name="b", jobs=("job-1", "job-4"), tasks=((101, 201),), access_key=AK_B,
                 secret_key=SK_B, qps=300)
     exporter = Exporter(Config(accounts=(a, b), poll=POLL), clock=clock, process_metrics=False)
-    server = exporter.serve("127.0.0.1", 0, "/metrics", None)
+    exporter.serve("127.0.0.1", 0, "/metrics", None)
     poller = exporter.poller
     for account_poller in poller.accounts.values():
         account_poller.client.stop = NoWait()
@@ -122,24 +121,13 @@ def test_soak_nothing_grows(clock: ManualClock) -> None:
     kinds = sorted(FAULT_KINDS - set(slow))
     faults_injected: Counter[str] = Counter()
 
-    def scrape() -> bytes:
-        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
-        try:
-            conn.request("GET", "/metrics", headers={"Connection": "close"})
-            response = conn.getresponse()
-            body = response.read()
-            assert response.status == 200
-            return body
-        finally:
-            conn.close()
-
     def measure(polls: int) -> Point:
         """Bring the exporter to the same quiet point, then count."""
         sim.clear_faults()
         for name in poller.accounts:
             state = poller.poll_account(name, force=True)
             assert state.up, {k: v.error for k, v in state.targets.items() if not v.up}
-        samples = parse_samples(scrape())
+        samples = scrape(exporter)
         assert sum(series(samples, "qianfan_up").values()) == 2
         assert len(series(samples, "qianfan_finetune_run_info")) == 4 * 2 + 2 + 2 * 2 + 1
         for account_poller in poller.accounts.values():

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from qf_exporter.models import STATUSES, Run
 from qf_exporter.render import render_runs
 from qf_exporter.store import RunStore
-from tests.conftest import parse_samples, promtool_check_metrics
+from tests.helpers import parse_samples, promtool_check_metrics
 
 ACCOUNTS = ("team-a", "team-b")
 label_text = st.text(alphabet=st.sampled_from('ab"\\\n{}=, é'), max_size=6)

@@ -18,7 +18,7 @@ from qf_exporter import errors, upstream
 from qf_exporter.client import QianfanClient
 from qf_exporter.config import Account, Secret
 from qf_exporter.telemetry import ApiMetrics
-from tests.conftest import ACCESS_KEY, SECRET_KEY
+from tests.helpers import ACCESS_KEY, SECRET_KEY
 
 
 class _Raw:

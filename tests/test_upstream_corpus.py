@@ -26,7 +26,7 @@ import yaml
 
 from qf_exporter.app import Exporter
 from qf_exporter.config import Account, Secret, V1Target
-from tests.conftest import (
+from tests.helpers import (
     ACCESS_KEY,
     FAST_POLL,
     SECRET_KEY,

@@ -1,0 +1,149 @@
+"""What tests share that is not a fixture: the fake clock, accounts on the simulator,
+scraping an exporter and reading its exposition, and the Prometheus tools.
+
+Fixtures that build these live in ``tests/conftest.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+import time
+
+import pytest
+import requests
+
+from qf_exporter.app import Exporter
+from qf_exporter.config import Account, Poll, Secret, V1Target
+from qf_exporter.simulator import QianfanSimulator
+
+ACCESS_KEY = "AKtest0123456789abcdef"
+SECRET_KEY = "SKsecret-0123456789abcdef-very-secret"
+
+# Every sample of an exposition: (name, label set) -> value.
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+# ------------------------------------------------------------------------ the clock
+
+
+class ManualClock:
+    """Wall time that moves only when a test says so (starts at the real time)."""
+
+    def __init__(self, start: float | None = None) -> None:
+        self.now = float(int(start if start is not None else time.time()))
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self._lock:
+            return self.now
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self.now += seconds
+
+
+# -------------------------------------------------------------- accounts and polls
+
+
+def account(
+    sim: QianfanSimulator,
+    *,
+    name: str = "default",
+    jobs: tuple[str, ...] = (),
+    tasks: tuple[tuple[int, int], ...] = (),
+    access_key: str = ACCESS_KEY,
+    secret_key: str = SECRET_KEY,
+    **kw: object,
+) -> Account:
+    """An account on ``sim``; V1 ``tasks`` are (task_id, job_id) pairs."""
+    # A budget high enough not to slow tests down, unless a test is about the budget.
+    kw.setdefault("qps", 1000)
+    return Account(
+        name=name,
+        access_key=Secret(access_key),
+        secret_key=Secret(secret_key),
+        endpoint=sim.url,
+        jobs=jobs,
+        tasks=tuple(V1Target(t, j) for t, j in tasks),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+FAST_POLL = Poll(interval=60, finished_interval=1800, stale_after=600, timeout=5, concurrency=4,
+                 retries=0)
+
+
+# ------------------------------------------------------------------------ scraping
+
+
+def http_get(exporter: Exporter, path: str = "/metrics", **kw: object) -> requests.Response:
+    """GET ``path`` from the exporter's HTTP server (started on a free port if need be)."""
+    if exporter.server is None:
+        exporter.serve("127.0.0.1", 0, "/metrics", None)
+    assert exporter.server is not None
+    return requests.get(f"http://127.0.0.1:{exporter.server.port}{path}", timeout=10,
+                        **kw)  # type: ignore[arg-type]
+
+
+def scrape(exporter: Exporter) -> Samples:
+    """What Prometheus sees: /metrics over HTTP answers 200, and its samples."""
+    response = http_get(exporter)
+    assert response.status_code == 200
+    return parse_samples(response.content)
+
+
+# ------------------------------------------------------------- reading expositions
+
+
+def parse_samples(text: str | bytes) -> Samples:
+    """Every sample of an exposition, by name and label set (prometheus_client's parser)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    if isinstance(text, bytes):
+        text = text.decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            key = (sample.name, frozenset(sample.labels.items()))
+            assert key not in samples, f"duplicate series {key}"
+            assert sample.timestamp is None, "no sample carries a timestamp"
+            samples[key] = sample.value
+    return samples
+
+
+def series(samples: Samples, name: str, **labels: str) -> dict[frozenset[tuple[str, str]], float]:
+    """The samples of one metric whose labels include ``labels``."""
+    want = set(labels.items())
+    return {lbls: v for (n, lbls), v in samples.items() if n == name and want <= lbls}
+
+
+def value(samples: Samples, name: str, **labels: str) -> float | None:
+    """The one sample of ``name`` with ``labels`` (None if there is none)."""
+    found = series(samples, name, **labels)
+    assert len(found) <= 1, f"{name}{labels} matches {len(found)} series"
+    return next(iter(found.values()), None)
+
+
+# ---------------------------------------------------------------- Prometheus tools
+
+
+def require_tool(name: str) -> str:
+    """The path of a Prometheus tool; missing fails under CI=true, else skips."""
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{name} is not installed (apt-get install -y prometheus)")
+        pytest.skip(f"{name} is not installed")
+    return path
+
+
+def promtool_check_metrics(text: bytes) -> None:
+    """promtool finds nothing to say about an exposition."""
+    result = subprocess.run([require_tool("promtool"), "check", "metrics"], input=text,
+                            capture_output=True, timeout=60)
+    assert result.returncode == 0 and not result.stdout.strip() and not result.stderr.strip(), (
+        result.stdout.decode() + result.stderr.decode()
+    )

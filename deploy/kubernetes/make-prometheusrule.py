@@ -7,7 +7,7 @@ alerts.yml is the one source of the alert rules; this wraps its `groups:` unchan
     python3 deploy/kubernetes/make-prometheusrule.py           # rewrite prometheusrule.yaml
     python3 deploy/kubernetes/make-prometheusrule.py --check   # exit 1 if it is out of date
 
-Only the standard library is used. tests/test_deploy_files.py runs the check.
+Only the standard library is used. tests/deploy/test_kubernetes.py runs the check.
 """
 
 from __future__ import annotations

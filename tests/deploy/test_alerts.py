@@ -1,0 +1,157 @@
+"""The alert rules: promtool accepts them and their unit tests, each alert has its
+labels, annotations, firing and silent tests, known metrics and a README runbook."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.deploy.files import (
+    ALERTS,
+    ALERTS_TEST,
+    REPO,
+    alert_rules,
+    known,
+    load_yaml,
+    metric_names,
+    run,
+)
+from tests.helpers import require_tool
+
+
+def test_promtool_check_rules() -> None:
+    promtool = require_tool("promtool")
+    result = run([promtool, "check", "rules", str(ALERTS)])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_promtool_test_rules() -> None:
+    promtool = require_tool("promtool")
+    result = run([promtool, "test", "rules", str(ALERTS_TEST)])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_alert_has_severity_summary_description_and_for() -> None:
+    rules = alert_rules()
+    assert len(rules) >= 8
+    for rule in rules:
+        name = rule["alert"]
+        assert rule["labels"]["severity"] in ("critical", "warning", "info"), name
+        assert rule["annotations"]["summary"].strip(), name
+        assert rule["annotations"]["description"].strip(), name
+        assert "for" in rule, f"{name}: state the `for:` explicitly"
+
+
+def test_required_alerts_exist() -> None:
+    names = {r["alert"] for r in alert_rules()}
+    assert {
+        "QianfanRunFailed",
+        "QianfanRunStopped",
+        "QianfanRunProgressStalled",
+        "QianfanExporterDown",
+        "QianfanExporterDataStale",
+        "QianfanRateLimited",
+        "QianfanAuthFailing",
+        "QianfanTargetDown",
+    } <= names
+
+
+def test_run_alerts_name_the_job_and_run() -> None:
+    # The names come from one info series per run (`topk by`), so that replicas, which
+    # export it once each and may briefly disagree on its other labels (upstream_status),
+    # never make the join fail.
+    join = re.compile(
+        r"\*\s*on\(account, api, job_id, task_id\)\s*group_left\(job_name, task_name\)\s*"
+        r"topk by \(account, api, job_id, task_id\) \(1,\s*qianfan_finetune_run_info\)"
+    )
+    for rule in alert_rules():
+        if "qianfan_finetune_run_" not in rule["expr"]:
+            continue
+        assert join.search(rule["expr"]), rule["alert"]
+        text = rule["annotations"]["summary"] + rule["annotations"]["description"]
+        assert "$labels.job_name" in text and "$labels.task_id" in text, rule["alert"]
+
+
+def test_alert_metric_names_are_known(known_metrics: set[str]) -> None:
+    for rule in alert_rules():
+        exprs = [rule["expr"]]
+        # Queries inside annotation templates, e.g. {{ query "..." }}.
+        for annotation in rule["annotations"].values():
+            exprs += re.findall(r'"([^"]*qianfan_\w+[^"]*)"', annotation)
+        for expr in exprs:
+            unknown = {n for n in metric_names(expr) if not known(n, known_metrics)}
+            assert not unknown, f"{rule['alert']}: unknown metric(s) {unknown}"
+
+
+def test_every_alert_has_firing_and_silent_unit_tests() -> None:
+    tests = load_yaml(ALERTS_TEST)
+    assert tests["rule_files"] == ["alerts.yml"]
+    firing: set[str] = set()
+    silent: set[str] = set()
+    for case in tests["tests"]:
+        for check in case.get("alert_rule_test", []):
+            (firing if check.get("exp_alerts") else silent).add(check["alertname"])
+    names = {r["alert"] for r in alert_rules()}
+    assert names - firing == set(), "alerts never tested firing"
+    assert names - silent == set(), "alerts never tested staying silent"
+    assert (firing | silent) <= names, "tests name alerts that do not exist"
+
+
+def test_failed_run_alert_clears_after_its_window() -> None:
+    """A unit test evaluates QianfanRunFailed firing and, later, silent for one run."""
+    tests = load_yaml(ALERTS_TEST)
+
+    def minutes(value: str) -> int:
+        match = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?", value)
+        assert match
+        return int(match.group(1) or 0) * 60 + int(match.group(2) or 0)
+
+    for case in tests["tests"]:
+        checks = [
+            c for c in case.get("alert_rule_test", []) if c["alertname"] == "QianfanRunFailed"
+        ]
+        fired = [minutes(c["eval_time"]) for c in checks if c.get("exp_alerts")]
+        quiet = [minutes(c["eval_time"]) for c in checks if not c.get("exp_alerts")]
+        if fired and any(q > max(fired) for q in quiet):
+            return
+    pytest.fail("no test shows QianfanRunFailed clearing after it fired")
+
+
+def github_anchor(heading: str) -> str:
+    """The fragment GitHub gives a Markdown heading."""
+    slug = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return slug.replace(" ", "-")
+
+
+def readme_sections() -> dict[str, tuple[str, str]]:
+    """anchor -> (heading, text up to the next heading of any level)."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    readme = re.sub(r"(?ms)^```.*?^```", "", readme)  # no headings inside code blocks
+    parts = re.split(r"(?m)^(#{1,6} .*)$", readme)
+    return {
+        github_anchor(parts[i].lstrip("#")): (parts[i], parts[i + 1])
+        for i in range(1, len(parts), 2)
+    }
+
+
+def test_every_alert_has_a_runbook_in_the_readme() -> None:
+    """runbook_url: README.md#<anchor> (relative to the repository) of the alert's own
+    section under "Runbooks", which says what the alert means and what to do."""
+    sections = readme_sections()
+    assert "runbooks" in sections
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    runbooks = readme[readme.index("\n### Runbooks\n") :]
+    runbooks = runbooks[: runbooks.index("\n## ", 1)]
+    for rule in alert_rules():
+        name = rule["alert"]
+        url = rule["annotations"]["runbook_url"]
+        assert url == f"README.md#{name.lower()}", name
+        anchor = url.partition("#")[2]
+        assert anchor in sections, f"{name}: no README heading for #{anchor}"
+        heading, text = sections[anchor]
+        assert heading == f"#### {name}" and f"\n{heading}\n" in runbooks, name
+        assert len(text.split()) >= 40, f"{name}: the runbook says too little"
+    assert github_anchor("Two identical replicas for availability") == (
+        "two-identical-replicas-for-availability"
+    )

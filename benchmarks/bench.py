@@ -258,8 +258,9 @@ def render_child(url: str, jobs: int, fast_reps: int, generic_reps: int) -> None
 
     from qf_exporter.app import Exporter
     from qf_exporter.config import Config, Poll
-    from qf_exporter.render import GenericRunCollector, render_runs
+    from qf_exporter.render import render_runs
     from qf_exporter.store import render
+    from tests.generic_collector import GenericRunCollector
 
     exporter = Exporter(Config(accounts=(make_account(url, jobs, ak, sk, qps=100_000),),
                                poll=Poll(concurrency=4)))

@@ -4,9 +4,9 @@ prometheus_client's generic path builds a Metric object per family and a Sample
 per value on every scrape; at 10,000 runs (160,000 samples) that costs seconds.
 Run metrics change only when a poll brings new data, so they are rendered here
 straight to bytes (and gzip) when a snapshot changes, and a scrape serves those
-bytes. ``GenericRunCollector`` renders the same metrics the generic way: the
-tests check that both parse to exactly the same samples, and the benchmark
-compares their speed.
+bytes. The tests render the same metrics the generic way
+(``tests/generic_collector.py``) and check that both parse to exactly the same
+samples; the benchmark compares their speed.
 
 Every metric name of the run series is defined in ``FAMILIES`` below.
 """
@@ -17,9 +17,6 @@ import gc
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from operator import attrgetter
-
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
 
 from qf_exporter.models import STATUSES, Run
 from qf_exporter.snapshot import Snapshot
@@ -395,46 +392,3 @@ def render_health(snapshot: Snapshot, accounts: Iterable[str]) -> bytes:
         parts.extend(lines[metric])
     parts.append("")
     return "\n".join(parts).encode("utf-8")
-
-
-class GenericRunCollector(Collector):
-    """The same run metrics through prometheus_client's generic collector path."""
-
-    def __init__(self, runs: Callable[[], Iterable[Run]]) -> None:
-        self._runs = runs
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        ordered = sorted(self._runs(), key=lambda r: r.key)
-        families = {f.name: GaugeMetricFamily(f.name, f.help, labels=()) for f in FAMILIES}
-        for family in families.values():
-            family._labelnames = ()  # labels differ per family; set per sample below
-        for run in ordered:
-            base = dict(zip(BASE_LABELS, run.key, strict=True))
-            families[INFO.name].add_sample(
-                INFO.name,
-                dict(base, **{name: getattr(run, name) for name in INFO_LABELS}),
-                1,
-            )
-            for state in STATUSES:
-                families[STATUS.name].add_sample(
-                    STATUS.name, dict(base, status=state), 1 if state == run.status else 0
-                )
-            for spec in _VALUE_FAMILIES:
-                value = getattr(run, spec.attribute or "")
-                if value is not None:
-                    families[spec.name].add_sample(spec.name, base, value)
-            for metric, score in run.evaluation:
-                families[EVALUATION.name].add_sample(
-                    EVALUATION.name, dict(base, metric=metric), score
-                )
-            if run.has_error:
-                families[ERROR.name].add_sample(
-                    ERROR.name,
-                    dict(base, error_code=run.error_code, error_message=run.error_message),
-                    1,
-                )
-            if run.vdl_link:
-                families[VDL_LINK.name].add_sample(
-                    VDL_LINK.name, dict(base, vdl_link=run.vdl_link), 1
-                )
-        yield from families.values()

@@ -12,8 +12,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from qf_exporter import render as render_module
 from qf_exporter.estimate import with_estimates
 from qf_exporter.models import Run, parse_v1_run, parse_v2_run
-from qf_exporter.render import FAMILIES, GenericRunCollector, render_runs
+from qf_exporter.render import FAMILIES, render_runs
 from qf_exporter.store import render
+from tests.generic_collector import GenericRunCollector
 from tests.helpers import parse_samples, promtool_check_metrics, series, value
 from tests.test_models import V1_SDK_EXAMPLE, V2_EXAMPLE
 

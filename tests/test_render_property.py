@@ -10,7 +10,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from qf_exporter import render as render_module
 from qf_exporter.models import STATUSES, Run, cut
-from qf_exporter.render import GenericRunCollector, render_runs
+from qf_exporter.render import render_runs
+from tests.generic_collector import GenericRunCollector
 from tests.helpers import parse_samples, series, value
 
 # Any Unicode a JSON answer can carry (lone surrogates become U+FFFD in models.cut).

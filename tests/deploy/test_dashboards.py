@@ -126,9 +126,9 @@ def test_dashboard_units(path: Path) -> None:
             assert units & {"s", "dtdurations"}, title
 
 
-def _status_colors(panel: dict[str, Any]) -> dict[str, str]:
+def _status_colors(panel: dict[str, Any]) -> dict[str, str | None]:
     """status -> color, from value mappings or per-series color overrides."""
-    colors: dict[str, str] = {}
+    colors: dict[str, str | None] = {}
     config = panel["fieldConfig"]
     mappings = list(config["defaults"].get("mappings", []))
     for override in config.get("overrides", []):

@@ -41,7 +41,7 @@ def test_images_are_tagged_with_the_package_version() -> None:
         (container,) = pod_spec(KUBERNETES / name)["containers"]
         assert container["image"] == f"qf-exporter:{version}", name
     files = [REPO / "README.md", *sorted(p for p in DEPLOY.rglob("*") if p.is_file())]
-    tags = {}
+    tags: dict[str, list[str]] = {}
     for path in files:
         for tag in _IMAGE_TAG.findall(path.read_text(encoding="utf-8", errors="replace")):
             tags.setdefault(tag, []).append(path.relative_to(REPO).as_posix())

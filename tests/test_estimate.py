@@ -231,6 +231,7 @@ def test_the_rate_seen_corrects_for_time_spent_queued(
         return got.estimated_finish, got.last_read
 
     first, read_at = estimate()  # 20 % after 1h20m since creation
+    assert first is not None
     assert first == pytest.approx(sim_run.created + (read_at - sim_run.created) / 0.20)
     assert first - (sim_run.started + sim_run.duration) > 3 * 3600
     seen = []

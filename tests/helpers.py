@@ -11,13 +11,14 @@ import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 import requests
 
 from qf_exporter.app import Exporter
 from qf_exporter.config import Account, Poll, Secret, V1Target
-from qf_exporter.simulator import QianfanSimulator
+from qf_exporter.simulator import QianfanSimulator, SimJob, SimRun, World
 
 ACCESS_KEY = "AKtest0123456789abcdef"
 SECRET_KEY = "SKsecret-0123456789abcdef-very-secret"
@@ -43,6 +44,32 @@ class ManualClock:
     def advance(self, seconds: float) -> None:
         with self._lock:
             self.now += seconds
+
+
+# ------------------------------------------------------------- a Qianfan that hangs
+
+
+class GatedWorld(World):
+    """A world whose V2 run listings wait, while ``closed``, until the test opens ``gate``."""
+
+    def __init__(self, clock: Callable[[], float], *, closed: bool = True) -> None:
+        super().__init__(clock)
+        self.closed = closed
+        self.gate = threading.Event()
+        self.stuck = 0  # listings that reached the gate
+        self.arrived = threading.Condition()
+
+    def visible_runs(self, job: SimJob, now: float) -> list[SimRun]:
+        if self.closed:
+            with self.arrived:
+                self.stuck += 1
+                self.arrived.notify_all()
+            self.gate.wait()
+        return super().visible_runs(job, now)
+
+    def wait_stuck(self, count: int = 1) -> None:
+        with self.arrived:
+            assert self.arrived.wait_for(lambda: self.stuck >= count, timeout=30)
 
 
 # -------------------------------------------------------------- accounts and polls

@@ -14,7 +14,15 @@ from qf_exporter.client import QianfanClient
 from qf_exporter.simulator import QianfanSimulator, World
 from qf_exporter.simulator.scenario import demo_world
 from qf_exporter.telemetry import ApiMetrics
-from tests.helpers import ACCESS_KEY, SECRET_KEY, ManualClock, account, parse_samples, value
+from tests.helpers import (
+    ACCESS_KEY,
+    SECRET_KEY,
+    ManualClock,
+    Samples,
+    account,
+    parse_samples,
+    value,
+)
 
 LIST_ONLY_FORBIDDEN = {"runprogress", "vdllink"}  # not in seed 001's taskList table
 
@@ -173,7 +181,7 @@ def test_demo_shows_progress_read_through_the_detail(
     assert details is not None and details >= len(first) + len(still_running)
 
 
-def _v2_progress(samples: dict[tuple[str, frozenset[tuple[str, str]]], float]) -> dict[str, float]:
+def _v2_progress(samples: Samples) -> dict[str, float]:
     return {
         dict(labels)["task_id"]: v for (name, labels), v in samples.items()
         if name == "qianfan_finetune_run_progress_ratio" and dict(labels)["api"] == "v2"

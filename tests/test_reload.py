@@ -17,47 +17,24 @@ import requests
 
 from qf_exporter.app import Exporter
 from qf_exporter.config import Config, Secret
-from qf_exporter.simulator import QianfanSimulator, SimJob, SimRun, World
+from qf_exporter.simulator import QianfanSimulator, World
 from tests.helpers import (
     ACCESS_KEY,
     FAST_POLL,
     SECRET_KEY,
+    GatedWorld,
     ManualClock,
+    Samples,
     account,
     parse_samples,
     series,
     value,
 )
 
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-class GatedWorld(World):
-    """A world whose V2 run listings wait, once ``closed``, until the test opens the gate."""
-
-    def __init__(self, clock: Callable[[], float]) -> None:
-        super().__init__(clock)
-        self.closed = False
-        self.gate = threading.Event()
-        self.stuck = 0
-        self.arrived = threading.Condition()
-
-    def visible_runs(self, job: SimJob, now: float) -> list[SimRun]:
-        if self.closed:
-            with self.arrived:
-                self.stuck += 1
-                self.arrived.notify_all()
-            self.gate.wait()
-        return super().visible_runs(job, now)
-
-    def wait_stuck(self) -> None:
-        with self.arrived:
-            assert self.arrived.wait_for(lambda: self.stuck >= 1, timeout=30)
-
 
 @pytest.fixture
 def gated(clock: ManualClock) -> Iterator[tuple[GatedWorld, QianfanSimulator]]:
-    world = GatedWorld(clock)
+    world = GatedWorld(clock, closed=False)
     with QianfanSimulator(world, {ACCESS_KEY: SECRET_KEY}, wall_clock=clock) as simulator:
         try:
             yield world, simulator

@@ -11,35 +11,14 @@ import pytest
 
 from qf_exporter.app import Exporter
 from qf_exporter.config import Config, Poll
-from qf_exporter.simulator import QianfanSimulator, SimJob, SimRun, World
-from tests.helpers import ManualClock, series, value
+from qf_exporter.simulator import QianfanSimulator, World
+from tests.helpers import GatedWorld, ManualClock, series, value
 from tests.scale_out.common import (
     DAY,
     acct,
     exported,
     samples_of,
 )
-
-
-class GatedWorld(World):
-    """A world whose V2 run listings hang until the test opens ``gate``."""
-
-    def __init__(self, clock: Callable[[], float]) -> None:
-        super().__init__(clock)
-        self.gate = threading.Event()
-        self.stuck = 0  # listings that reached the gate
-        self.arrived = threading.Condition()
-
-    def visible_runs(self, job: SimJob, now: float) -> list[SimRun]:
-        with self.arrived:
-            self.stuck += 1
-            self.arrived.notify_all()
-        self.gate.wait()
-        return super().visible_runs(job, now)
-
-    def wait_stuck(self, count: int = 1) -> None:
-        with self.arrived:
-            assert self.arrived.wait_for(lambda: self.stuck >= count, timeout=30)
 
 
 @pytest.fixture

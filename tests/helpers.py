@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -19,6 +22,8 @@ import requests
 from qf_exporter.app import Exporter
 from qf_exporter.config import Account, Poll, Secret, V1Target
 from qf_exporter.simulator import QianfanSimulator, SimJob, SimRun, World
+
+REPO = Path(__file__).resolve().parent.parent  # the repository's root
 
 ACCESS_KEY = "AKtest0123456789abcdef"
 SECRET_KEY = "SKsecret-0123456789abcdef-very-secret"
@@ -174,3 +179,18 @@ def promtool_check_metrics(text: bytes) -> None:
     assert result.returncode == 0 and not result.stdout.strip() and not result.stderr.strip(), (
         result.stdout.decode() + result.stderr.decode()
     )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (for a process to come)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def promql(api: str, expr: str) -> list[dict[str, Any]]:
+    """The result of an instant query through Prometheus' HTTP API (``api`` ends in /api/v1)."""
+    answer = requests.get(f"{api}/query", params={"query": expr}, timeout=30).json()
+    assert answer["status"] == "success", f"{expr}: {answer}"
+    result = answer["data"]["result"]
+    return result if isinstance(result, list) else [result]

@@ -21,11 +21,9 @@ import requests
 import yaml
 
 from qf_exporter.simulator import demo_world
-from tests.helpers import require_tool
-from tests.test_prometheus_e2e import free_port
+from tests.helpers import REPO, free_port, require_tool
 
-ROOT = Path(__file__).resolve().parent.parent
-RULES = ROOT / "deploy/prometheus/alerts.yml"
+RULES = REPO / "deploy/prometheus/alerts.yml"
 ALERT_WINDOW = 3600  # the run alerts fire while a run finished less than 1h ago
 DEADLINE = 90  # seconds from the exporter's start
 

@@ -25,17 +25,19 @@ from qf_exporter.config import Config, Poll
 from qf_exporter.simulator import QianfanSimulator, World, demo_world
 from tests.helpers import (
     ACCESS_KEY,
+    REPO,
     SECRET_KEY,
     ManualClock,
     account,
+    free_port,
     parse_samples,
+    promql,
     require_tool,
     series,
     value,
 )
-from tests.test_prometheus_e2e import ROOT, free_port, query
 
-ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
+ALERTS = REPO / "deploy" / "prometheus" / "alerts.yml"
 # alert -> the simulated run it must fire for
 EXPECTED = {
     "QianfanRunLossNotFinite": "task-nan",
@@ -101,7 +103,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         exporter.start()
 
     tmp = tmp_path_factory.mktemp("prometheus-ml")
-    config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    config = yaml.safe_load((REPO / "deploy/prometheus/prometheus.yml").read_text())
     config["global"].update(scrape_interval="1s", evaluation_interval="1s")
     config["rule_files"] = [str(rules_with_short_for(tmp))]
     config.pop("alerting", None)
@@ -197,7 +199,7 @@ def test_estimated_finish_is_start_plus_elapsed_over_progress(stack: dict[str, A
 def _query(stack: dict[str, Any], expr: str) -> list[dict[str, Any]]:
     alerts(stack)  # Prometheus still runs
     try:
-        return query(stack["api"], expr)
+        return promql(stack["api"], expr)
     except requests.ConnectionError:
         return []
 
@@ -237,7 +239,7 @@ def test_demo_world_has_a_run_of_each_kind(
 
 
 def test_each_new_alert_has_a_runbook_in_the_readme() -> None:
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
     # GitHub's heading anchors: lower case, punctuation dropped, spaces to dashes.
     anchors = {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
                for h in re.findall(r"^#+ (.+)$", readme, flags=re.M)}

@@ -23,7 +23,6 @@ shipped.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -38,22 +37,22 @@ import yaml
 
 from qf_exporter.simulator import QianfanSimulator, World
 from tests.dashboard_queries import panel_queries
-from tests.helpers import ACCESS_KEY, SECRET_KEY, require_tool
+from tests.helpers import (
+    ACCESS_KEY,
+    REPO,
+    SECRET_KEY,
+    free_port,
+    promql,
+    require_tool,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
-DASHBOARDS = sorted((ROOT / "grafana").glob("*.json"))
+DASHBOARDS = sorted((REPO / "grafana").glob("*.json"))
 SCRAPE_JOB = "qianfan"  # anything but the shipped "qf-exporter"
 EXPORTER_HEALTH_ALERTS = (
     "QianfanExporterDown", "QianfanExporterDataStale", "QianfanExporterConfigReloadFailed",
 )
 TEST_FOR = "5s"
 RUN_ALERTS = ("QianfanRunFailed", "QianfanRunStopped")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def exporter_config(simulator: QianfanSimulator) -> dict[str, Any]:
@@ -76,7 +75,7 @@ def exporter_config(simulator: QianfanSimulator) -> dict[str, Any]:
 
 def rules_for_test(path: Path) -> None:
     """The shipped alerts.yml with the exporter-health alerts' `for:` set to TEST_FOR."""
-    rules = yaml.safe_load((ROOT / "deploy/prometheus/alerts.yml").read_text())
+    rules = yaml.safe_load((REPO / "deploy/prometheus/alerts.yml").read_text())
     shortened = 0
     for group in rules["groups"]:
         for rule in group["rules"]:
@@ -142,7 +141,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             exporters[address] = subprocess.Popen(
                 [sys.executable, "-m", "qf_exporter", f"--config.file={config_file}",
                  f"--web.listen-address={address}"],
-                stdout=subprocess.DEVNULL, stderr=log, env=env, cwd=ROOT,
+                stdout=subprocess.DEVNULL, stderr=log, env=env, cwd=REPO,
             )
 
         # Both exporters answer before Prometheus starts: otherwise, on a busy machine,
@@ -156,7 +155,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
         wait_for("both exporters to be ready", ready, timeout=60)
 
-        config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+        config = yaml.safe_load((REPO / "deploy/prometheus/prometheus.yml").read_text())
         config["global"].update(scrape_interval="1s", evaluation_interval="1s")
         rules_for_test(tmp / "alerts.yml")
         config["rule_files"] = [str(tmp / "alerts.yml")]
@@ -182,8 +181,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             assert process is not None and process.poll() is None, (
                 tmp / "prometheus.log").read_text()
             # 15 scrapes of each exporter, each of which has read the runs by now.
-            scraped = query(api, f'count_over_time(up{{job="{SCRAPE_JOB}"}}[1m]) >= 15')
-            with_runs = query(api, "count by (instance) (qianfan_finetune_run_info)")
+            scraped = promql(api, f'count_over_time(up{{job="{SCRAPE_JOB}"}}[1m]) >= 15')
+            with_runs = promql(api, "count by (instance) (qianfan_finetune_run_info)")
             return len(scraped) == 2 and len(with_runs) == 2
 
         wait_for("Prometheus to scrape both exporters", scraped_both, timeout=120)
@@ -200,13 +199,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         for log in logs:
             log.close()
         simulator.stop()
-
-
-def query(api: str, expr: str) -> list[dict[str, Any]]:
-    answer = requests.get(f"{api}/query", params={"query": expr}, timeout=30).json()
-    assert answer["status"] == "success", f"{expr}: {answer}"
-    result = answer["data"]["result"]
-    return result if isinstance(result, list) else [result]
 
 
 def alerts(api: str) -> list[dict[str, Any]]:
@@ -254,14 +246,14 @@ def test_every_dashboard_query_returns_data(stack: dict[str, Any], dashboard: Pa
 def test_fleet_counts_each_run_once(stack: dict[str, Any]) -> None:
     """Both replicas export every run; the fleet panels count runs, not series."""
     api = stack["api"]
-    assert query(api, 'count(qianfan_finetune_run_info{account="main", task_id="task-failed"})')[
+    assert promql(api, 'count(qianfan_finetune_run_info{account="main", task_id="task-failed"})')[
         0]["value"][1] == "2"
-    queries = panel_queries(ROOT / "grafana/qianfan-fleet-overview.json", {"account": "main"})
+    queries = panel_queries(REPO / "grafana/qianfan-fleet-overview.json", {"account": "main"})
     counts = {}
     for title, expr in queries:
         if title == "Runs by status":
             status = expr.split('status="', 1)[1].split('"', 1)[0]
-            counts[status] = query(api, expr)[0]["value"][1]
+            counts[status] = promql(api, expr)[0]["value"][1]
     # job-fleet's five runs and the V1 run, once each (the V1 run may have finished).
     assert counts["failed"] == "1" and counts["stopped"] == "1", counts
     assert counts["waiting"] == "1", counts
@@ -342,7 +334,7 @@ def test_no_exporter_health_alert_while_healthy(stack: dict[str, Any]) -> None:
     # start-up on a busy machine; the shipped 5m does not.)
     names = "|".join(EXPORTER_HEALTH_ALERTS)
     window = int(time.time() - since)  # whole seconds, all after `since`
-    ever = query(api, f'max_over_time(ALERTS{{alertname=~"{names}"}}[{window}s])')
+    ever = promql(api, f'max_over_time(ALERTS{{alertname=~"{names}"}}[{window}s])')
     assert not ever, ever
 
 
@@ -366,8 +358,8 @@ def test_exporter_down_fires_when_its_process_stops(stack: dict[str, Any]) -> No
     assert len(down()) == 1
     # The fleet overview keeps showing the dead exporter, as DOWN (0), beside the live one.
     (expr,) = [expr for title, expr in panel_queries(
-        ROOT / "grafana/qianfan-fleet-overview.json", {}) if title == "Exporter scraped"]
-    scraped = {r["metric"]["instance"]: r["value"][1] for r in query(api, expr)}
+        REPO / "grafana/qianfan-fleet-overview.json", {}) if title == "Exporter scraped"]
+    scraped = {r["metric"]["instance"]: r["value"][1] for r in promql(api, expr)}
     assert scraped[address] == "0" and len(scraped) == 2, scraped
     assert set(scraped.values()) == {"0", "1"}, scraped
 

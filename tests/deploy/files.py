@@ -14,9 +14,8 @@ from typing import Any
 import yaml
 
 from tests.dashboard_queries import iter_panels
-from tests.helpers import require_tool
+from tests.helpers import REPO, require_tool
 
-REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 DASHBOARDS = sorted((REPO / "grafana").glob("*.json"))
 ALERTS = DEPLOY / "prometheus" / "alerts.yml"

@@ -10,14 +10,13 @@ import pytest
 from tests.deploy.files import (
     ALERTS,
     ALERTS_TEST,
-    REPO,
     alert_rules,
     known,
     load_yaml,
     metric_names,
     run,
 )
-from tests.helpers import require_tool
+from tests.helpers import REPO, require_tool
 
 
 def test_promtool_check_rules() -> None:

@@ -11,12 +11,12 @@ from tests.deploy.files import (
     DASHBOARDS,
     DEPLOY,
     DOCKERFILE,
-    REPO,
     compose,
     load_yaml,
     package_version,
     volume_mounts,
 )
+from tests.helpers import REPO
 
 
 def test_compose_publishes_on_loopback_only() -> None:

@@ -14,7 +14,6 @@ import pytest
 from tests.dashboard_queries import panel_queries, substitute
 from tests.deploy.files import (
     DASHBOARDS,
-    REPO,
     all_panels,
     known,
     load_dashboard,
@@ -23,6 +22,7 @@ from tests.deploy.files import (
     query_panels,
     variable_query_selectors,
 )
+from tests.helpers import REPO
 
 STATUS_COLORS = {"failed": "red", "stopped": "orange", "running": "blue", "succeeded": "green"}
 

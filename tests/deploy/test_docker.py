@@ -8,10 +8,10 @@ import tomllib
 from tests.deploy.files import (
     DEPLOY,
     DOCKERFILE,
-    REPO,
     dockerfile_instructions,
     dockerfile_labels,
 )
+from tests.helpers import REPO
 
 
 def test_dockerfile() -> None:

@@ -16,12 +16,12 @@ from tests.deploy.files import (
     ALERTS,
     DEPLOY,
     KUBERNETES,
-    REPO,
     load_yaml,
     load_yaml_all,
     pod_spec,
     run,
 )
+from tests.helpers import REPO
 
 
 def test_prometheusrule_is_generated_from_alerts() -> None:

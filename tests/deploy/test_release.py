@@ -12,7 +12,6 @@ from tests.deploy.files import (
     DEPLOY,
     DOCKERFILE,
     KUBERNETES,
-    REPO,
     SYSTEMD_UNIT,
     compose,
     dockerfile_labels,
@@ -21,6 +20,7 @@ from tests.deploy.files import (
     pod_spec,
     run,
 )
+from tests.helpers import REPO
 
 # An image reference to the exporter with a tag (not "qf-exporter:9788", a host and port).
 _IMAGE_TAG = re.compile(r"(?<![\w/.-])qf-exporter:(latest|\d+\.\d+[\w.+-]*)")

@@ -7,13 +7,13 @@ import re
 
 from tests.deploy.files import (
     DASHBOARDS,
-    REPO,
     STRING_RE,
     alert_rules,
     load_dashboard,
     query_panels,
     variable_query_selectors,
 )
+from tests.helpers import REPO
 
 # A matcher on Prometheus' `job` label with a literal value (a dashboard variable is fine).
 _LITERAL_JOB_MATCHER = re.compile(r'(?<![\w.])job\s*(?:=~|!~|=|!=)\s*["\'](?!\$)')

@@ -8,14 +8,13 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 
 from qf_exporter.app import Exporter
 from qf_exporter.poller import Shard
 from qf_exporter.simulator import QianfanSimulator, World
-from tests.helpers import ManualClock, value
+from tests.helpers import REPO, ManualClock, value
 from tests.scale_out.common import (
     DAY,
     ExportedRun,
@@ -25,8 +24,6 @@ from tests.scale_out.common import (
     samples_of,
     targets_up,
 )
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def test_shards_export_every_run_once_and_split_the_requests(

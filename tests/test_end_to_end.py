@@ -337,8 +337,6 @@ def test_unchanged_snapshot_is_not_rendered_again(
     assert exporter.poller.rendered.text is not first.text
 
 
-
-
 def test_failure_counters_start_at_zero(world: World, sim: QianfanSimulator, clock: ManualClock,
                                         make_exporter: Callable[..., Exporter]) -> None:
     """rate() and increase() need a 0 before the first failure, or alerts start late."""

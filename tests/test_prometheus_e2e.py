@@ -86,8 +86,6 @@ def rules_for_test(path: Path) -> None:
     path.write_text(yaml.safe_dump(rules, sort_keys=False))
 
 
-
-
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 90) -> Any:
     """Ask Prometheus (another process) until check() gives a true value (bounded)."""
     deadline = time.monotonic() + timeout

@@ -3,7 +3,8 @@
 ``load_config`` reads YAML, replaces ``${VAR}`` from the environment, applies
 defaults and checks every value. It either returns a complete ``Config`` or raises
 ``ConfigError`` listing each problem with its path (``accounts[0].qps: must be > 0``).
-Secrets are held in ``Secret`` objects whose ``repr`` and ``str`` never show them.
+Secrets are held in ``Secret`` objects (secrets.py) whose ``repr`` and ``str`` never
+show them.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import math
 import os
 import re
 import stat
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,24 @@ from urllib.parse import urlsplit
 
 from qf_exporter import yamlfile
 from qf_exporter.patterns import Pattern, PatternError, compile_pattern
+from qf_exporter.secrets import Secret, redact
+
+__all__ = [
+    "DEFAULT_ENDPOINT",
+    "ENV_ACCESS_KEY",
+    "ENV_SECRET_KEY",
+    "Account",
+    "Config",
+    "ConfigError",
+    "Discovery",
+    "Poll",
+    "Secret",  # lives in secrets.py; still importable from here for older imports
+    "V1Target",
+    "load_config",
+    "parse_config",
+    "parse_duration",
+    "redact",  # lives in secrets.py; still importable from here for older imports
+]
 
 DEFAULT_ENDPOINT = "https://qianfan.baidubce.com"
 ENV_ACCESS_KEY = "QIANFAN_ACCESS_KEY"
@@ -33,41 +52,6 @@ class ConfigError(Exception):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
-
-
-def redact(text: str, secrets: Iterable[str]) -> str:
-    """``text`` with every secret replaced by ``<redacted>``.
-
-    Longest first, so that a secret containing another is replaced whole.
-    """
-    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
-        if secret in text:
-            text = text.replace(secret, "<redacted>")
-    return text
-
-
-class Secret:
-    """A credential. Printing, logging or formatting it shows ``<redacted>``."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret(<redacted>)"
-
-    def __str__(self) -> str:
-        return "<redacted>"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
 
 
 @dataclass(frozen=True)

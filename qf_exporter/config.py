@@ -93,8 +93,10 @@ MAX_RUNS = 1_000_000
 MIN_RESPONSE_BYTES = 64 * 1024  # the largest documented answer (a 100-run page) fits
 MAX_RESPONSE_BYTES = 1024**3
 
-PERIOD = Bound(*INTERVAL_BOUNDS, above_zero=True, show=show_duration)
-AGE = Bound(high=MAX_AGE, show=show_duration)
+_PERIOD = Bound(*INTERVAL_BOUNDS, above_zero=True, show=show_duration)
+_AGE = Bound(high=MAX_AGE, above_zero=True, show=show_duration)
+_RETENTION = Bound(high=MAX_AGE, show=show_duration)  # 0s: finished runs are not kept
+_SIZE_RANGE = "must be between 64KiB and 1GiB"
 _ID_PROBLEM = "is required and must be a positive integer"
 _ACCOUNT_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _JOB_ID = re.compile(r"^\S{1,128}$")
@@ -177,29 +179,22 @@ def _tasks(c: Checker, value: Any, path: str, default: Any) -> tuple[V1Target, .
 class Discovery:
     """Which jobs ``discover: true`` adds (all of them unless filtered)."""
 
-    interval: float = field(default=600.0, metadata=key(parse_duration, PERIOD))
+    interval: float = field(default=600.0, metadata=key(parse_duration, _PERIOD))
     include: tuple[Pattern, ...] = field(default=(), metadata=key(regex_list))
     exclude: tuple[Pattern, ...] = field(default=(), metadata=key(regex_list))
     models: tuple[str, ...] = field(default=(), metadata=key(string_list))
     train_modes: tuple[str, ...] = field(default=(), metadata=key(string_list))
-    max_age: float | None = field(
-        default=None, metadata=key(parse_duration, Bound(high=MAX_AGE, above_zero=True,
-                                                         show=show_duration))
-    )
+    max_age: float | None = field(default=None, metadata=key(parse_duration, _AGE))
 
 
 @dataclass(frozen=True)
 class Account:
-    name: str = field(
-        metadata=key(string, _account_name, required="is required")
-    )
+    name: str = field(metadata=key(string, _account_name, required="is required"))
     # Read together, after every other key: see _credentials.
     access_key: Secret = field(metadata=read_by(None))
     secret_key: Secret = field(metadata=read_by(None, also=("secret_key_file",)))
     endpoint: str = field(default=DEFAULT_ENDPOINT, metadata=key(_endpoint))
-    qps: float = field(
-        default=5.0, metadata=key(number, Bound(*QPS_BOUNDS, above_zero=True))
-    )
+    qps: float = field(default=5.0, metadata=key(number, Bound(*QPS_BOUNDS, above_zero=True)))
     jobs: tuple[str, ...] = field(
         default=(),
         metadata=key(
@@ -221,8 +216,8 @@ class Account:
 
 @dataclass(frozen=True)
 class Poll:
-    interval: float = field(default=60.0, metadata=key(parse_duration, PERIOD))
-    finished_interval: float = field(default=1800.0, metadata=key(parse_duration, PERIOD))
+    interval: float = field(default=60.0, metadata=key(parse_duration, _PERIOD))
+    finished_interval: float = field(default=1800.0, metadata=key(parse_duration, _PERIOD))
     stale_after: float = field(
         default=600.0,
         metadata=key(parse_duration, Bound(high=MAX_STALE_AFTER, above_zero=True,
@@ -238,19 +233,16 @@ class Poll:
     retries: int = field(
         default=3, metadata=key(integer, Bound(0, MAX_RETRIES, below="must be >= 0"))
     )
-    finished_retention: float | None = field(default=None, metadata=key(parse_duration, AGE))
+    finished_retention: float | None = field(
+        default=None, metadata=key(parse_duration, _RETENTION)
+    )
     # The most one upstream answer may hold once decoded (gzip inflates): a bigger
     # one is refused as invalid_response, so no answer can cost more memory than this.
     max_response_bytes: int = field(
         default=32 * 1024 * 1024,
         metadata=key(
             size,
-            Bound(
-                MIN_RESPONSE_BYTES,
-                MAX_RESPONSE_BYTES,
-                below="must be between 64KiB and 1GiB",
-                above="must be between 64KiB and 1GiB",
-            ),
+            Bound(MIN_RESPONSE_BYTES, MAX_RESPONSE_BYTES, below=_SIZE_RANGE, above=_SIZE_RANGE),
         ),
     )
 

@@ -321,8 +321,8 @@ def _parse(
 
 
 def _poll_order(c: Checker, poll: Poll) -> None:
-    """The intervals against each other, where both were given and valid (a default
-    standing in for a refused value would invent a second problem)."""
+    """The intervals against each other, where both were given and valid (comparing a
+    value already refused would invent a second problem)."""
     given = {
         name: not c.flagged(f"poll.{name}")
         for name in ("interval", "finished_interval", "stale_after", "timeout")

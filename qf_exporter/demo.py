@@ -9,7 +9,8 @@ from __future__ import annotations
 import secrets
 import time
 
-from qf_exporter.config import Account, Config, Poll, Secret, V1Target
+from qf_exporter.config import Account, Config, Poll, V1Target
+from qf_exporter.secrets import Secret
 from qf_exporter.simulator import QianfanSimulator, demo_world
 
 

@@ -1,8 +1,8 @@
 """Logging in logfmt or JSON, with every known secret scrubbed from every line.
 
-Fields passed with ``extra={...}`` become key=value pairs. The redaction filter
-is the last line of defence: credentials are never logged on purpose, and if one
-ever reaches a message, an argument or an exception text, it leaves as
+Fields passed with ``extra={...}`` become key=value pairs. The redaction (``REDACTOR``,
+from secrets.py) is the last line of defence: credentials are never logged on purpose,
+and if one ever reaches a message, an argument or an exception text, it leaves as
 ``<redacted>``.
 """
 
@@ -11,34 +11,16 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import threading
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from qf_exporter.config import redact
+# app.py sets the secrets through this module's name for it.
+from qf_exporter.secrets import REDACTOR as REDACTOR
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
           "error": logging.ERROR}
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
-
-
-class Redactor:
-    """Holds the secrets to scrub; updated on reload."""
-
-    def __init__(self) -> None:
-        self._secrets: tuple[str, ...] = ()
-        self._lock = threading.Lock()
-
-    def set(self, secrets: tuple[str, ...]) -> None:
-        with self._lock:
-            self._secrets = secrets
-
-    def scrub(self, text: str) -> str:
-        return redact(text, self._secrets)
-
-
-REDACTOR = Redactor()
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:

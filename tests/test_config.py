@@ -13,7 +13,6 @@ from qf_exporter.config import (
     ConfigError,
     Discovery,
     Poll,
-    Secret,
     V1Target,
     load_config,
     parse_config,
@@ -357,33 +356,6 @@ def test_a_key_that_is_not_a_string_is_refused() -> None:
     assert problems(MINIMAL.replace("jobs:", "secret_key: 0123\n    jobs:"), CREDS) == [
         "accounts[0].secret_key: must be a string (quote it)"
     ]
-
-
-# --- Secret ----------------------------------------------------------------------------
-
-
-def test_secret_never_shows_its_value() -> None:
-    secret = Secret(SK)
-    assert secret.reveal() == SK
-    shown = [
-        repr(secret),
-        str(secret),
-        f"{secret}",
-        f"{secret!r}",
-        f"{secret!s}",
-        "%s" % secret,  # noqa: UP031
-        "%r" % secret,  # noqa: UP031
-        "{}".format(secret),  # noqa: UP032
-        "{!r}".format(secret),  # noqa: UP032
-        f"{[secret]}",
-        f"{secret:}",
-    ]
-    for text in shown:
-        assert SK not in text
-        assert "redacted" in text
-    assert Secret("a") == Secret("a")
-    assert Secret("a") != Secret("b")
-    assert Secret("a") != "a"
 
 
 def test_config_repr_hides_credentials(tmp_path: Path) -> None:

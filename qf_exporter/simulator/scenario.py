@@ -393,10 +393,18 @@ def demo_world(clock: Callable[[], float], seed: int = 7, speed: float = 1.0) ->
 
     ``speed`` shortens every run's timeline (2.0: everything happens twice as fast).
     """
-    rng = random.Random(seed)
     now = clock()
     world = World(clock)
-    m = 60.0 / speed
+    m = 60.0 / speed  # a demo minute
+    _demo_four_jobs(world, now, m, random.Random(seed))
+    _demo_nightly(world, now, m)
+    _demo_watch(world, now)
+    _demo_v1(world, now, m)
+    return world
+
+
+def _demo_four_jobs(world: World, now: float, m: float, rng: random.Random) -> None:
+    """Four jobs whose runs finished long ago, run now, wait, or do not exist yet."""
     jobs = [
         ("job-demo-sft-speed", "客服问答 SFT", "ERNIE-Speed-8K", "SFT", "LoRA", False),
         ("job-demo-lite-full", 'summarize-"news"', "ERNIE-Lite-8K", "SFT", "FullFineTuning",
@@ -433,6 +441,9 @@ def demo_world(clock: Callable[[], float], seed: int = 7, speed: float = 1.0) ->
                       wait=(0.5 + rng.random()) * m, duration=(4 + 3 * rng.random()) * m,
                       outcome=rng.choice(["succeeded", "succeeded", "failed", "stopped"]),
                       end_fraction=0.5, error_code=500001, error_message="loss became NaN")
+
+
+def _demo_nightly(world: World, now: float, m: float) -> None:
     # Within the first minute one run fails and another is stopped, so a fresh demo next
     # to Prometheus shows the run alerts at once; from then on the job starts a run every
     # 4 minutes, and one run in four fails, another is stopped.
@@ -448,6 +459,9 @@ def demo_world(clock: Callable[[], float], seed: int = 7, speed: float = 1.0) ->
     world.add_recurring("job-demo-nightly", first=now + m, period=4 * m, wait=0.25 * m,
                         duration=2.5 * m, outcomes=("succeeded", "failed", "succeeded",
                                                     "stopped"), keep=180 * m)
+
+
+def _demo_watch(world: World, now: float) -> None:
     # What the people who fine-tune want to hear about before a run fails: a run whose
     # loss turned NaN, one whose loss climbs far above its best, and one stuck in the
     # queue for hours (QianfanRunLossNotFinite, QianfanRunLossDiverging,
@@ -459,13 +473,15 @@ def demo_world(clock: Callable[[], float], seed: int = 7, speed: float = 1.0) ->
     world.add_run("job-demo-watch", created=now - 2 * 3600, wait=60, duration=5 * 3600,
                   outcome="running", checkpoints=20, loss="diverging", loss_turn=3)
     world.add_run("job-demo-watch", created=now - 3 * 3600, wait=24 * 3600, duration=3600)
+
+
+def _demo_v1(world: World, now: float, m: float) -> None:
     # V1 (frozen API) runs.
     world.add_v1_run(10250, 6205, "sdk_test_7", created=now - 90000, wait=0, duration=267452,
                      outcome="stopped", end_fraction=0.0001)
     world.add_v1_run(10250, 6206, "sdk_test_7", created=now - 1.5 * m, wait=0, duration=7 * m,
                      version=6)
     world.add_v1_run(7263, 4612, "ernie-lite-legacy", created=now - 7200, wait=0, duration=3600)
-    return world
 
 
 def fleet_world(

@@ -18,9 +18,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from qf_exporter.simulator.actions import V1_ACTION
+
 HUGE_MESSAGE = 5 * 1024 * 1024
 DEEP = 100_000
-V1_ACTION = "jobDetail"
 
 
 @dataclass
@@ -107,7 +108,7 @@ def _rate_limit_18(reply: Reply, fault: Fault, call: Call) -> After:
 
 def _http_429(reply: Reply, fault: Fault, call: Call) -> After:
     retry_after = f"{fault.seconds:g}" if fault.seconds else "1"
-    reply.answer_json(429, {"requestId": _rid(), "code": "RequestLimitExceeded",
+    reply.answer_json(429, {"requestId": request_id(), "code": "RequestLimitExceeded",
                             "message": "too many requests"}, {"Retry-After": retry_after})
     return After.NOTHING
 
@@ -119,7 +120,7 @@ class ServerError:
     status: int
 
     def __call__(self, reply: Reply, fault: Fault, call: Call) -> After:
-        reply.answer_json(self.status, {"requestId": _rid(), "code": "InternalError",
+        reply.answer_json(self.status, {"requestId": request_id(), "code": "InternalError",
                                         "message": "internal error"})
         return After.NOTHING
 
@@ -165,22 +166,22 @@ class RawBody:
 
 
 def _result_null(reply: Reply, fault: Fault, call: Call) -> After:
-    reply.answer_json(200, {"requestId": _rid(), "log_id": _rid(), "result": None})
+    reply.answer_json(200, {"requestId": request_id(), "log_id": request_id(), "result": None})
     return After.NOTHING
 
 
 def _list_not_list(reply: Reply, fault: Fault, call: Call) -> After:
     key = "jobList" if call.action == "DescribeFineTuningJobs" else "taskList"
-    reply.answer_json(200, {"requestId": _rid(),
+    reply.answer_json(200, {"requestId": request_id(),
                             "result": {key: {"oops": 1}, "pageInfo": {"isTruncated": False}}})
     return After.NOTHING
 
 
 def _wrong_types(reply: Reply, fault: Fault, call: Call) -> After:
     if call.v1:
-        reply.answer_json(200, {"log_id": _rid(), "result": ["not", "an", "object"]})
+        reply.answer_json(200, {"log_id": request_id(), "result": ["not", "an", "object"]})
     else:
-        reply.answer_json(200, {"requestId": _rid(), "result": {
+        reply.answer_json(200, {"requestId": request_id(), "result": {
             "taskList": ["task-1", 2], "pageInfo": {"isTruncated": False}}})
     return After.NOTHING
 
@@ -199,7 +200,7 @@ def _delay(reply: Reply, fault: Fault, call: Call) -> After:
 
 def _stall_body(reply: Reply, fault: Fault, call: Call) -> After:
     """The headers and half the body, then nothing for ``seconds``."""
-    body = json.dumps({"requestId": _rid(), "log_id": _rid(),
+    body = json.dumps({"requestId": request_id(), "log_id": request_id(),
                        "result": {"taskList": [], "trainStatus": "RUNNING"}}).encode()
     reply.begin(200, {"Content-Length": str(len(body))})
     reply.write(body[: len(body) // 2])
@@ -297,7 +298,8 @@ def valid_answer(call: Call) -> bytes:
     else:
         key = "jobList" if call.action == "DescribeFineTuningJobs" else "taskList"
         result = {key: [], "pageInfo": {"isTruncated": False}}
-    return json.dumps({"requestId": _rid(), "log_id": _rid(), "result": result}).encode()
+    answer = {"requestId": request_id(), "log_id": request_id(), "result": result}
+    return json.dumps(answer).encode()
 
 
 def _gzip(data: bytes) -> bytes:
@@ -321,5 +323,5 @@ def gzip_bomb() -> bytes:
         return _BOMB[0]
 
 
-def _rid() -> str:
+def request_id() -> str:
     return str(uuid.uuid4())

@@ -20,7 +20,6 @@ import socket
 import sys
 import threading
 import time
-import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from qf_exporter.simulator import actions
 from qf_exporter.simulator.actions import Ask, Failure
-from qf_exporter.simulator.faults import FAULT_KINDS, After, Call, Fault
+from qf_exporter.simulator.faults import FAULT_KINDS, After, Call, Fault, request_id
 from qf_exporter.simulator.gateway import Budget, Denied, Signed, authenticate
 from qf_exporter.simulator.scenario import World
 
@@ -313,7 +312,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self._entry = None
-        self.answer_json(405, {"requestId": _rid(), "code": "MethodNotAllowed",
+        self.answer_json(405, {"requestId": request_id(), "code": "MethodNotAllowed",
                                "message": "use POST"})
 
     def parse_request(self) -> bool:
@@ -331,7 +330,7 @@ class _Handler(BaseHTTPRequestHandler):
         query = parse_qsl(split.query, keep_blank_values=True)
         action = actions.route(path, dict(query).get("Action", ""))
         if action is None:
-            self.answer_json(404, {"requestId": _rid(), "code": "NotFound",
+            self.answer_json(404, {"requestId": request_id(), "code": "NotFound",
                                    "message": "no such API"})
             return
         # Every request is logged before its answer goes out, so that a client that
@@ -368,9 +367,9 @@ class _Handler(BaseHTTPRequestHandler):
         if isinstance(answer, Failure):
             self.answer_error(v1, answer.status, answer.code, answer.number, answer.message)
         elif v1:
-            self.answer_json(200, {"log_id": _rid(), "result": answer.value})
+            self.answer_json(200, {"log_id": request_id(), "result": answer.value})
         else:
-            self.answer_json(200, {"requestId": _rid(), "result": answer.value})
+            self.answer_json(200, {"requestId": request_id(), "result": answer.value})
 
     def _headers(self) -> dict[str, str]:
         """The request's headers by lower-case name (the first of repeated ones)."""
@@ -393,15 +392,15 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(403)
         self.send_header("X-Bce-Error-Code", code)
         self.send_header("X-Bce-Error-Message", message)
-        self.send_header("X-Bce-Request-Id", _rid())
+        self.send_header("X-Bce-Request-Id", request_id())
         self.send_header("Content-Length", "0")
         self.end_headers()
 
     def answer_error(self, v1: bool, status: int, code: str, number: int, message: str) -> int:
         if v1:  # the V1 API answers errors with HTTP 200
             return self.answer_json(200, {"error_code": number, "error_msg": message,
-                                          "log_id": _rid()})
-        return self.answer_json(status, {"requestId": _rid(), "code": code or str(number),
+                                          "log_id": request_id()})
+        return self.answer_json(status, {"requestId": request_id(), "code": code or str(number),
                                          "message": message})
 
     def answer_json(self, status: int, data: Any,
@@ -443,7 +442,3 @@ def _json_object(raw: bytes) -> dict[str, Any] | None:
     except ValueError:
         return None
     return body if isinstance(body, dict) else None
-
-
-def _rid() -> str:
-    return str(uuid.uuid4())

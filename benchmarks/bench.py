@@ -553,14 +553,7 @@ def serve_process(jobs: int, ak: str, sk: str, args: argparse.Namespace) -> dict
     # Observe (never change) the gateway's budget decisions: the arrival time it
     # stamped on each request and whether it throttled it.
     decisions: list[tuple[float, bool]] = []
-    over_budget = sim._over_budget
-
-    def observed(access_key: str, arrived: float) -> bool:
-        throttled = over_budget(access_key, arrived)
-        decisions.append((arrived, throttled))
-        return throttled
-
-    sim._over_budget = observed
+    sim.on_budget = lambda arrived, throttled: decisions.append((arrived, throttled))
     proc = spawn_child("serve", sim.url, str(jobs), str(POLL_QPS), ak=ak, sk=sk)
     try:
         child = read_json(proc)

@@ -192,6 +192,7 @@ class World:
         self.v1_task_names: dict[int, str] = {}
         self.recurring: dict[str, Recurring] = {}  # job id -> its schedule of new runs
         self.lock = threading.RLock()
+        self._task_jobs: dict[str, str] = {}  # task id -> job id (see _find_task)
 
     # --- building ---------------------------------------------------------------------
 
@@ -244,93 +245,144 @@ class World:
         with self.lock:
             self.jobs.pop(job_id, None)
 
-    # --- answers ------------------------------------------------------------------------
+    # --- answers: what the actions read (see ``simulator/actions.py``) ---------------
 
     def visible_runs(self, job: SimJob, now: float) -> list[SimRun]:
         with self.lock:
             self._recur(job, now)
             return [r for r in job.runs if r.created <= now]
 
-    def v2_task(
-        self, job: SimJob, run: SimRun, now: float, detail: bool = False
-    ) -> dict[str, object]:
-        """A ``taskList`` item, or with ``detail`` a ``DescribeFineTuningTask`` result.
+    def job_list(self, now: float) -> list[dict[str, object]]:
+        """The ``jobList`` items of every job created by ``now``."""
+        with self.lock:
+            return [job_item(job) for job in self.jobs.values() if job.created <= now]
 
-        Only the detail has ``runProgress`` (while Running) and ``vdlLink``, as in
-        Baidu's reference (see the simulator's server module for the field table).
-        """
-        status = run.status(now)
-        item: dict[str, object] = {
-            "taskId": run.task_id,
-            "jobId": job.job_id,
-            "jobName": job.name,
-            "jobDescription": job.description,
-            "model": job.model,
-            "trainMode": job.train_mode,
-            "parameterScale": job.parameter_scale,
-            "runStatus": run.upstream_status if run.upstream_status is not None
-            else _V2_STATUS[status],
-        }
-        if detail:
-            item["vdlLink"] = (
-                f"https://console.bce.baidu.com/qianfan/visualdl/index?task={run.task_id}"
-            )
-        created_key, finish_key = (
-            ("createDate", "finishDate") if job.date_spelling else ("createTime", "finishTime")
+    def task_list(self, job_id: str, now: float) -> list[dict[str, object]] | None:
+        """The ``taskList`` items of a job's runs; None when there is no such job."""
+        with self.lock:
+            job = self.jobs.get(job_id)
+            if job is None:
+                return None
+            return [task_item(job, run, now) for run in self.visible_runs(job, now)]
+
+    def task_detail(self, task_id: str, now: float) -> dict[str, object] | None:
+        """A ``DescribeFineTuningTask`` result; None when no such run is visible."""
+        with self.lock:
+            found = self._find_task(task_id, now)
+            return None if found is None else task_item(*found, now, detail=True)
+
+    def knows_v1_task(self, task_id: int) -> bool:
+        with self.lock:
+            return task_id in self.v1_task_names
+
+    def v1_detail(self, task_id: int, job_id: int, now: float) -> dict[str, object] | None:
+        """A V1 ``jobDetail`` result; None when that run does not exist (yet)."""
+        with self.lock:
+            run = self.v1_runs.get((task_id, job_id))
+            if run is None or run.created > now:
+                return None
+            return v1_item(run, task_id, job_id, self.v1_task_names[task_id], now)
+
+    def _find_task(self, task_id: str, now: float) -> tuple[SimJob, SimRun] | None:
+        """The job and run of a task id (an index, so a fleet's details stay cheap)."""
+        job = self.jobs.get(self._task_jobs.get(task_id, ""))
+        if job is None or not any(r.task_id == task_id for r in job.runs):
+            self._task_jobs = {r.task_id: j.job_id for j in self.jobs.values() for r in j.runs}
+            job = self.jobs.get(self._task_jobs.get(task_id, ""))
+        if job is None:
+            return None
+        for run in self.visible_runs(job, now):
+            if run.task_id == task_id:
+                return job, run
+        return None
+
+
+# --- answer items ------------------------------------------------------------------------
+
+
+def task_item(job: SimJob, run: SimRun, now: float, detail: bool = False) -> dict[str, object]:
+    """A ``taskList`` item, or with ``detail`` a ``DescribeFineTuningTask`` result.
+
+    Only the detail has ``runProgress`` (while Running) and ``vdlLink``, as in
+    Baidu's reference (see the simulator's actions module for the field table).
+    """
+    status = run.status(now)
+    item: dict[str, object] = {
+        "taskId": run.task_id,
+        "jobId": job.job_id,
+        "jobName": job.name,
+        "jobDescription": job.description,
+        "model": job.model,
+        "trainMode": job.train_mode,
+        "parameterScale": job.parameter_scale,
+        "runStatus": run.upstream_status if run.upstream_status is not None
+        else _V2_STATUS[status],
+    }
+    if detail:
+        item["vdlLink"] = (
+            f"https://console.bce.baidu.com/qianfan/visualdl/index?task={run.task_id}"
         )
-        item[created_key] = _iso(run.created)
-        item[finish_key] = _iso(run.ends) if status in ("succeeded", "failed", "stopped") \
-            else V2_UNSET
-        if detail and item["runStatus"] == "Running":  # "only while runStatus is Running"
-            item["runProgress"] = f"{int(run.progress(now))}%"
-        if status == "succeeded":
-            item["metrics"] = run.metrics if run.metrics is not None \
-                else default_metrics(run.task_id)
-        if status != "waiting" and run.checkpoints:
-            item["checkpointList"] = run.checkpoint_list(now)
-        if status == "failed":
-            item["errorCode"] = run.error_code or 500001
-            item["errorMessage"] = run.error_message or "training failed"
-        else:
-            item["errorCode"] = 0
-            item["errorMessage"] = ""
-        return item
+    created_key, finish_key = (
+        ("createDate", "finishDate") if job.date_spelling else ("createTime", "finishTime")
+    )
+    item[created_key] = _iso(run.created)
+    item[finish_key] = _iso(run.ends) if status in ("succeeded", "failed", "stopped") \
+        else V2_UNSET
+    if detail and item["runStatus"] == "Running":  # "only while runStatus is Running"
+        item["runProgress"] = f"{int(run.progress(now))}%"
+    if status == "succeeded":
+        item["metrics"] = run.metrics if run.metrics is not None \
+            else default_metrics(run.task_id)
+    if status != "waiting" and run.checkpoints:
+        item["checkpointList"] = run.checkpoint_list(now)
+    if status == "failed":
+        item["errorCode"] = run.error_code or 500001
+        item["errorMessage"] = run.error_message or "training failed"
+    else:
+        item["errorCode"] = 0
+        item["errorMessage"] = ""
+    return item
 
-    def v1_detail(self, task_id: int, job_id: int, now: float) -> dict[str, object]:
-        run = self.v1_runs[(task_id, job_id)]
-        status = run.status(now)
-        ran = max(0.0, min(now, run.ends) - run.created)
-        trained = max(0.0, min(now, run.ends) - run.started)
-        return {
-            "id": job_id,
-            "description": "",
-            "taskId": task_id,
-            "taskName": self.v1_task_names[task_id],
-            "version": run.version,
-            "jobRunType": 0,
-            "trainType": "ernieBotLite-v201-8k",
-            "trainMode": "SFT",
-            "peftType": "LoRA",
-            "trainStatus": run.upstream_status if run.upstream_status is not None
-            else _V1_STATUS[status],
-            "progress": run.progress(now) if status != "waiting" else 0,
-            "runTime": int(ran),
-            "trainTime": int(trained),
-            "startTime": _beijing(run.created),
-            "finishTime": _beijing(run.ends) if status in ("succeeded", "failed", "stopped")
-            else V1_UNSET,
-            "vdlLink": f"https://console.bce.baidu.com/qianfan/visualdl/index?job={job_id}",
-        }
 
-    def job_listing(self, job: SimJob) -> dict[str, object]:
-        return {
-            "jobId": job.job_id,
-            "name": job.name,
-            "description": job.description,
-            "model": job.model,
-            "trainMode": job.train_mode,
-            "createDate": _iso(job.created),
-        }
+def v1_item(run: SimRun, task_id: int, job_id: int, task_name: str, now: float
+            ) -> dict[str, object]:
+    """A V1 ``jobDetail`` result."""
+    status = run.status(now)
+    ran = max(0.0, min(now, run.ends) - run.created)
+    trained = max(0.0, min(now, run.ends) - run.started)
+    return {
+        "id": job_id,
+        "description": "",
+        "taskId": task_id,
+        "taskName": task_name,
+        "version": run.version,
+        "jobRunType": 0,
+        "trainType": "ernieBotLite-v201-8k",
+        "trainMode": "SFT",
+        "peftType": "LoRA",
+        "trainStatus": run.upstream_status if run.upstream_status is not None
+        else _V1_STATUS[status],
+        "progress": run.progress(now) if status != "waiting" else 0,
+        "runTime": int(ran),
+        "trainTime": int(trained),
+        "startTime": _beijing(run.created),
+        "finishTime": _beijing(run.ends) if status in ("succeeded", "failed", "stopped")
+        else V1_UNSET,
+        "vdlLink": f"https://console.bce.baidu.com/qianfan/visualdl/index?job={job_id}",
+    }
+
+
+def job_item(job: SimJob) -> dict[str, object]:
+    """A ``jobList`` item."""
+    return {
+        "jobId": job.job_id,
+        "name": job.name,
+        "description": job.description,
+        "model": job.model,
+        "trainMode": job.train_mode,
+        "createDate": _iso(job.created),
+    }
+
 
 
 # --- ready-made worlds -------------------------------------------------------------------
@@ -341,10 +393,18 @@ def demo_world(clock: Callable[[], float], seed: int = 7, speed: float = 1.0) ->
 
     ``speed`` shortens every run's timeline (2.0: everything happens twice as fast).
     """
-    rng = random.Random(seed)
     now = clock()
     world = World(clock)
-    m = 60.0 / speed
+    m = 60.0 / speed  # a demo minute
+    _demo_four_jobs(world, now, m, random.Random(seed))
+    _demo_nightly(world, now, m)
+    _demo_watch(world, now)
+    _demo_v1(world, now, m)
+    return world
+
+
+def _demo_four_jobs(world: World, now: float, m: float, rng: random.Random) -> None:
+    """Four jobs whose runs finished long ago, run now, wait, or do not exist yet."""
     jobs = [
         ("job-demo-sft-speed", "客服问答 SFT", "ERNIE-Speed-8K", "SFT", "LoRA", False),
         ("job-demo-lite-full", 'summarize-"news"', "ERNIE-Lite-8K", "SFT", "FullFineTuning",
@@ -381,6 +441,9 @@ def demo_world(clock: Callable[[], float], seed: int = 7, speed: float = 1.0) ->
                       wait=(0.5 + rng.random()) * m, duration=(4 + 3 * rng.random()) * m,
                       outcome=rng.choice(["succeeded", "succeeded", "failed", "stopped"]),
                       end_fraction=0.5, error_code=500001, error_message="loss became NaN")
+
+
+def _demo_nightly(world: World, now: float, m: float) -> None:
     # Within the first minute one run fails and another is stopped, so a fresh demo next
     # to Prometheus shows the run alerts at once; from then on the job starts a run every
     # 4 minutes, and one run in four fails, another is stopped.
@@ -396,6 +459,9 @@ def demo_world(clock: Callable[[], float], seed: int = 7, speed: float = 1.0) ->
     world.add_recurring("job-demo-nightly", first=now + m, period=4 * m, wait=0.25 * m,
                         duration=2.5 * m, outcomes=("succeeded", "failed", "succeeded",
                                                     "stopped"), keep=180 * m)
+
+
+def _demo_watch(world: World, now: float) -> None:
     # What the people who fine-tune want to hear about before a run fails: a run whose
     # loss turned NaN, one whose loss climbs far above its best, and one stuck in the
     # queue for hours (QianfanRunLossNotFinite, QianfanRunLossDiverging,
@@ -407,13 +473,15 @@ def demo_world(clock: Callable[[], float], seed: int = 7, speed: float = 1.0) ->
     world.add_run("job-demo-watch", created=now - 2 * 3600, wait=60, duration=5 * 3600,
                   outcome="running", checkpoints=20, loss="diverging", loss_turn=3)
     world.add_run("job-demo-watch", created=now - 3 * 3600, wait=24 * 3600, duration=3600)
+
+
+def _demo_v1(world: World, now: float, m: float) -> None:
     # V1 (frozen API) runs.
     world.add_v1_run(10250, 6205, "sdk_test_7", created=now - 90000, wait=0, duration=267452,
                      outcome="stopped", end_fraction=0.0001)
     world.add_v1_run(10250, 6206, "sdk_test_7", created=now - 1.5 * m, wait=0, duration=7 * m,
                      version=6)
     world.add_v1_run(7263, 4612, "ernie-lite-legacy", created=now - 7200, wait=0, duration=3600)
-    return world
 
 
 def fleet_world(

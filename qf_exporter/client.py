@@ -123,9 +123,8 @@ class QianfanClient:
         """V2: every fine-tuning job of the account, all pages, as the answers hold them."""
         return self._list("DescribeFineTuningJobs", {}, "jobList", deadline)
 
-    def _list(
-        self, action: str, body: dict[str, Any], list_key: str, deadline: float | None
-    ) -> list[Item]:
+    def _list(self, action: str, body: dict[str, Any], list_key: str,
+              deadline: float | None) -> list[Item]:
         items: list[Item] = []
         for page in self._pages(action, body, list_key, deadline):
             items.extend(page.items)
@@ -156,15 +155,9 @@ class QianfanClient:
 
     # --- one call, with retries --------------------------------------------------------
 
-    def call(
-        self,
-        action: str,
-        path: str,
-        query: dict[str, str] | None,
-        body: dict[str, Any],
-        deadline: float | None = None,
-        parse: Callable[[Any], T] = lambda result: result,
-    ) -> T:
+    def call(self, action: str, path: str, query: dict[str, str] | None, body: dict[str, Any],
+             deadline: float | None = None, parse: Callable[[Any], T] = lambda result: result,
+             ) -> T:
         """Send one API call, retrying what can be retried; returns ``parse(result)``.
 
         ``parse`` checks the answer's shape inside the retry loop, so an answer of the
@@ -191,9 +184,8 @@ class QianfanClient:
                 if self.stop.is_set():
                     raise
 
-    def _retry_delay(
-        self, exc: QianfanError, attempt: int, deadline: float | None
-    ) -> float | None:
+    def _retry_delay(self, exc: QianfanError, attempt: int, deadline: float | None
+                     ) -> float | None:
         """How long to wait before retrying, or None when the call must not be retried."""
         if not exc.retryable or attempt >= self.retries or self.stop.is_set() or self._closed:
             return None
@@ -202,14 +194,9 @@ class QianfanClient:
             return None
         return delay
 
-    def _attempt(
-        self,
-        action: str,
-        path: str,
-        query: dict[str, str] | None,
-        body: dict[str, Any],
-        deadline: float | None,
-    ) -> Any:
+    def _attempt(self, action: str, path: str, query: dict[str, str] | None,
+                 body: dict[str, Any], deadline: float | None) -> Any:
+        """One request: wait for budget, send, read, classify."""
         self._wait_for_budget(action, deadline)
         payload = json.dumps(body, separators=(",", ":")).encode()
         url = self.account.endpoint + path
@@ -224,16 +211,13 @@ class QianfanClient:
         self.metrics.requests.labels(self.account.name, action).inc()
         started = time.perf_counter()
         try:
-            status, response_headers, content = self.transport.exchange(
-                action, url, payload, timeout
-            )
+            status, headers, content = self.transport.exchange(action, url, payload, timeout)
         finally:
-            self.metrics.duration.labels(self.account.name, action).observe(
-                time.perf_counter() - started
-            )
+            elapsed = time.perf_counter() - started
+            self.metrics.duration.labels(self.account.name, action).observe(elapsed)
             if self._closed:  # closed meanwhile: do not leave this connection pooled
                 self.transport.drop_connections()
-        answer = classify(status, response_headers, content, action=action,
+        answer = classify(status, headers, content, action=action,
                           secrets=self.account.secrets(), now=self.clock())
         if isinstance(answer, QianfanError):
             raise answer

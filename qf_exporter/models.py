@@ -398,15 +398,6 @@ def parse_v2_run(
     if created is not None:
         duration = max((finished if finished is not None else read_at) - created, 0.0)
     progress = percent(f.get("runProgress"))
-    checkpoints = _checkpoints(f.get("checkpointList"))
-    latest = max(
-        (c for c in checkpoints if c.step is not None),
-        key=lambda c: c.step or 0.0,
-        default=None,
-    )
-    error_code = f.text("errorCode")
-    error_message = f.text("errorMessage", limit=MAX_ERROR_MESSAGE_LENGTH)
-    min_loss, recent_min = _loss_minima(checkpoints)
     return Run(
         account=account,
         api="v2",
@@ -425,17 +416,31 @@ def parse_v2_run(
         start_time=created,
         finish_time=finished,
         evaluation=_evaluation(f.get("metrics")),
-        checkpoints=len(checkpoints),
-        checkpoint_step=None if latest is None else latest.step,
-        training_loss=None if latest is None else latest.training_loss,
-        perplexity=None if latest is None else latest.perplexity,
-        error_code=error_code,
-        error_message=error_message,
+        error_code=f.text("errorCode"),
+        error_message=f.text("errorMessage", limit=MAX_ERROR_MESSAGE_LENGTH),
         last_read=read_at,
-        training_loss_min=min_loss,
-        training_loss_recent_min=recent_min,
-        loss_not_finite=int(latest is not None and latest.not_finite),
+        **_checkpoint_fields(_checkpoints(f.get("checkpointList"))),
     )
+
+
+def _checkpoint_fields(checkpoints: list[Checkpoint]) -> dict[str, Any]:
+    """The ``Run`` fields read from a V2 run's ``checkpointList``: the latest
+    checkpoint's (by step), and the loss health over all of them."""
+    latest = max(
+        (c for c in checkpoints if c.step is not None),
+        key=lambda c: c.step or 0.0,
+        default=None,
+    )
+    min_loss, recent_min = _loss_minima(checkpoints)
+    return {
+        "checkpoints": len(checkpoints),
+        "checkpoint_step": None if latest is None else latest.step,
+        "training_loss": None if latest is None else latest.training_loss,
+        "perplexity": None if latest is None else latest.perplexity,
+        "training_loss_min": min_loss,
+        "training_loss_recent_min": recent_min,
+        "loss_not_finite": int(latest is not None and latest.not_finite),
+    }
 
 
 def _loss_minima(checkpoints: list[Checkpoint]) -> tuple[float | None, float | None]:

@@ -1,54 +1,35 @@
 """The background poller: reads each account's targets into immutable snapshots.
 
-APScheduler fires one job per account every ``poll.interval``. Each firing reads
-the targets that are due, with the account's ``concurrency``, and swaps in a new
-snapshot in one step:
+An account's poll is a sequence of steps, each in a module of its own:
 
-* a target with a waiting or running run (or none yet) is due every ``interval``;
-* a target whose runs are all final is due every ``finished_interval``, so new
-  runs of a finished job are still found within ``finished_interval``;
-* a target whose last read failed is retried every ``interval``, and keeps its
-  last-read runs (with ``qianfan_target_up`` 0) until ``stale_after``.
+1. list the account's jobs when discovery is due (``discovery.py``), and bring the
+   target set up to date (``targets.py``);
+2. pick the targets that are due (``schedule.py``) and read them, ``concurrency`` at
+   a time (``reader.py``); a discovered job the API no longer knows is dropped at once;
+3. drop the runs of targets that stayed down past ``stale_after`` (``schedule.py``);
+4. decide whether the poll reached Qianfan (``reachability.py``);
+5. leave out what retention and ``max_runs`` keep out, counting each such run once
+   (``retention.py``).
 
-Health at the right grain: an account is up (``qianfan_up``) when its latest poll
-reached Qianfan with accepted credentials. Any authoritative answer counts, "no such
-job" included: a mistyped job id is that target's problem (``qianfan_target_up`` 0),
-not an account outage. The account is down only when every call of the poll failed
-with a connection, timeout, auth, server or rate-limit error (or an answer that could
-not be read), or when the job listing (discovery) failed. A firing with nothing due
-makes no call and keeps the previous poll's answer; an account with nothing to read at
-all is not down.
-
-Accounts never share a worker, a client, a budget or a scheduler thread (each
-account's job runs in its own one-thread executor), so one account's failures,
+``Poller`` swaps each account's new state into the snapshot in one step and hands
+the snapshot before and after to its subscriber (``pages.Pages``, which renders);
+``scheduler.py`` fires each account's polls every ``poll.interval``. Accounts never
+share a worker, a client, a budget or a scheduler thread, so one account's failures,
 slowness or throttling never delay another's poll.
-
-Discovery (``discover: true``) lists the account's jobs with
-``DescribeFineTuningJobs`` every ``discovery.interval`` (not every poll), keeps
-those the filters want and this shard owns, and adds them to the configured
-targets. A failed listing keeps the previous list (the account reads as down);
-a discovered job that the API says no longer exists is dropped at once.
-
-Retention and cardinality: runs that finished more than ``finished_retention``
-ago, and runs beyond the account's ``max_runs`` (oldest first), are read but not
-exported; ``qianfan_runs_left_out_total`` counts each such run once.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Protocol
-
-from apscheduler.executors.pool import ThreadPoolExecutor as SchedulerPool
-from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.triggers.interval import IntervalTrigger
 
 from qf_exporter import schedule
 from qf_exporter.client import QianfanClient
@@ -57,9 +38,11 @@ from qf_exporter.discovery import JobDiscovery
 from qf_exporter.errors import REASONS
 from qf_exporter.ratelimit import RateLimiter
 from qf_exporter.reachability import Health, Outcome
-from qf_exporter.reader import Read, TargetReader
+from qf_exporter.reader import TargetReader
 from qf_exporter.retention import LeftOutCounter, TargetKey, retain
-from qf_exporter.snapshot import AccountState, Snapshot, TargetState
+from qf_exporter.scheduler import AccountScheduler
+from qf_exporter.snapshot import AccountState, Snapshot
+from qf_exporter.targets import Targets
 from qf_exporter.telemetry import ApiMetrics
 
 log = logging.getLogger(__name__)
@@ -110,8 +93,8 @@ class AccountPoller:
     """One account's polls: its client, its workers, its targets and their states.
 
     The steps are other modules' (``discovery``, ``schedule``, ``reader``,
-    ``retention``); this class calls them in order and keeps what lasts from one poll
-    to the next.
+    ``retention``, ``reachability``); this class calls them in order and keeps what
+    lasts from one poll to the next.
     """
 
     def __init__(
@@ -124,11 +107,7 @@ class AccountPoller:
         clock: Callable[[], float],
         stop: threading.Event,
     ) -> None:
-        self.account = account
-        self.poll = poll
-        self.shard = shard
-        self.clock = clock
-        self.stop = stop
+        self.account, self.poll, self.clock, self.stop = account, poll, clock, stop
         # How long one read (with its retries and waits for budget) may take: a poll's
         # interval, or the request timeout when that is longer (the configured timeout
         # of one request is never cut short).
@@ -141,26 +120,18 @@ class AccountPoller:
             clock=clock, stop=stop, max_response_bytes=poll.max_response_bytes,
         )
         zero_counters(account, metrics)
+        owns = functools.partial(shard.owns, account.name)
+        self.targets = Targets(account, owns)
+        self.discovery = JobDiscovery(account, poll, self.client, owns)
         self.reader = TargetReader(account.name, self.client, clock, self.read_budget)
-        self.discovery = JobDiscovery(account, poll, self.client,
-                                      lambda job: shard.owns(account.name, job))
         self.left_out = LeftOutCounter(account.name, metrics.runs_left_out)
+        self.health = Health()
         self.workers = ThreadPoolExecutor(
             max_workers=poll.concurrency, thread_name_prefix=f"poll-{account.name}"
         )
-        # V1 targets by their key, so that a read gets the typed pair.
-        self._pairs = {("v1", pair.name): pair for pair in account.tasks
-                       if shard.owns(account.name, pair.name)}
-        self._configured = frozenset(
-            [("v2", job) for job in account.jobs if shard.owns(account.name, job)]
-            + list(self._pairs))
-        self.targets: dict[TargetKey, TargetState] = {
-            key: TargetState(api=key[0], name=key[1]) for key in sorted(self._configured)
-        }
-        self.health = Health()
         self._cap_warned = False
         self._lock = threading.Lock()  # one poll of this account at a time
-        self._warn_cap(len(self._pairs), "v1_pairs",
+        self._warn_cap(len(self.targets.pairs), "v1_pairs",
                        "the configured V1 pairs alone exceed max_runs: the oldest runs "
                        "will not be exported (see qianfan_runs_left_out_total)")
 
@@ -174,18 +145,9 @@ class AccountPoller:
 
         Targets that the new settings still poll keep their state (runs, health, last
         success) and are all due at the first poll under the new settings; targets they no
-        longer poll go at once. With discovery on, previously discovered jobs stay until
-        the first listing under the new settings says otherwise. Returns the state to
-        serve until that first poll completes.
+        longer poll go at once. Returns the state to serve until that first poll completes.
         """
-        kept: dict[TargetKey, TargetState] = {}
-        for key, state in previous.targets.items():
-            if key in self._configured:
-                kept[key] = replace(state, discovered=False, last_attempt=None)
-            elif (self.account.discover and key[0] == "v2"
-                  and self.shard.owns(self.account.name, key[1])):
-                kept[key] = replace(state, discovered=True, last_attempt=None)
-        self.targets.update(kept)
+        kept = self.targets.adopt(previous.targets)
         self.discovery.jobs = frozenset(name for (_, name), s in kept.items() if s.discovered)
         self.health.adopt(previous)
         if left_out is not None:
@@ -209,84 +171,56 @@ class AccountPoller:
                 if listed is not None:
                     outcomes.append(Outcome() if listed
                                     else Outcome("listing", self.discovery.error))
-            self._sync_targets()
-            due = [key for key, state in self.targets.items()
+            self.targets.sync(self.discovery.jobs)
+            due = [key for key, state in self.targets.states.items()
                    if force or schedule.due(state, now, self.poll)]
             outcomes += self._read(due, now)
             end = self.clock()
-            for key, state in list(self.targets.items()):
-                self.targets[key] = self._expire(state, end)
+            self._expire(end)
             self.health.update(outcomes, self.discovery.error)
             return self._state(end, time.perf_counter() - started, read=bool(due))
 
-    def _sync_targets(self) -> None:
-        """Add discovered jobs, drop jobs that vanished upstream (configured ones stay)."""
-        wanted = self._configured | {("v2", job) for job in self.discovery.jobs}
-        for key in list(self.targets):
-            if key not in wanted:
-                del self.targets[key]
-        for key in sorted(wanted - self.targets.keys()):
-            self.targets[key] = TargetState(
-                api=key[0], name=key[1], discovered=key not in self._configured
-            )
-
     def _read(self, due: list[TargetKey], now: float) -> list[Outcome]:
         """Read the due targets with the account's workers; one outcome per read."""
-        futures: dict[TargetKey, Future[Read]] = {}
-        for key in due:
-            if self.stop.is_set():
-                break
-            try:
-                futures[key] = self.workers.submit(
-                    self.reader.read, self.targets[key], now, self._pairs.get(key))
-            except RuntimeError:  # the workers were shut down: the exporter is stopping
-                break
-        outcomes = []
-        for key, future in futures.items():
-            try:
-                read = future.result()
-            except CancelledError:  # stopping: this read never started
-                continue
+        states, outcomes = self.targets.states, []
+        todo = {key: (states[key], self.targets.pair(key)) for key in due}
+        for key, read in self.reader.read_all(self.workers, todo, now, self.stop).items():
             state = read.state
             # A job whose list was read but a run's detail was not (its runs were read
             # at this poll, the target is down) did reach Qianfan.
             reached = state.up or any(run.last_read >= now for run in state.runs)
             outcomes.append(Outcome() if reached else Outcome(state.reason, state.error))
-            if read.vanished and key not in self._configured:
+            if read.vanished and key not in self.targets.configured:
                 log.info("discovered job vanished upstream, dropping it",
                          extra={"account": self.account.name, "target": key[1]})
-                del self.targets[key]
+                del states[key]
                 self.discovery.forget(key[1])
-                continue
-            self.targets[key] = state
+            else:
+                states[key] = state
         return outcomes
 
-    def _expire(self, state: TargetState, now: float) -> TargetState:
-        expired = schedule.expire(state, now, self.poll)
-        if expired is not state:
-            log.info("dropping stale runs", extra={"account": self.account.name,
-                                                   "target": state.name})
-        return expired
+    def _expire(self, now: float) -> None:
+        for key, state in list(self.targets.states.items()):
+            expired = schedule.expire(state, now, self.poll)
+            if expired is not state:
+                log.info("dropping stale runs", extra={"account": self.account.name,
+                                                       "target": state.name})
+                self.targets.states[key] = expired
 
     def _state(self, end: float, duration: float, read: bool) -> AccountState:
         self.health.polled(end, duration, read)
-        retained = retain(self.targets, end, self.poll.finished_retention,
-                          self.account.max_runs)
+        states = self.targets.states
+        retained = retain(states, end, self.poll.finished_retention, self.account.max_runs)
         if retained.over_cap is not None:
             self._warn_cap(retained.over_cap, "runs", "more runs than max_runs: the oldest "
                            "are not exported (see qianfan_runs_left_out_total)")
-        self.left_out.count(self.targets, retained.left_out)
+        self.left_out.count(states, retained.left_out)
         return AccountState(
-            name=self.account.name,
-            targets=MappingProxyType(dict(self.targets)),
-            up=self.health.up,
-            polled=True,
-            last_success=self.health.last_success,
-            poll_duration=self.health.last_duration,
-            discovery_error=self.discovery.error,
+            name=self.account.name, targets=MappingProxyType(dict(states)),
+            up=self.health.up, polled=True, last_success=self.health.last_success,
+            poll_duration=self.health.last_duration, discovery_error=self.discovery.error,
             discovered_jobs=len(self.discovery.jobs) if self.account.discover else None,
-            runs=retained.runs,
-            error=self.health.error,
+            runs=retained.runs, error=self.health.error,
         )
 
     def _warn_cap(self, runs: int, what: str, message: str) -> None:
@@ -322,10 +256,7 @@ class Poller:
         self._snapshot = Snapshot()
         self._swap = threading.Lock()
         self.ready = threading.Event()
-        self._scheduler: BackgroundScheduler | None = None
-        # account -> (alias, executor) of the scheduler executor that runs its polls
-        self._executors: dict[str, tuple[str, SchedulerPool]] = {}
-        self._executor_serial = 0
+        self._scheduler: AccountScheduler | None = None
         self._build(config)
         self._publish(self._snapshot)
 
@@ -387,56 +318,16 @@ class Poller:
     # --- lifecycle -----------------------------------------------------------------------
 
     def start(self) -> None:
-        scheduler = BackgroundScheduler(
-            executors={"default": SchedulerPool(max_workers=1)},
-            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
-            timezone="UTC",
-        )
-        self._scheduler = scheduler
+        self._scheduler = AccountScheduler(self._scheduled_poll)
         for name in self.accounts:
-            self._schedule(name)
-        scheduler.start()
-
-    def _schedule(self, name: str) -> None:
-        """(Re)schedule an account's polls, in a scheduler thread of its own.
-
-        A poll that hangs (a server that never answers, a stuck DNS lookup) holds only
-        its own account's thread: every other account keeps its schedule. A replaced
-        account gets a new executor, so a poll of its old settings that is still stuck
-        cannot hold back the new one either.
-        """
-        if self._scheduler is None:
-            return
-        self._executor_serial += 1
-        alias = f"account:{name}:{self._executor_serial}"
-        executor = SchedulerPool(max_workers=1)
-        self._scheduler.add_executor(executor, alias=alias)
-        self._scheduler.add_job(
-            self._scheduled_poll,
-            IntervalTrigger(seconds=self.config.poll.interval),
-            args=[name],
-            id=f"poll:{name}",
-            name=f"poll {name}",
-            executor=alias,
-            next_run_time=_utcnow(),
-            replace_existing=True,
-        )
-        self._drop_executor(name)
-        self._executors[name] = (alias, executor)
-
-    def _drop_executor(self, name: str) -> None:
-        old = self._executors.pop(name, None)
-        if old is None or self._scheduler is None:
-            return
-        alias, executor = old
-        self._scheduler.remove_executor(alias, shutdown=False)
-        executor.shutdown(wait=False)  # never wait for a poll that may hang
+            self._scheduler.schedule(name, self.config.poll.interval)
+        self._scheduler.start()
 
     def stop(self) -> None:
         """Stop polling; returns at once, even while a poll waits for Qianfan."""
         self.stop_event.set()
-        if self._scheduler is not None and self._scheduler.running:
-            self._scheduler.shutdown(wait=False)
+        if self._scheduler is not None:
+            self._scheduler.shutdown()
         for poller in self.accounts.values():
             poller.close()
 
@@ -451,56 +342,49 @@ class Poller:
         longer polls, disappear, at once.
         """
         with self._swap:
-            old = self.accounts
-            previous = self._snapshot.accounts
-            keep = {
-                name: poller
-                for name, poller in old.items()
-                if any(a == poller.account for a in config.accounts)
-                and config.poll == self.config.poll
-            }
-            self.config = config
-            self.accounts = {}
-            shown: dict[str, AccountState] = {}
-            for account in config.accounts:
-                if account.name in keep:
-                    self.accounts[account.name] = keep[account.name]
-                    if account.name in previous:
-                        shown[account.name] = previous[account.name]
-                    continue
-                poller = AccountPoller(
-                    account, config.poll, self.metrics, shard=self.shard,
-                    clock=self.clock, stop=self.stop_event,
-                )
-                self.accounts[account.name] = poller
-                last = previous.get(account.name)
-                if last is not None:
-                    before = old.get(account.name)
-                    shown[account.name] = poller.adopt(
-                        last, before.left_out if before is not None else None)
-            for name, poller in old.items():
-                if self.accounts.get(name) is not poller:
-                    poller.close()
-                    if name not in self.accounts:
-                        self.metrics.forget_account(name)
-            published = self._snapshot
-            self._snapshot = published.with_accounts(shown)
-            self._publish(published)
+            keep = self._replace_pollers(config)
         if self._scheduler is not None:
-            for job in self._scheduler.get_jobs():
-                if job.id.removeprefix("poll:") not in self.accounts:
-                    job.remove()
-            for name in list(self._executors):
-                if name not in self.accounts:
-                    self._drop_executor(name)
-            for name in self.accounts:
-                if name not in keep:
-                    self._schedule(name)
+            self._reschedule(keep)
         if self.on_change:
             self.on_change(self._snapshot)
 
+    def _replace_pollers(self, config: Config) -> frozenset[str]:
+        """Swap in the pollers of ``config`` and the snapshot they serve (under the swap
+        lock); returns the accounts whose poller stayed."""
+        old, previous = self.accounts, self._snapshot.accounts
+        same_poll = config.poll == self.config.poll
+        keep = {name: poller for name, poller in old.items()
+                if same_poll and any(a == poller.account for a in config.accounts)}
+        self.config, self.accounts = config, {}
+        shown: dict[str, AccountState] = {}
+        for account in config.accounts:
+            last, before = previous.get(account.name), old.get(account.name)
+            if account.name in keep:
+                self.accounts[account.name] = keep[account.name]
+                if last is not None:
+                    shown[account.name] = last
+                continue
+            poller = AccountPoller(account, config.poll, self.metrics, shard=self.shard,
+                                   clock=self.clock, stop=self.stop_event)
+            self.accounts[account.name] = poller
+            if last is not None:
+                shown[account.name] = poller.adopt(
+                    last, before.left_out if before is not None else None)
+        for name, poller in old.items():
+            if self.accounts.get(name) is not poller:
+                poller.close()
+                if name not in self.accounts:
+                    self.metrics.forget_account(name)
+        published = self._snapshot
+        self._snapshot = published.with_accounts(shown)
+        self._publish(published)
+        return frozenset(keep)
 
-def _utcnow() -> object:
-    from datetime import UTC, datetime
-
-    return datetime.now(tz=UTC)
+    def _reschedule(self, keep: frozenset[str]) -> None:
+        """Unschedule removed accounts, and schedule the new and changed ones."""
+        if self._scheduler is None:
+            return
+        self._scheduler.keep_only(self.accounts)
+        for name in self.accounts:
+            if name not in keep:
+                self._scheduler.schedule(name, self.config.poll.interval)

@@ -9,8 +9,11 @@ history carries over from the target's previous runs (``with_estimates``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Hashable, Mapping
+from concurrent.futures import CancelledError, Executor, Future
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 from qf_exporter.client import QianfanClient
 from qf_exporter.config import V1Target
@@ -20,6 +23,8 @@ from qf_exporter.models import Fields, Run, parse_v1_run, parse_v2_run, running,
 from qf_exporter.snapshot import TargetState
 
 log = logging.getLogger(__name__)
+
+K = TypeVar("K", bound=Hashable)
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,34 @@ class TargetReader:
         # Each run's progress history goes from this target's previous runs to the new ones.
         return Read(replace(state, up=True, runs=with_estimates(state.runs, runs),
                             last_attempt=started, last_success=read_at, error="", reason=""))
+
+    def read_all(
+        self,
+        workers: Executor,
+        due: Mapping[K, tuple[TargetState, V1Target | None]],
+        started: float,
+        stop: threading.Event,
+    ) -> dict[K, Read]:
+        """Read the ``due`` targets (state and pair, by key) in parallel on ``workers``.
+
+        Once ``stop`` is set, no more reads start; reads that never started are left
+        out of the answer.
+        """
+        futures: dict[K, Future[Read]] = {}
+        for key, (state, pair) in due.items():
+            if stop.is_set():
+                break
+            try:
+                futures[key] = workers.submit(self.read, state, started, pair)
+            except RuntimeError:  # the workers were shut down: the exporter is stopping
+                break
+        reads = {}
+        for key, future in futures.items():
+            try:
+                reads[key] = future.result()
+            except CancelledError:  # stopping: this read never started
+                continue
+        return reads
 
     def _failed(self, state: TargetState, started: float, exc: QianfanError) -> Read:
         log.warning(

@@ -19,7 +19,7 @@ def body(value: Any) -> bytes:
 
 
 # (status, headers, body) -> the result, or the error's type, reason, code and retry_after.
-RESULTS = [
+RESULTS: list[tuple[int, dict[str, str], bytes, Any]] = [
     (200, {}, body({"result": {"a": 1}}), {"a": 1}),
     (200, {}, body({"result": [], "log_id": 7}), []),
     (201, {}, body({"result": 0, "error_code": 0}), 0),
@@ -27,7 +27,8 @@ RESULTS = [
     (200, {}, body({"result": "x", "error_code": ""}), "x"),
 ]
 
-ERRORS = [
+ERRORS: list[tuple[int, dict[str, str], bytes, type[errors.QianfanError], str | None,
+                   float | None]] = [
     # The API's own shape: HTTP 200 with error_code / error_msg.
     (200, {}, body({"error_code": 18, "error_msg": "qps"}), errors.RateLimited, "18", None),
     (200, {}, body({"error_code": 110, "error_msg": "token"}), errors.AuthError, "110", None),

@@ -279,8 +279,8 @@ def render_child(url: str, jobs: int, fast_reps: int, generic_reps: int) -> None
         "fast_text_s": timed(lambda: render_runs(runs), fast_reps),
         "fast_full_s": timed(lambda: render(runs, 1), fast_reps),
         "generic_s": timed(lambda: generate_latest(registry), generic_reps),
-        "plain_bytes": len(exporter.poller.rendered.text),
-        "gzip_bytes": len(b"".join(exporter.poller.rendered.gzipped())),
+        "plain_bytes": len(exporter.pages.rendered.text),
+        "gzip_bytes": len(b"".join(exporter.pages.rendered.gzipped())),
     }
     print(json.dumps(result), flush=True)
     exporter.stop()

@@ -73,6 +73,7 @@ def rss_mb(pid: int | str = "self") -> float:
 def render_costs(jobs: int) -> dict[str, Any]:
     from prometheus_client import CollectorRegistry
 
+    from qf_exporter.pages import Pages
     from qf_exporter.poller import Poller
     from qf_exporter.render import render_health, render_runs
     from qf_exporter.telemetry import ApiMetrics
@@ -81,22 +82,24 @@ def render_costs(jobs: int) -> dict[str, Any]:
     sim = QianfanSimulator(fleet_world(time.time, jobs, RUNS_PER_JOB, ACTIVE_FRACTION),
                            {ak: sk}).start()
     try:
+        pages = Pages()
         poller = Poller(Config(accounts=(account(sim.url, jobs, ak, sk),),
-                               poll=Poll(concurrency=4)), ApiMetrics(CollectorRegistry()))
+                               poll=Poll(concurrency=4)), ApiMetrics(CollectorRegistry()),
+                        subscriber=pages)
         poller.poll_account(ACCOUNT, force=True)
         poller.stop()
     finally:
         sim.stop()
-    snapshot, store = poller.snapshot, poller.store
+    snapshot, store = poller.snapshot, pages.store
     runs: tuple[Run, ...] = snapshot.accounts[ACCOUNT].runs
     text = render_runs(runs)
     started = time.perf_counter()
     render_runs(runs)
     one_stream = gzip.compress(text, compresslevel=1, mtime=0)
     full_s = time.perf_counter() - started
-    answer = b"".join(poller.rendered.gzipped())
-    assert gzip.decompress(answer) == b"".join(poller.rendered.plain())
-    assert text == poller.rendered.text
+    answer = b"".join(pages.rendered.gzipped())
+    assert gzip.decompress(answer) == b"".join(pages.rendered.plain())
+    assert text == pages.rendered.text
     rng = random.Random(1)
     per_k = {}
     for k in CHANGED:
@@ -114,7 +117,7 @@ def render_costs(jobs: int) -> dict[str, Any]:
     assert store.rendered(0).text == render_runs(runs)
     return {"runs": len(runs), "full_render_ms": full_s * 1000, "changed_ms": per_k,
             "plain_bytes": len(text), "gzip_one_stream": len(one_stream),
-            "gzip_pieces": len(answer), "pieces": len(poller.rendered.runs)}
+            "gzip_pieces": len(answer), "pieces": len(pages.rendered.runs)}
 
 
 # --- 3: memory of a real exporter under steady polling and scrapes -------------------------

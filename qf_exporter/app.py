@@ -19,6 +19,7 @@ from qf_exporter import __version__
 from qf_exporter.config import Config, ConfigError, load_config
 from qf_exporter.health import HealthCollector, ReloadState
 from qf_exporter.logs import REDACTOR
+from qf_exporter.pages import Pages
 from qf_exporter.poller import Poller, Shard
 from qf_exporter.telemetry import ApiMetrics
 from qf_exporter.web import ExporterHTTPServer
@@ -43,7 +44,9 @@ class Exporter:
         self.shard = shard or Shard()
         self.registry = CollectorRegistry(auto_describe=False)
         self.metrics = ApiMetrics(self.registry)
-        self.poller = Poller(config, self.metrics, shard=self.shard, clock=clock)
+        self.pages = Pages()
+        self.poller = Poller(config, self.metrics, shard=self.shard, clock=clock,
+                             subscriber=self.pages)
         self.reload_state = ReloadState(successful=True, last_success=time.time())
         self.registry.register(
             HealthCollector(__version__, self.reload_state, (self.shard.index, self.shard.total))
@@ -57,7 +60,7 @@ class Exporter:
         self._reload_lock = threading.Lock()
 
     def exposition(self) -> bytes:
-        rendered = self.poller.rendered
+        rendered = self.pages.rendered
         return b"".join(rendered.plain(generate_latest(self.registry)))
 
     def serve(
@@ -66,7 +69,7 @@ class Exporter:
         self.server = ExporterHTTPServer(
             (host, port),
             registry=self.registry,
-            rendered=lambda: self.poller.rendered,
+            rendered=lambda: self.pages.rendered,
             snapshot=lambda: self.poller.snapshot,
             ready=self.poller.ready,
             telemetry_path=telemetry_path,

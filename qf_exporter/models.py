@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
+from qf_exporter.config import V1Target
 from qf_exporter.errors import InvalidResponse
 
 STATUSES = ("waiting", "running", "succeeded", "stopped", "failed", "unknown")
@@ -121,9 +122,10 @@ class Job:
 class Page:
     """One page of a V2 listing."""
 
-    items: tuple[Mapping[str, Any], ...]
+    items: tuple[Mapping[str, Any], ...]  # as the answer holds them, not copied
     truncated: bool
     next_marker: str | None
+    last_id: str | None = None  # the last item's id: the marker when nextMarker is missing
 
 
 # --- field readers -------------------------------------------------------------------
@@ -133,7 +135,24 @@ class Fields:
     """Case-insensitive access to one JSON object, accepting several spellings."""
 
     def __init__(self, raw: Mapping[str, Any]) -> None:
+        self.raw = raw
         self._by_lower = {str(k).lower(): v for k, v in raw.items()}
+
+    def has(self, name: str) -> bool:
+        """Whether the object has the key in any case, whatever its value."""
+        return name.lower() in self._by_lower
+
+    def with_detail(self, detail: Any) -> Fields:
+        """These fields and every field of a run's ``detail`` that they lack
+        (``runProgress``, ``vdlLink``, ...). Their own fields are kept."""
+        if not isinstance(detail, Mapping):
+            return self
+        have = {str(key).lower() for key, value in self.raw.items() if value is not None}
+        merged = dict(self.raw)
+        for key, value in detail.items():
+            if str(key).lower() not in have:
+                merged[str(key)] = value
+        return Fields(merged)
 
     def get(self, *names: str) -> Any:
         for name in names:
@@ -261,19 +280,28 @@ def _object(value: Any, what: str) -> Mapping[str, Any]:
 # --- V1 ------------------------------------------------------------------------------
 
 
-def parse_v1_run(
-    result: Any, *, account: str, task_id: int | str, job_id: int | str, read_at: float
-) -> Run:
+def v1_detail(result: Any) -> Fields:
+    """The fields of a V1 ``jobDetail`` result, refused when it is not one."""
+    if not isinstance(result, Mapping):
+        raise InvalidResponse("jobDetail: result is not a JSON object")
+    f = Fields(result)
+    # Every real jobDetail answer names the run's status; one without it is not one.
+    if not f.has("trainStatus"):
+        raise InvalidResponse("jobDetail: result has no trainStatus")
+    return f
+
+
+def parse_v1_run(result: Any, *, account: str, pair: V1Target, read_at: float) -> Run:
     """A V1 ``jobDetail`` result. Labelled with the configured pair, not echoed ids."""
-    f = Fields(_object(result, "jobDetail result"))
+    f = v1_detail(result)
     raw_status = f.text("trainStatus")
     status = map_status(raw_status, "v1")
     progress = percent(f.get("progress"))
     return Run(
         account=account,
         api="v1",
-        job_id=str(job_id),
-        task_id=str(task_id),
+        job_id=str(pair.job_id),
+        task_id=str(pair.task_id),
         status=status,
         upstream_status=raw_status,
         job_name="",
@@ -319,15 +347,48 @@ def parse_page(result: Any, list_key: str) -> Page:
     truncated = info.get("isTruncated")
     truncated = truncated is True or (isinstance(truncated, str) and truncated.lower() == "true")
     marker = info.text("nextMarker") or None
-    return Page(items=tuple(items), truncated=truncated, next_marker=marker)
+    id_key = list_key.removesuffix("List") + "Id"  # taskList -> taskId, jobList -> jobId
+    last_id = _key(items[-1], id_key) if items else None
+    return Page(items=tuple(items), truncated=truncated, next_marker=marker, last_id=last_id)
 
 
-def parse_v2_run(raw: Mapping[str, Any], *, account: str, job_id: str, read_at: float) -> Run:
+def _key(item: Mapping[str, Any], name: str) -> str | None:
+    """One text field of an object, in any case, without reading the rest of it."""
+    wanted = name.lower()
+    value = None
+    for key, candidate in item.items():
+        if str(key).lower() == wanted:
+            value = candidate  # the last spelling wins, as in Fields
+    if value is None:
+        return None
+    return Fields({name: value}).text(name) or None
+
+
+def v2_listing(items: Iterable[Mapping[str, Any]]) -> dict[str, Fields]:
+    """The runs of a ``taskList``, by task id (items without one are no run), each item
+    read once here; ``parse_v2_run`` takes the fields from there."""
+    listed: dict[str, Fields] = {}
+    for item in items:
+        f = Fields(item)
+        task_id = f.text("taskId")
+        if task_id:
+            listed[task_id] = f
+    return listed
+
+
+def running(f: Fields) -> bool:
+    """Whether a V2 run is running (only a running run's detail has its progress)."""
+    return map_status(f.text("runStatus", "status"), "v2") == "running"
+
+
+def parse_v2_run(
+    raw: Mapping[str, Any] | Fields, *, account: str, job_id: str, read_at: float
+) -> Run:
     """One entry of ``taskList`` (or a ``DescribeFineTuningTask`` result).
 
     Labelled with the job that was asked for, like V1 runs with their configured pair.
     """
-    f = Fields(raw)
+    f = raw if isinstance(raw, Fields) else Fields(raw)
     raw_status = f.text("runStatus", "status")
     status = map_status(raw_status, "v2")
     created = timestamp(f.get("createTime", "createDate"), BEIJING)
@@ -336,15 +397,6 @@ def parse_v2_run(raw: Mapping[str, Any], *, account: str, job_id: str, read_at: 
     if created is not None:
         duration = max((finished if finished is not None else read_at) - created, 0.0)
     progress = percent(f.get("runProgress"))
-    checkpoints = _checkpoints(f.get("checkpointList"))
-    latest = max(
-        (c for c in checkpoints if c.step is not None),
-        key=lambda c: c.step or 0.0,
-        default=None,
-    )
-    error_code = f.text("errorCode")
-    error_message = f.text("errorMessage", limit=MAX_ERROR_MESSAGE_LENGTH)
-    min_loss, recent_min = _loss_minima(checkpoints)
     return Run(
         account=account,
         api="v2",
@@ -363,17 +415,31 @@ def parse_v2_run(raw: Mapping[str, Any], *, account: str, job_id: str, read_at: 
         start_time=created,
         finish_time=finished,
         evaluation=_evaluation(f.get("metrics")),
-        checkpoints=len(checkpoints),
-        checkpoint_step=None if latest is None else latest.step,
-        training_loss=None if latest is None else latest.training_loss,
-        perplexity=None if latest is None else latest.perplexity,
-        error_code=error_code,
-        error_message=error_message,
+        error_code=f.text("errorCode"),
+        error_message=f.text("errorMessage", limit=MAX_ERROR_MESSAGE_LENGTH),
         last_read=read_at,
-        training_loss_min=min_loss,
-        training_loss_recent_min=recent_min,
-        loss_not_finite=int(latest is not None and latest.not_finite),
+        **_checkpoint_fields(_checkpoints(f.get("checkpointList"))),
     )
+
+
+def _checkpoint_fields(checkpoints: list[Checkpoint]) -> dict[str, Any]:
+    """The ``Run`` fields read from a V2 run's ``checkpointList``: the latest
+    checkpoint's (by step), and the loss health over all of them."""
+    latest = max(
+        (c for c in checkpoints if c.step is not None),
+        key=lambda c: c.step or 0.0,
+        default=None,
+    )
+    min_loss, recent_min = _loss_minima(checkpoints)
+    return {
+        "checkpoints": len(checkpoints),
+        "checkpoint_step": None if latest is None else latest.step,
+        "training_loss": None if latest is None else latest.training_loss,
+        "perplexity": None if latest is None else latest.perplexity,
+        "training_loss_min": min_loss,
+        "training_loss_recent_min": recent_min,
+        "loss_not_finite": int(latest is not None and latest.not_finite),
+    }
 
 
 def _loss_minima(checkpoints: list[Checkpoint]) -> tuple[float | None, float | None]:

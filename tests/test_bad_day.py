@@ -128,7 +128,7 @@ def test_a_bad_answer_downs_one_target_and_nothing_else(
                  task_id="task-job-bad", status="running") == 1
     if resettable:
         assert grown < MEMORY_BOUND, f"peak RSS grew by {grown / 2**20:.1f} MiB"
-    state = exporter.poller.accounts["a"].targets[("v2", "job-bad")]
+    state = exporter.poller.snapshot.accounts["a"].targets[("v2", "job-bad")]
     assert state.reason == BAD[kind]
     assert len(state.error) < MAX_UPSTREAM_MESSAGE + 200  # shown on the landing page
     for record in caplog.records:
@@ -149,7 +149,7 @@ def test_the_size_cap_is_what_the_config_says(
     samples = exporter.exposition()
     assert value(parse_samples(samples), "qianfan_api_request_failures_total",
                  action="DescribeFineTuningTasks", reason="invalid_response") == 1
-    state = exporter.poller.accounts["a"].targets[("v2", "job-bad")]
+    state = exporter.poller.snapshot.accounts["a"].targets[("v2", "job-bad")]
     assert "larger than 1048576 bytes" in state.error
 
 

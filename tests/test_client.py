@@ -12,23 +12,12 @@ from prometheus_client import CollectorRegistry
 
 from qf_exporter import errors
 from qf_exporter.client import QianfanClient
-from qf_exporter.config import Account, Secret
+from qf_exporter.config import Account, Secret, V1Target
 from qf_exporter.ratelimit import RateLimiter
 from qf_exporter.simulator import QianfanSimulator, World
 from qf_exporter.telemetry import ApiMetrics
+from tests.fake_time import FakeSleep
 from tests.helpers import ACCESS_KEY, SECRET_KEY, ManualClock, account
-
-
-class RecordingStop(threading.Event):
-    """Stands in for the stop event: records backoff delays instead of waiting."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.delays: list[float] = []
-
-    def wait(self, timeout: float | None = None) -> bool:
-        self.delays.append(timeout or 0.0)
-        return False
 
 
 def make_client(acc: Account, clock: ManualClock, **kw: Any) -> QianfanClient:
@@ -68,13 +57,13 @@ def test_describe_jobs_and_task(world: World, sim: QianfanSimulator, clock: Manu
 def test_v1_job_detail(world: World, sim: QianfanSimulator, clock: ManualClock) -> None:
     world.add_v1_run(10250, 6205, "sdk_test_7", created=clock() - 100, duration=1000)
     client = make_client(account(sim, tasks=((10250, 6205),)), clock)
-    result = client.job_detail(10250, 6205)
+    result = client.job_detail(V1Target(10250, 6205))
     assert result["trainStatus"] == "RUNNING" and result["taskName"] == "sdk_test_7"
     with pytest.raises(errors.NotFound) as info:
-        client.job_detail(10250, 9999)
+        client.job_detail(V1Target(10250, 9999))
     assert info.value.code == "510301"
     with pytest.raises(errors.NotFound) as info:
-        client.job_detail(1, 2)
+        client.job_detail(V1Target(1, 2))
     assert info.value.code == "510202"
 
 
@@ -114,14 +103,14 @@ def test_every_fault_is_classified(world: World, sim: QianfanSimulator, clock: M
     action = "jobDetail" if api == "v1" else "DescribeFineTuningTasks"
     with pytest.raises(error) as info:
         if api == "v1":
-            client.job_detail(1, 2)
+            client.job_detail(V1Target(1, 2))
         else:
             client.describe_tasks("job-1")
     assert info.value.reason == reason  # type: ignore[attr-defined]
     assert failures(client, action, reason) == 1
     # The fault is spent: the next call works.
     if api == "v1":
-        assert client.job_detail(1, 2)["taskId"] == 1
+        assert client.job_detail(V1Target(1, 2))["taskId"] == 1
     else:
         assert len(client.describe_tasks("job-1")) == 1
 
@@ -151,39 +140,39 @@ def test_refused_connection_is_classified(clock: ManualClock) -> None:
 def test_wrong_secret_is_auth_and_not_retried(world: World, sim: QianfanSimulator,
                                               clock: ManualClock) -> None:
     world.add_job("job-1")
-    stop = RecordingStop()
+    sleep = FakeSleep()
     client = make_client(account(sim, jobs=("job-1",), secret_key="wrong"), clock,
-                         retries=3, stop=stop)
+                         retries=3, sleep=sleep)
     with pytest.raises(errors.AuthError) as info:
         client.describe_tasks("job-1")
     assert info.value.code == "IamSignatureInvalid"
-    assert sim.request_count() == 1 and stop.delays == []
+    assert sim.request_count() == 1 and sleep.delays == []
     assert "wrong" not in str(info.value) and SECRET_KEY not in str(info.value)
 
 
 def test_client_errors_are_not_retried(world: World, sim: QianfanSimulator,
                                        clock: ManualClock) -> None:
     world.add_job("job-1")
-    stop = RecordingStop()
-    client = make_client(account(sim, jobs=("job-1",)), clock, retries=3, stop=stop)
+    sleep = FakeSleep()
+    client = make_client(account(sim, jobs=("job-1",)), clock, retries=3, sleep=sleep)
     sim.add_fault("code_500001")
     with pytest.raises(errors.ClientError):
         client.describe_tasks("job-1")
-    assert sim.request_count() == 1 and stop.delays == []
+    assert sim.request_count() == 1 and sleep.delays == []
 
 
 def test_retries_back_off_exponentially_with_jitter_and_recover(
     world: World, sim: QianfanSimulator, clock: ManualClock
 ) -> None:
     world.add_job("job-1")
-    stop = RecordingStop()
-    client = make_client(account(sim, jobs=("job-1",)), clock, retries=4, stop=stop,
+    sleep = FakeSleep()
+    client = make_client(account(sim, jobs=("job-1",)), clock, retries=4, sleep=sleep,
                          backoff_base=0.5, backoff_cap=2.0)
     sim.add_fault("http_500", count=4)
     assert client.describe_tasks("job-1") == []
     assert sim.request_count() == 5
     # Attempt k waits between half and all of min(cap, base * 2**k).
-    for k, delay in enumerate(stop.delays):
+    for k, delay in enumerate(sleep.delays):
         ceiling = min(2.0, 0.5 * 2**k)
         assert ceiling / 2 <= delay <= ceiling
     assert failures(client, "DescribeFineTuningTasks", "server") == 4
@@ -191,24 +180,24 @@ def test_retries_back_off_exponentially_with_jitter_and_recover(
 
 def test_retry_after_is_honoured(world: World, sim: QianfanSimulator, clock: ManualClock) -> None:
     world.add_job("job-1")
-    stop = RecordingStop()
-    client = make_client(account(sim, jobs=("job-1",)), clock, retries=2, stop=stop,
+    sleep = FakeSleep()
+    client = make_client(account(sim, jobs=("job-1",)), clock, retries=2, sleep=sleep,
                          backoff_base=0.01)
     sim.add_fault("http_429", count=1)  # Retry-After: 1
     assert client.describe_tasks("job-1") == []
-    assert stop.delays == [1.0]
+    assert sleep.delays == [1.0]
 
 
 def test_retries_stop_at_the_deadline(world: World, sim: QianfanSimulator,
                                       clock: ManualClock) -> None:
     world.add_job("job-1")
-    stop = RecordingStop()
-    client = make_client(account(sim, jobs=("job-1",)), clock, retries=10, stop=stop,
+    sleep = FakeSleep()
+    client = make_client(account(sim, jobs=("job-1",)), clock, retries=10, sleep=sleep,
                          backoff_base=4.0, backoff_cap=4.0)
     sim.add_fault("http_503")
     with pytest.raises(errors.ServerError):
         client.describe_tasks("job-1", deadline=clock() + 1.0)  # no room for a 2-4 s wait
-    assert sim.request_count() == 1 and stop.delays == []
+    assert sim.request_count() == 1 and sleep.delays == []
 
 
 def test_signs_after_waiting_for_its_turn(world: World, sim: QianfanSimulator,

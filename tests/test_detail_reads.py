@@ -115,7 +115,7 @@ def test_a_failed_detail_read_keeps_the_run_and_downs_the_target(
                  task_id="task-run") == clock()
     assert value(samples, "qianfan_api_request_failures_total",
                  action="DescribeFineTuningTask", reason="server") == 1
-    state = exporter.poller.accounts["default"].targets[("v2", "job-1")]
+    state = exporter.poller.snapshot.accounts["default"].targets[("v2", "job-1")]
     assert state.reason == "server" and "DescribeFineTuningTask" in state.error
     # Staleness goes by the runs' reads: a target whose details keep failing keeps its
     # runs past stale_after, since its list is read every poll.

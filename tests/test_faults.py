@@ -7,8 +7,8 @@ HTTP. In every case the exporter keeps serving, the target goes down with the ri
 runs stay until ``stale_after`` and then go (at once for an unknown job or run: that
 answer is authoritative), and the next good poll brings it back.
 
-Backoff waits do not sleep: the clients' stop event is replaced by one whose ``wait``
-moves the test's clock (``virtual_backoff``).
+Backoff waits do not sleep: the clients' sleep is replaced by one that moves the
+test's clock (``virtual_backoff``).
 """
 
 from __future__ import annotations
@@ -23,10 +23,11 @@ import requests
 
 from qf_exporter import errors
 from qf_exporter.app import Exporter
-from qf_exporter.client import _retry_after
+from qf_exporter.classify import retry_after as _retry_after
 from qf_exporter.config import Account, Poll
 from qf_exporter.ratelimit import RateLimiter
 from qf_exporter.simulator import FAULT_KINDS, QianfanSimulator, World
+from tests.fake_time import FakeSleep
 from tests.helpers import (
     ACCESS_KEY,
     SECRET_KEY,
@@ -92,27 +93,11 @@ def test_the_matrix_covers_every_fault_the_simulator_has() -> None:
 # --- helpers ---------------------------------------------------------------------------
 
 
-class VirtualWait(threading.Event):
-    """Stands in for a client's stop event: a backoff wait moves the test's clock
-    instead of sleeping, and is recorded."""
-
-    def __init__(self, clock: ManualClock) -> None:
-        super().__init__()
-        self.clock = clock
-        self.delays: list[float] = []
-        self._lock = threading.Lock()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        with self._lock:
-            self.delays.append(timeout or 0.0)
-        self.clock.advance(timeout or 0.0)
-        return self.is_set()
-
-
-def virtual_backoff(exporter: Exporter, clock: ManualClock) -> VirtualWait:
-    waits = VirtualWait(clock)
+def virtual_backoff(exporter: Exporter, clock: ManualClock) -> FakeSleep:
+    """Backoff waits that move the test's clock instead of sleeping, and are recorded."""
+    waits = FakeSleep(clock)
     for poller in exporter.poller.accounts.values():
-        poller.client.stop = waits
+        poller.client.sleep = waits
     return waits
 
 
@@ -380,7 +365,7 @@ def test_backoff_is_exponential_capped_and_jittered_then_recovers(
     assert waits.delays[-1] <= 10.0 < 0.5 * 2**5
 
     # Jitter: targets that fail together do not retry in step.
-    waits.delays.clear()
+    waits.clear()
     for target in ("job-1", "job-2", "101/201", "102/202"):
         sim.add_fault("http_500", target=target, access_key=ACCESS_KEY, count=1)
     clock.advance(60)
@@ -414,7 +399,7 @@ def test_retry_after_is_honoured_within_the_poll_budget(
     # A short Retry-After is waited out in full, even where the backoff would be shorter.
     sim.clear_faults()
     sim.add_fault("http_429", target="job-2", access_key=ACCESS_KEY, seconds=7, count=1)
-    waits.delays.clear()
+    waits.clear()
     clock.advance(60)
     exporter.poller.poll_all()
     assert waits.delays == [7.0]

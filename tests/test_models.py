@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 import pytest
 
+from qf_exporter.config import V1Target
 from qf_exporter.errors import InvalidResponse
 from qf_exporter.models import (
     BEIJING,
@@ -47,7 +48,7 @@ V2_EXAMPLE = {
 
 
 def v1(raw: Mapping[str, object]) -> Run:
-    return parse_v1_run(raw, account="a", task_id=10250, job_id=6205, read_at=1_800_000_000)
+    return parse_v1_run(raw, account="a", pair=V1Target(10250, 6205), read_at=1_800_000_000)
 
 
 def v2(raw: Mapping[str, object]) -> Run:
@@ -70,7 +71,7 @@ def test_v1_sdk_example() -> None:
 
 
 def test_v1_http_example_lower_case_finishtime() -> None:
-    run = parse_v1_run(V1_HTTP_EXAMPLE, account="a", task_id=7263, job_id=4612, read_at=0)
+    run = parse_v1_run(V1_HTTP_EXAMPLE, account="a", pair=V1Target(7263, 4612), read_at=0)
     # Labelled with the configured pair, not the ids the answer repeats.
     assert (run.task_id, run.job_id) == ("7263", "4612")
     assert run.status == "succeeded"
@@ -215,7 +216,7 @@ def test_error_message_cut_to_200() -> None:
 
 def test_wrong_shapes_raise_invalid_response() -> None:
     with pytest.raises(InvalidResponse):
-        parse_v1_run(["a"], account="a", task_id=1, job_id=1, read_at=0)
+        parse_v1_run(["a"], account="a", pair=V1Target(1, 1), read_at=0)
     with pytest.raises(InvalidResponse):
         parse_page({"taskList": {"a": 1}}, "taskList")
     with pytest.raises(InvalidResponse):

@@ -10,6 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from qf_exporter import render as render_module
+from qf_exporter.config import V1Target
 from qf_exporter.estimate import with_estimates
 from qf_exporter.models import Run, parse_v1_run, parse_v2_run
 from qf_exporter.render import FAMILIES, render_runs
@@ -43,7 +44,7 @@ def sample_runs() -> list[Run]:
         ),
         parse_v2_run({"taskId": "task-run-4", "runStatus": ""}, account="team-a",
                      job_id="job-other", read_at=read),
-        parse_v1_run(V1_SDK_EXAMPLE, account="team-b", task_id=10250, job_id=6205,
+        parse_v1_run(V1_SDK_EXAMPLE, account="team-b", pair=V1Target(10250, 6205),
                      read_at=read),
     ]
     # A first read, as the poller makes it: the running run's finish is estimated from start.

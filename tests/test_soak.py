@@ -26,6 +26,7 @@ import pytest
 from qf_exporter.app import Exporter
 from qf_exporter.config import Config, Poll
 from qf_exporter.simulator import FAULT_KINDS, QianfanSimulator, World
+from tests.fake_time import FakeSleep
 from tests.helpers import ACCESS_KEY, SECRET_KEY, ManualClock, account, scrape, series
 
 AK_B, SK_B = "AKsoak0123456789abcdef", "SKsoak-0123456789abcdef-secret"
@@ -41,14 +42,6 @@ MEMORY_SLACK = 128 * 1024
 POLL = Poll(interval=60, finished_interval=600, stale_after=300, timeout=0.25, concurrency=3,
             retries=2)
 TARGETS = ("job-1", "job-2", "job-3", "job-4", "101/201", "102/202")
-
-
-class NoWait(threading.Event):
-    """A client's stop event whose backoff waits return at once (the soak retries
-    immediately; the clock is the test's)."""
-
-    def wait(self, timeout: float | None = None) -> bool:
-        return self.is_set()
 
 
 class Counting(logging.Handler):
@@ -109,7 +102,7 @@ def test_soak_nothing_grows(clock: ManualClock) -> None:
     exporter.serve("127.0.0.1", 0, "/metrics", None)
     poller = exporter.poller
     for account_poller in poller.accounts.values():
-        account_poller.client.stop = NoWait()
+        account_poller.client.sleep = FakeSleep()  # retries at once
     logger = logging.getLogger("qf_exporter")
     counting = Counting()
     saved = logger.propagate, logger.level

@@ -1,0 +1,96 @@
+"""The poller's pure steps as tables: what is due, what is stale, what is retained."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from qf_exporter.config import Poll
+from qf_exporter.models import Run
+from qf_exporter.retention import LeftOutCounter, retain
+from qf_exporter.schedule import discovery_due, due, expire
+from qf_exporter.snapshot import TargetState
+from qf_exporter.telemetry import ApiMetrics
+
+POLL = Poll(interval=60, finished_interval=1800, stale_after=600)
+NOW = 1_000_000.0
+
+
+def run(task: str, status: str = "running", start: float | None = None,
+        finish: float | None = None, read: float = NOW) -> Run:
+    return Run(account="a", api="v2", job_id="j", task_id=task, status=status,
+               upstream_status=status, start_time=start, finish_time=finish, last_read=read)
+
+
+RUNNING = (run("t"),)
+DONE = (run("t", "succeeded", finish=NOW - 100),)
+
+
+@pytest.mark.parametrize(("state", "since", "expected"), [
+    (TargetState("v2", "j"), None, True),  # never read
+    (TargetState("v2", "j", up=True, runs=RUNNING), 60, True),
+    (TargetState("v2", "j", up=True, runs=RUNNING), 54, True),  # within the jitter slack
+    (TargetState("v2", "j", up=True, runs=RUNNING), 53, False),
+    (TargetState("v2", "j", up=True, runs=DONE), 60, False),  # finished: every 1800 s
+    (TargetState("v2", "j", up=True, runs=DONE), 1794, True),
+    (TargetState("v2", "j", up=False, runs=DONE), 60, True),  # failed: retried every 60 s
+    (TargetState("v2", "j", up=True), 60, True),  # no runs yet
+])
+def test_due(state: TargetState, since: float | None, expected: bool) -> None:
+    if since is not None:
+        state = TargetState(state.api, state.name, up=state.up, runs=state.runs,
+                            last_attempt=NOW - since)
+    assert due(state, NOW, POLL) is expected
+
+
+@pytest.mark.parametrize(("last", "expected"), [
+    (None, True), (NOW - 600, True), (NOW - 594, True), (NOW - 593, False),
+])
+def test_discovery_due(last: float | None, expected: bool) -> None:
+    assert discovery_due(last, NOW, 600, POLL) is expected
+
+
+@pytest.mark.parametrize(("up", "read", "expected_runs"), [
+    (True, NOW - 10_000, 1),  # up: never stale
+    (False, NOW - 600, 1),  # down, but read within stale_after
+    (False, NOW - 601, 0),  # down and older than stale_after
+])
+def test_expire(up: bool, read: float, expected_runs: int) -> None:
+    state = TargetState("v2", "j", up=up, runs=(run("t", read=read),))
+    expired = expire(state, NOW, POLL)
+    assert len(expired.runs) == expected_runs
+    assert (expired is state) is (expected_runs == 1)
+
+
+def test_retain_leaves_out_by_retention_then_by_cap_oldest_first() -> None:
+    runs = (
+        run("old-done", "succeeded", start=NOW - 9000, finish=NOW - 8000),
+        run("new-done", "failed", start=NOW - 500, finish=NOW - 100),
+        run("a", start=NOW - 300),
+        run("b", start=NOW - 200),
+        run("no-start"),
+    )
+    targets = {("v2", "j"): TargetState("v2", "j", up=True, runs=runs)}
+    retained = retain(targets, NOW, retention=3600, cap=2)
+    assert [r.task_id for r in retained.runs] == ["b", "a"]
+    assert [(o.run.task_id, o.reason) for o in retained.left_out] == [
+        ("old-done", "retention"), ("new-done", "max_runs"), ("no-start", "max_runs")]
+    assert retained.over_cap == 4
+    assert retain(targets, NOW, retention=None, cap=None).runs == runs
+
+
+def test_a_left_out_run_is_counted_once_until_a_good_read_drops_it() -> None:
+    metrics = ApiMetrics(CollectorRegistry())
+    counter = LeftOutCounter("a", metrics.runs_left_out)
+    old = run("old", "succeeded", start=NOW - 9000, finish=NOW - 8000)
+    targets = {("v2", "j"): TargetState("v2", "j", up=True, runs=(old,))}
+
+    def counted() -> float:
+        return float(metrics.runs_left_out.labels("a", "retention")._value.get())
+
+    for _ in range(3):
+        counter.count(targets, retain(targets, NOW, 3600, None).left_out)
+    assert counted() == 1
+    counter.count({("v2", "j"): TargetState("v2", "j", up=True)}, ())  # gone from the job
+    counter.count(targets, retain(targets, NOW, 3600, None).left_out)  # and back
+    assert counted() == 2

@@ -1,0 +1,346 @@
+"""A small hardened HTTP/1.1 server: asyncio for the connections, h11 for the protocol.
+
+Why this and not ``http.server`` (or uvicorn, hypercorn, cheroot): see the README's
+"HTTP server" section. In short, h11 is a well-kept, strict HTTP/1.1 parser with a
+header size cap, and every policy a network-facing exporter needs is a few lines here:
+
+- request line and headers capped (``max_header_bytes``, 431 beyond);
+- a deadline for the headers of every request, counted from the connection's start
+  (TLS handshake included) or from the first byte of a keep-alive request;
+- idle keep-alive connections end after ``idle_timeout``;
+- at most ``max_connections`` connections (more are closed at once) and at most
+  ``max_requests`` requests being answered (503 beyond);
+- request bodies are never read: a request that has one gets its answer and the
+  connection is closed, so nothing in a body is ever taken for the next request;
+  conflicting framing (Transfer-Encoding with Content-Length, differing or invalid
+  Content-Length) is a 400 and a close;
+- answers are written as a sequence of byte pieces, in slices, waiting for the socket
+  to drain, so a slow reader holds about one slice of buffer, not a copy of the answer;
+- TLS is started per connection with the context current at that moment, so a rotated
+  certificate is used from the next connection on; a failed handshake is one debug line.
+
+When accept() fails for want of descriptors, asyncio stops accepting for a second and
+tries again (it does not spin); the failure is one warning line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+import threading
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import h11
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_header_bytes: int = 1 << 20  # as Go's net/http (http.DefaultMaxHeaderBytes)
+    header_timeout: float = 10.0
+    idle_timeout: float = 60.0
+    write_timeout: float = 60.0  # no progress writing an answer for this long: give up
+    max_connections: int = 512
+    max_requests: int = 40  # as node_exporter's --web.max-requests
+    write_slice: int = 1 << 20
+
+
+@dataclass
+class Request:
+    method: str
+    target: str
+    path: str
+    headers: dict[str, str]  # lower-case names; a repeated header keeps its last value
+    client: str
+    peer_cert: dict[str, Any] | None = None
+
+
+@dataclass
+class Response:
+    status: int
+    body: Sequence[bytes] = ()
+    content_type: str = "text/plain; charset=utf-8"
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    close: bool = False
+
+    @classmethod
+    def text(cls, status: int, text: str, **kw: Any) -> Response:
+        return cls(status, (text.encode(),), **kw)
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class HTTPServer:
+    """Serves ``handler`` on already bound, listening sockets, in its own thread."""
+
+    def __init__(
+        self,
+        sockets: Sequence[socket.socket],
+        handler: Handler,
+        *,
+        tls: Callable[[], ssl.SSLContext | None] | None = None,
+        peer_allowed: Callable[[dict[str, Any] | None], bool] | None = None,
+        extra_headers: Callable[[], Sequence[tuple[str, str]]] = lambda: (),
+        limits: Limits | None = None,
+    ) -> None:
+        self.sockets = list(sockets)
+        self.handler = handler
+        self.tls = tls
+        self.peer_allowed = peer_allowed
+        self.extra_headers = extra_headers
+        self.limits = limits or Limits()
+        self.connections = 0
+        self.in_flight = 0
+        self.loop = asyncio.new_event_loop()
+        self.loop.set_exception_handler(_exception_handler)
+        self._servers: list[asyncio.Server] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._thread: threading.Thread | None = None
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> threading.Thread:
+        started = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            for sock in self.sockets:
+                server = self.loop.run_until_complete(
+                    asyncio.start_server(self._connected, sock=sock, limit=1 << 16)
+                )
+                self._servers.append(server)
+            started.set()
+            self.loop.run_forever()
+
+        self._thread = threading.Thread(target=run, name="http", daemon=True)
+        self._thread.start()
+        started.wait()
+        return self._thread
+
+    def stop(self) -> None:
+        if self._thread is None or self.loop.is_closed():
+            return
+
+        async def close() -> None:
+            for server in self._servers:
+                server.close()
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            self.loop.stop()
+
+        asyncio.run_coroutine_threadsafe(close(), self.loop)
+        self._thread.join(timeout=10)
+        with contextlib.suppress(RuntimeError):
+            self.loop.close()
+        for sock in self.sockets:
+            sock.close()
+
+    # --- connections --------------------------------------------------------------------
+
+    async def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        if self.connections >= self.limits.max_connections:
+            # Refused: closing costs nothing more; the client sees the connection end.
+            writer.transport.abort()
+            return
+        self.connections += 1
+        self._tasks.add(task)
+        peer = writer.get_extra_info("peername")
+        client = str(peer[0]) if peer else ""
+        try:
+            await self._serve(reader, writer, client)
+        except (ConnectionError, TimeoutError, ssl.SSLError, h11.LocalProtocolError):
+            pass
+        except asyncio.CancelledError:
+            pass
+        except Exception as exc:  # a bug here must not end the server
+            log.error("http connection failed", extra={"client": client, "error": repr(exc)})
+        finally:
+            self.connections -= 1
+            self._tasks.discard(task)
+            writer.transport.abort()
+
+    async def _serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: str
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        deadline: float | None = loop.time() + self.limits.header_timeout
+        peer_cert = None
+        context = self.tls() if self.tls is not None else None
+        if context is not None:
+            # Called before any await: no byte of the ClientHello has been read yet.
+            try:
+                await writer.start_tls(
+                    context, ssl_handshake_timeout=self.limits.header_timeout
+                )
+            except (OSError, TimeoutError, ssl.SSLError, ConnectionError) as exc:
+                log.debug(
+                    "TLS handshake failed",
+                    extra={"client": client, "error": _describe(exc)},
+                )
+                return
+            peer_cert = writer.get_extra_info("peercert")
+            if self.peer_allowed is not None and not self.peer_allowed(peer_cert):
+                log.debug(
+                    "TLS client refused: no allowed subject alternative name",
+                    extra={"client": client},
+                )
+                return
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes)
+        while True:
+            try:
+                event = await self._next_event(conn, reader, deadline)
+            except h11.RemoteProtocolError as exc:
+                status = exc.error_status_hint if exc.error_status_hint >= 400 else 400
+                await self._answer_error(conn, writer, status, str(exc))
+                return
+            if not isinstance(event, h11.Request):
+                return  # closed, or the deadline passed
+            request, problem, has_body = self._request(event, client, peer_cert)
+            if problem:
+                await self._answer_error(conn, writer, 400, problem)
+                return
+            response = await self._dispatch(request)
+            # A body we did not read must not be read as the next request.
+            close = response.close or has_body
+            await self._send(conn, writer, response, close, head=request.method == "HEAD")
+            if close or conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                return
+            conn.start_next_cycle()
+            deadline = None
+
+    async def _next_event(
+        self, conn: h11.Connection, reader: asyncio.StreamReader, deadline: float | None
+    ) -> Any:
+        loop = asyncio.get_running_loop()
+        while True:
+            event = conn.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            timeout = (
+                self.limits.idle_timeout if deadline is None else max(0.0, deadline - loop.time())
+            )
+            try:
+                async with asyncio.timeout(timeout):
+                    data = await reader.read(1 << 16)
+            except TimeoutError:
+                return None
+            if deadline is None:
+                # The first byte of a keep-alive request starts its header deadline.
+                deadline = loop.time() + self.limits.header_timeout
+            conn.receive_data(data)  # b"" is the end of the stream
+
+    @staticmethod
+    def _request(
+        event: h11.Request, client: str, peer_cert: dict[str, Any] | None
+    ) -> tuple[Request, str, bool]:
+        headers: dict[str, str] = {}
+        lengths = encodings = 0
+        for name, value in event.headers:
+            key = name.decode("latin-1")
+            lengths += key == "content-length"
+            encodings += key == "transfer-encoding"
+            headers[key] = value.decode("latin-1")
+        target = event.target.decode("latin-1")
+        request = Request(
+            method=event.method.decode("latin-1"),
+            target=target,
+            path=target.split("?", 1)[0],
+            headers=headers,
+            client=client,
+            peer_cert=peer_cert,
+        )
+        problem = ""
+        if lengths and encodings:
+            problem = "Transfer-Encoding and Content-Length together"
+        has_body = encodings > 0 or headers.get("content-length", "0") != "0"
+        return request, problem, has_body
+
+    async def _dispatch(self, request: Request) -> Response:
+        if self.in_flight >= self.limits.max_requests:
+            busy = "Too many requests in flight, try again later\n"
+            return Response.text(503, busy, headers=[("Retry-After", "1")])
+        self.in_flight += 1
+        try:
+            return await self.handler(request)
+        except Exception as exc:
+            log.error(
+                "http handler failed", extra={"path": request.path, "error": repr(exc)}
+            )
+            return Response.text(500, "Internal server error\n")
+        finally:
+            self.in_flight -= 1
+
+    async def _answer_error(
+        self, conn: h11.Connection, writer: asyncio.StreamWriter, status: int, why: str
+    ) -> None:
+        log.debug("bad http request", extra={"status": status, "problem": why})
+        if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return
+        text = {400: "Bad request", 408: "Request timeout", 431: "Request header fields too large",
+                501: "Not implemented"}.get(status, "Bad request")
+        await self._send(conn, writer, Response.text(status, text + "\n"), True, head=False)
+
+    async def _send(
+        self,
+        conn: h11.Connection,
+        writer: asyncio.StreamWriter,
+        response: Response,
+        close: bool,
+        *,
+        head: bool,
+    ) -> None:
+        length = sum(len(piece) for piece in response.body)
+        headers = [
+            ("Content-Type", response.content_type),
+            ("Content-Length", str(length)),
+            *response.headers,
+            *self.extra_headers(),
+        ]
+        if close:
+            headers.append(("Connection", "close"))
+        writer.write(conn.send(h11.Response(status_code=response.status, headers=headers)))
+        if not head:
+            step = self.limits.write_slice
+            for piece in response.body:
+                # h11 passes the piece through (no copy); it only counts the bytes.
+                for out in conn.send_with_data_passthrough(h11.Data(data=piece)) or ():
+                    view = memoryview(out)
+                    for start in range(0, len(view), step):
+                        writer.write(view[start : start + step])
+                        await self._drain(writer)
+        writer.write(conn.send(h11.EndOfMessage()) or b"")
+        await self._drain(writer)
+
+    async def _drain(self, writer: asyncio.StreamWriter) -> None:
+        async with asyncio.timeout(self.limits.write_timeout):
+            await writer.drain()
+
+
+def _describe(exc: BaseException) -> str:
+    reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
+    return f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
+
+
+def _exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """One log line, never a traceback, for what asyncio reports from inside the loop."""
+    exc = context.get("exception")
+    message = context.get("message", "")
+    if isinstance(exc, OSError) and "accept" in message:
+        # EMFILE and friends: asyncio pauses accepting for a second, then tries again.
+        log.warning(
+            "cannot accept connections, pausing accepts for 1 s", extra={"error": _describe(exc)}
+        )
+        return
+    level = logging.DEBUG if isinstance(exc, OSError | ssl.SSLError) else logging.ERROR
+    log.log(level, "http event loop: " + message,
+            extra={"error": _describe(exc) if exc else ""})

@@ -4,7 +4,8 @@ Why this and not ``http.server`` (or uvicorn, hypercorn, cheroot): see the READM
 "HTTP server" section. In short, h11 is a well-kept, strict HTTP/1.1 parser with a
 header size cap, and every policy a network-facing exporter needs is a few lines here:
 
-- request line and headers capped (``max_header_bytes``, 431 beyond);
+- request line and headers capped (``max_header_bytes``, 431 beyond), and heads larger
+  than a scraper's share a fixed budget across all connections;
 - a deadline for the headers of every request, counted from the connection's start
   (TLS handshake included) or from the first byte of a keep-alive request;
 - idle keep-alive connections end after ``idle_timeout``;
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http
 import logging
 import socket
 import ssl
@@ -43,6 +45,11 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Limits:
     max_header_bytes: int = 1 << 20  # as Go's net/http (http.DefaultMaxHeaderBytes)
+    # Heads up to small_head bytes are always read; larger ones (no scraper sends them)
+    # share head_budget bytes between all connections, beyond which they get a 431.
+    # So 1,000 connections stalling with 1 MB heads hold 16 MB, not 1 GB.
+    small_head: int = 16 << 10
+    head_budget: int = 16 << 20
     header_timeout: float = 10.0
     idle_timeout: float = 60.0
     write_timeout: float = 60.0  # no progress writing an answer for this long: give up
@@ -98,6 +105,7 @@ class HTTPServer:
         self.limits = limits or Limits()
         self.connections = 0
         self.in_flight = 0
+        self.head_bytes = 0  # bytes of large, unfinished request heads, all connections
         self.loop = asyncio.new_event_loop()
         self.loop.set_exception_handler(_exception_handler)
         self._servers: list[asyncio.Server] = []
@@ -206,6 +214,9 @@ class HTTPServer:
             if not isinstance(event, h11.Request):
                 return  # closed, or the deadline passed
             request, problem, has_body = self._request(event, client, peer_cert)
+            if not has_body:
+                # Take the request's end from h11 now, so that the connection can be reused.
+                conn.next_event()
             if problem:
                 await self._answer_error(conn, writer, 400, problem)
                 return
@@ -222,22 +233,40 @@ class HTTPServer:
         self, conn: h11.Connection, reader: asyncio.StreamReader, deadline: float | None
     ) -> Any:
         loop = asyncio.get_running_loop()
-        while True:
-            event = conn.next_event()
-            if event is not h11.NEED_DATA:
-                return event
-            timeout = (
-                self.limits.idle_timeout if deadline is None else max(0.0, deadline - loop.time())
-            )
-            try:
-                async with asyncio.timeout(timeout):
-                    data = await reader.read(1 << 16)
-            except TimeoutError:
-                return None
-            if deadline is None:
-                # The first byte of a keep-alive request starts its header deadline.
-                deadline = loop.time() + self.limits.header_timeout
-            conn.receive_data(data)  # b"" is the end of the stream
+        head = counted = 0
+        try:
+            while True:
+                event = conn.next_event()
+                if event is not h11.NEED_DATA:
+                    return event
+                timeout = (
+                    self.limits.idle_timeout
+                    if deadline is None
+                    else max(0.0, deadline - loop.time())
+                )
+                try:
+                    async with asyncio.timeout(timeout):
+                        data = await reader.read(1 << 16)
+                except TimeoutError:
+                    return None
+                if deadline is None:
+                    # The first byte of a keep-alive request starts its header deadline.
+                    deadline = loop.time() + self.limits.header_timeout
+                head += len(data)
+                if head > self.limits.max_header_bytes:
+                    raise h11.RemoteProtocolError(
+                        "request line and headers too large", error_status_hint=431
+                    )
+                if head > self.limits.small_head:
+                    if self.head_bytes + head - counted > self.limits.head_budget:
+                        raise h11.RemoteProtocolError(
+                            "request heads too large, all connections", error_status_hint=431
+                        )
+                    self.head_bytes += head - counted
+                    counted = head
+                conn.receive_data(data)  # b"" is the end of the stream
+        finally:
+            self.head_bytes -= counted
 
     @staticmethod
     def _request(
@@ -308,7 +337,10 @@ class HTTPServer:
         ]
         if close:
             headers.append(("Connection", "close"))
-        writer.write(conn.send(h11.Response(status_code=response.status, headers=headers)))
+        reason = _REASONS.get(response.status, b"")
+        writer.write(
+            conn.send(h11.Response(status_code=response.status, headers=headers, reason=reason))
+        )
         if not head:
             step = self.limits.write_slice
             for piece in response.body:
@@ -326,9 +358,15 @@ class HTTPServer:
             await writer.drain()
 
 
+_REASONS = {status.value: status.phrase.encode() for status in http.HTTPStatus}
+
+
 def _describe(exc: BaseException) -> str:
     reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
     return f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
+
+
+_last_accept_warning = [0.0]
 
 
 def _exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
@@ -337,6 +375,11 @@ def _exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any])
     message = context.get("message", "")
     if isinstance(exc, OSError) and "accept" in message:
         # EMFILE and friends: asyncio pauses accepting for a second, then tries again.
+        # It reports each of up to `backlog` failed accepts: log one line a second.
+        now = loop.time()
+        if now - _last_accept_warning[0] < 1.0:
+            return
+        _last_accept_warning[0] = now
         log.warning(
             "cannot accept connections, pausing accepts for 1 s", extra={"error": _describe(exc)}
         )

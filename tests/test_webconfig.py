@@ -98,7 +98,7 @@ class CA:
         )
         self.files = _write(directory, name, self.cert, self.key)
 
-    def issue(self, stem: str, *, server: bool) -> Issued:
+    def issue(self, stem: str, *, server: bool, sans: tuple[str, ...] = ()) -> Issued:
         key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.UTC)
         builder = (
@@ -126,6 +126,11 @@ class CA:
                 x509.SubjectAlternativeName(
                     [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
                 ),
+                critical=False,
+            )
+        elif sans:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.DNSName(name) for name in sans]),
                 critical=False,
             )
         return _write(self.directory, stem, builder.sign(self.key, hashes.SHA256()), key)

@@ -4,6 +4,7 @@ curves, allowed SANs, rate limits and inline PEM, checked over real connections.
 from __future__ import annotations
 
 import base64
+import logging
 import shutil
 import socket
 import ssl
@@ -283,3 +284,38 @@ def test_bcrypt_truncates_like_go() -> None:
     config = WebConfig(users={"alice": hashed})
     assert config.check("alice", long.decode())
     assert not config.check("alice", "x" * 71)
+
+
+def test_a_failed_handshake_is_one_debug_line(
+    pki: PKI,  # noqa: F811
+    live,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "web.yml"
+    config.write_text(tls_config(pki.server.cert, pki.server.key))
+    server = live(config)
+    records: list[logging.LogRecord] = []
+    logged = threading.Event()
+
+    class Catch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+            if record.getMessage() == "TLS handshake failed":
+                logged.set()
+
+    logger = logging.getLogger("qf_exporter.server")
+    handler, level = Catch(logging.DEBUG), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert logged.wait(10)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    failed = [r for r in records if r.getMessage() == "TLS handshake failed"]
+    assert len(failed) == 1
+    assert failed[0].levelno == logging.DEBUG and failed[0].exc_info is None
+    assert failed[0].client == "127.0.0.1"  # type: ignore[attr-defined]
+    assert "SSLError" in failed[0].error  # type: ignore[attr-defined]

@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import http
 import logging
+import os
 import socket
 import ssl
 import threading
@@ -338,24 +339,60 @@ class HTTPServer:
         if close:
             headers.append(("Connection", "close"))
         reason = _REASONS.get(response.status, b"")
-        writer.write(
-            conn.send(h11.Response(status_code=response.status, headers=headers, reason=reason))
-        )
+        pieces = [conn.send(h11.Response(status_code=response.status, headers=headers,
+                                         reason=reason)) or b""]
         if not head:
-            step = self.limits.write_slice
             for piece in response.body:
                 # h11 passes the piece through (no copy); it only counts the bytes.
-                for out in conn.send_with_data_passthrough(h11.Data(data=piece)) or ():
-                    view = memoryview(out)
-                    for start in range(0, len(view), step):
-                        writer.write(view[start : start + step])
-                        await self._drain(writer)
-        writer.write(conn.send(h11.EndOfMessage()) or b"")
-        await self._drain(writer)
+                pieces.extend(conn.send_with_data_passthrough(h11.Data(data=piece)) or ())
+        pieces.append(conn.send(h11.EndOfMessage()) or b"")
+        # Big answers on plain TCP go out without a copy (see _plain_socket), with a
+        # descriptor held only while they are sent (at most --web.max-requests).
+        sock = _plain_socket(writer) if length > self.limits.write_slice else None
+        try:
+            await self._write(writer, sock, pieces)
+        finally:
+            if sock is not None:
+                sock.close()
 
-    async def _drain(self, writer: asyncio.StreamWriter) -> None:
-        async with asyncio.timeout(self.limits.write_timeout):
-            await writer.drain()
+    async def _write(
+        self, writer: asyncio.StreamWriter, sock: socket.socket | None, pieces: list[bytes]
+    ) -> None:
+        step = self.limits.write_slice
+        loop = asyncio.get_running_loop()
+        for piece in pieces:
+            view = memoryview(piece)
+            for start in range(0, len(view), step):
+                async with asyncio.timeout(self.limits.write_timeout):
+                    if sock is not None:
+                        await loop.sock_sendall(sock, view[start : start + step])
+                    else:
+                        writer.write(view[start : start + step])
+                        await writer.drain()
+
+
+def _plain_socket(writer: asyncio.StreamWriter) -> socket.socket | None:
+    """A second handle on the connection's socket when it is plain TCP, else None.
+
+    Plain TCP answers are sent with ``loop.sock_sendall``, which sends from the pieces
+    themselves. The transport's ``write`` copies whatever the kernel does not take at
+    once into its own buffer: at 28 MB an answer that is a copy per scrape, and it
+    measured ~40 % slower than ``http.server``'s blocking ``sendall``. (Python 3.12's
+    transports send lists of buffers without copying; this is for 3.11.) asyncio does
+    not let ``sock_sendall`` use a descriptor its transport owns, hence the duplicate;
+    when none can be had (no descriptors left), answers go through the transport.
+    """
+    if writer.get_extra_info("sslcontext") is not None:
+        return None
+    if writer.transport.get_write_buffer_size():
+        return None  # bytes of an earlier answer still queued there must go first
+    fileno = writer.get_extra_info("socket").fileno()
+    try:
+        sock = socket.socket(fileno=os.dup(fileno))
+    except OSError:
+        return None
+    sock.setblocking(False)
+    return sock
 
 
 _REASONS = {status.value: status.phrase.encode() for status in http.HTTPStatus}

@@ -15,8 +15,9 @@ header size cap, and every policy a network-facing exporter needs is a few lines
   connection is closed, so nothing in a body is ever taken for the next request;
   conflicting framing (Transfer-Encoding with Content-Length, differing or invalid
   Content-Length) is a 400 and a close;
-- answers are written as a sequence of byte pieces, in slices, waiting for the socket
-  to drain, so a slow reader holds about one slice of buffer, not a copy of the answer;
+- answers are written as a sequence of byte pieces, never joined; big plain-TCP answers
+  from a bounded pool of sender threads (see ``_plain_socket``), the rest in slices
+  through the transport, so a slow reader holds about one slice of buffer at most;
 - TLS is started per connection with the context current at that moment, so a rotated
   certificate is used from the next connection on; a failed handshake is one debug line.
 
@@ -27,6 +28,7 @@ tries again (it does not spin); the failure is one warning line.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import http
 import logging
@@ -111,6 +113,11 @@ class HTTPServer:
         self.loop.set_exception_handler(_exception_handler)
         self._servers: list[asyncio.Server] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        # As many as requests may be in flight: a slow reader holds one until it reads
+        # or its write_timeout passes, as it holds its place among max_requests.
+        self._senders = concurrent.futures.ThreadPoolExecutor(
+            self.limits.max_requests, thread_name_prefix="http-send"
+        )
         self._thread: threading.Thread | None = None
 
     # --- lifecycle ----------------------------------------------------------------------
@@ -147,6 +154,7 @@ class HTTPServer:
 
         asyncio.run_coroutine_threadsafe(close(), self.loop)
         self._thread.join(timeout=10)
+        self._senders.shutdown(wait=False, cancel_futures=True)
         with contextlib.suppress(RuntimeError):
             self.loop.close()
         for sock in self.sockets:
@@ -346,9 +354,10 @@ class HTTPServer:
                 # h11 passes the piece through (no copy); it only counts the bytes.
                 pieces.extend(conn.send_with_data_passthrough(h11.Data(data=piece)) or ())
         pieces.append(conn.send(h11.EndOfMessage()) or b"")
-        # Big answers on plain TCP go out without a copy (see _plain_socket), with a
-        # descriptor held only while they are sent (at most --web.max-requests).
-        sock = _plain_socket(writer) if length > self.limits.write_slice else None
+        # Big answers on plain TCP go out from a sender thread (see _plain_socket), with
+        # a descriptor held only while they are sent (at most --web.max-requests).
+        big = length > self.limits.write_slice
+        sock = _plain_socket(writer, self.limits.write_timeout) if big else None
         try:
             await self._write(writer, sock, pieces)
         finally:
@@ -359,28 +368,37 @@ class HTTPServer:
         self, writer: asyncio.StreamWriter, sock: socket.socket | None, pieces: list[bytes]
     ) -> None:
         step = self.limits.write_slice
-        loop = asyncio.get_running_loop()
+        if sock is not None:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._senders, _send_all, sock, pieces, step)
+            return
         for piece in pieces:
             view = memoryview(piece)
             for start in range(0, len(view), step):
                 async with asyncio.timeout(self.limits.write_timeout):
-                    if sock is not None:
-                        await loop.sock_sendall(sock, view[start : start + step])
-                    else:
-                        writer.write(view[start : start + step])
-                        await writer.drain()
+                    writer.write(view[start : start + step])
+                    await writer.drain()
 
 
-def _plain_socket(writer: asyncio.StreamWriter) -> socket.socket | None:
+def _send_all(sock: socket.socket, pieces: list[bytes], step: int) -> None:
+    """Blocking sends in a sender thread: the kernel copies while the GIL is free."""
+    for piece in pieces:
+        view = memoryview(piece)
+        for start in range(0, len(view), step):
+            sock.sendall(view[start : start + step])  # the socket's timeout: per slice
+
+
+def _plain_socket(writer: asyncio.StreamWriter, timeout: float) -> socket.socket | None:
     """A second handle on the connection's socket when it is plain TCP, else None.
 
-    Plain TCP answers are sent with ``loop.sock_sendall``, which sends from the pieces
-    themselves. The transport's ``write`` copies whatever the kernel does not take at
-    once into its own buffer: at 28 MB an answer that is a copy per scrape, and it
-    measured ~40 % slower than ``http.server``'s blocking ``sendall``. (Python 3.12's
-    transports send lists of buffers without copying; this is for 3.11.) asyncio does
-    not let ``sock_sendall`` use a descriptor its transport owns, hence the duplicate;
-    when none can be had (no descriptors left), answers go through the transport.
+    Big plain-TCP answers are sent from a sender thread with blocking ``sendall`` on
+    this handle, straight from the answer's pieces. Through the event loop they were
+    slower: Python 3.11's transports copy whatever the kernel does not take at once
+    into their own buffer (a copy of 28 MB per scrape), and one loop thread does the
+    kernel's copying for every connection on one core. asyncio lets nothing else use
+    a descriptor its transport owns, hence the duplicate. The duplicate shares the
+    non-blocking mode; its timeout makes Python wait with poll() between sends.
+    When no descriptor is left, answers go through the transport.
     """
     if writer.get_extra_info("sslcontext") is not None:
         return None
@@ -391,7 +409,7 @@ def _plain_socket(writer: asyncio.StreamWriter) -> socket.socket | None:
         sock = socket.socket(fileno=os.dup(fileno))
     except OSError:
         return None
-    sock.setblocking(False)
+    sock.settimeout(timeout)
     return sock
 
 

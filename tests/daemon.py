@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -20,6 +21,7 @@ class Daemon:
     ) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("QIANFAN_")}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        env["PYTHONFAULTHANDLER"] = "1"  # SIGABRT prints every thread's stack (see stop)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "qf_exporter", *args],
             cwd=ROOT,
@@ -66,6 +68,12 @@ class Daemon:
 
     def stop(self) -> tuple[int, str]:
         self.proc.terminate()
-        code = self.proc.wait(timeout=30)
+        try:
+            code = self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGABRT)  # where is it stuck? (faulthandler)
+            self.proc.wait(timeout=30)
+            self._reader.join(timeout=10)
+            raise AssertionError("no exit 30 s after SIGTERM:\n" + "".join(self.lines)) from None
         self._reader.join(timeout=10)
         return code, "".join(self.lines)

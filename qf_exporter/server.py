@@ -55,7 +55,9 @@ class Limits:
     head_budget: int = 16 << 20
     header_timeout: float = 10.0
     idle_timeout: float = 60.0
-    write_timeout: float = 60.0  # no progress writing an answer for this long: give up
+    # Writing: a 1 MiB slice over TLS, or a whole piece of a big plain-TCP answer, not
+    # taken within this long closes the connection (Prometheus gives up after 10 s).
+    write_timeout: float = 60.0
     max_connections: int = 512
     max_requests: int = 40  # as node_exporter's --web.max-requests
     write_slice: int = 1 << 20
@@ -370,7 +372,7 @@ class HTTPServer:
         step = self.limits.write_slice
         if sock is not None:
             loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._senders, _send_all, sock, pieces, step)
+            await loop.run_in_executor(self._senders, _send_all, sock, pieces)
             return
         for piece in pieces:
             view = memoryview(piece)
@@ -380,12 +382,15 @@ class HTTPServer:
                     await writer.drain()
 
 
-def _send_all(sock: socket.socket, pieces: list[bytes], step: int) -> None:
-    """Blocking sends in a sender thread: the kernel copies while the GIL is free."""
+def _send_all(sock: socket.socket, pieces: list[bytes]) -> None:
+    """Blocking sends in a sender thread: the kernel copies while the GIL is free.
+
+    One ``sendall`` per piece, not per slice: every return to Python between sends
+    waits for the GIL (up to the 5 ms switch interval) while other threads hold it.
+    The socket's timeout bounds each piece as a whole (Python >= 3.5).
+    """
     for piece in pieces:
-        view = memoryview(piece)
-        for start in range(0, len(view), step):
-            sock.sendall(view[start : start + step])  # the socket's timeout: per slice
+        sock.sendall(piece)
 
 
 def _plain_socket(writer: asyncio.StreamWriter, timeout: float) -> socket.socket | None:

@@ -215,6 +215,9 @@ def _serve(
     max_connections = args.max_connections or max(16, min(1024, descriptors - 64))
     limits = Limits(max_requests=args.max_requests, max_connections=max_connections)
     path = args.telemetry_path
+    # The poller first: once connections are accepted, a flood of them may take every
+    # descriptor, and starting the scheduler opens files (the time zone).
+    exporter.start()
     exporter.serve("", 0, path, web_config, sockets=sockets, lifecycle=args.lifecycle,
                    limits=limits)
     scheme = "https" if web_config and web_config.tls else "http"
@@ -222,7 +225,6 @@ def _serve(
         host, port = sock.getsockname()[:2]
         log.info("listening", extra={"address": f"{scheme}://{show(host, port)}",
                                      "telemetry_path": path})
-    exporter.start()
     stop.wait()
     exporter.stop()
     log.info("stopped")

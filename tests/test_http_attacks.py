@@ -311,7 +311,14 @@ def test_descriptor_exhaustion_neither_spins_nor_stops_serving() -> None:
     held = []
     try:
         for _ in range(limit + 50):
-            held.append(socket.create_connection(("127.0.0.1", running.port), timeout=30))
+            try:
+                held.append(socket.create_connection(("127.0.0.1", running.port), timeout=30))
+            except OSError as exc:
+                alive = running.proc.poll() is None
+                raise AssertionError(
+                    f"connection {len(held) + 1} failed ({exc}); exporter alive: {alive}\n"
+                    + "".join(running.lines)
+                ) from None
         cpu_before = running.cpu_seconds()
         time.sleep(3)  # hold the descriptors: a spinning accept loop would burn 3 s of CPU
         cpu_used = running.cpu_seconds() - cpu_before

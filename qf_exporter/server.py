@@ -22,8 +22,8 @@ header size cap, and every policy a network-facing exporter needs is a few lines
 - TLS is started per connection with the context current at that moment, so a rotated
   certificate is used from the next connection on; a failed handshake is one debug line.
 
-When accept() fails for want of descriptors, asyncio stops accepting for a second and
-tries again (it does not spin); the failure is one warning line.
+When accept() fails for want of descriptors, accepting pauses for a second and is
+tried again (it does not spin); the failure is one warning line a second.
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ class HTTPServer:
         self.head_bytes = 0  # bytes of large, unfinished request heads, all connections
         self.loop = asyncio.new_event_loop()
         self.loop.set_exception_handler(_exception_handler)
-        self._servers: list[asyncio.Server] = []
+        self._last_accept_warning = -1.0
         self._tasks: set[asyncio.Task[None]] = set()
         # As many as requests may be in flight: a slow reader holds one until it reads
         # or its write_timeout passes, as it holds its place among max_requests.
@@ -134,10 +134,7 @@ class HTTPServer:
         def run() -> None:
             asyncio.set_event_loop(self.loop)
             for sock in self.sockets:
-                server = self.loop.run_until_complete(
-                    asyncio.start_server(self._connected, sock=sock, limit=1 << 16)
-                )
-                self._servers.append(server)
+                self._listen(sock)
             started.set()
             self.loop.run_forever()
 
@@ -151,8 +148,8 @@ class HTTPServer:
             return
 
         async def close() -> None:
-            for server in self._servers:
-                server.close()
+            for sock in self.sockets:
+                self.loop.remove_reader(sock.fileno())
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -166,16 +163,55 @@ class HTTPServer:
         for sock in self.sockets:
             sock.close()
 
+    # --- accepting ----------------------------------------------------------------------
+    # Our own accept loop, not asyncio.start_server's: on EMFILE, Python 3.11's schedules
+    # one retry per failed accept() of a burst (up to 100), those retries re-arm the
+    # listener in different loop turns, and the retries multiply: 1.8 s of CPU in 3 s
+    # with descriptors exhausted. Here it is one pause of a second and one retry.
+
+    def _listen(self, sock: socket.socket) -> None:
+        self.loop.add_reader(sock.fileno(), self._accept, sock)
+
+    def _accept(self, sock: socket.socket) -> None:
+        for _ in range(64):  # what is waiting, a bounded batch per loop turn
+            try:
+                conn, _addr = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as exc:
+                self.loop.remove_reader(sock.fileno())
+                self.loop.call_later(1.0, self._listen, sock)
+                now = self.loop.time()
+                if now - self._last_accept_warning >= 1.0:
+                    self._last_accept_warning = now
+                    log.warning(
+                        "cannot accept connections, pausing accepts for 1 s",
+                        extra={"error": _describe(exc)},
+                    )
+                return
+            if self.connections >= self.limits.max_connections:
+                conn.close()  # refused: the client sees the connection end at once
+                continue
+            conn.setblocking(False)
+            self.connections += 1  # counted from accept() until _connected ends
+            self.loop.create_task(self._adopt(conn))
+
+    async def _adopt(self, conn: socket.socket) -> None:
+        reader = asyncio.StreamReader(limit=1 << 16, loop=self.loop)
+        protocol = asyncio.StreamReaderProtocol(reader, self._connected, loop=self.loop)
+        try:
+            await self.loop.connect_accepted_socket(lambda: protocol, sock=conn)
+        except OSError:
+            self.connections -= 1
+            conn.close()
+
     # --- connections --------------------------------------------------------------------
 
     async def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        if self.connections >= self.limits.max_connections:
-            # Refused: closing costs nothing more; the client sees the connection end.
-            writer.transport.abort()
-            return
-        self.connections += 1
         self._tasks.add(task)
         peer = writer.get_extra_info("peername")
         client = str(peer[0]) if peer else ""
@@ -431,24 +467,10 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
 
 
-_last_accept_warning = [0.0]
-
-
 def _exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
     """One log line, never a traceback, for what asyncio reports from inside the loop."""
     exc = context.get("exception")
     message = context.get("message", "")
-    if isinstance(exc, OSError) and "accept" in message:
-        # EMFILE and friends: asyncio pauses accepting for a second, then tries again.
-        # It reports each of up to `backlog` failed accepts: log one line a second.
-        now = loop.time()
-        if now - _last_accept_warning[0] < 1.0:
-            return
-        _last_accept_warning[0] = now
-        log.warning(
-            "cannot accept connections, pausing accepts for 1 s", extra={"error": _describe(exc)}
-        )
-        return
     level = logging.DEBUG if isinstance(exc, OSError | ssl.SSLError) else logging.ERROR
     log.log(level, "http event loop: " + message,
             extra={"error": _describe(exc) if exc else ""})

@@ -165,9 +165,9 @@ class HTTPServer:
 
     # --- accepting ----------------------------------------------------------------------
     # Our own accept loop, not asyncio.start_server's: on EMFILE, Python 3.11's schedules
-    # one retry per failed accept() of a burst (up to 100), those retries re-arm the
-    # listener in different loop turns, and the retries multiply: 1.8 s of CPU in 3 s
-    # with descriptors exhausted. Here it is one pause of a second and one retry.
+    # one retry per failed accept() of a burst (up to 100), and those retries re-arm the
+    # listener in different loop turns. Here it is one pause of a second and one retry,
+    # and connections over the bound are closed before any transport is made.
 
     def _listen(self, sock: socket.socket) -> None:
         self.loop.add_reader(sock.fileno(), self._accept, sock)

@@ -225,7 +225,11 @@ def _serve(
         host, port = sock.getsockname()[:2]
         log.info("listening", extra={"address": f"{scheme}://{show(host, port)}",
                                      "telemetry_path": path})
-    stop.wait()
+    # Wake up now and then: a signal the kernel hands to another thread only sets a flag,
+    # and the main thread runs its Python handler when it next runs bytecode. A wait
+    # without a timeout left a SIGTERMed exporter waiting for ever (seen once in tests).
+    while not stop.wait(0.5):
+        pass
     exporter.stop()
     log.info("stopped")
     logging.shutdown()

@@ -426,6 +426,7 @@ def scrape_child(port: int, encoding: str, count: int) -> None:
             errors.append(f"status {r.status}")
         return r, body
 
+    ready = False
     try:
         r, body = get()
         if encoding == "gzip":
@@ -434,6 +435,7 @@ def scrape_child(port: int, encoding: str, count: int) -> None:
             else:
                 gzip.decompress(body)  # a valid stream (of several members)
         print(json.dumps({"ready": True}), flush=True)
+        ready = True
         sys.stdin.readline()  # go
         for _ in range(count):
             t0 = time.perf_counter()
@@ -442,7 +444,8 @@ def scrape_child(port: int, encoding: str, count: int) -> None:
         size = len(body)
     except Exception as exc:
         errors.append(f"{type(exc).__name__}: {exc}")
-        print(json.dumps({"ready": False}), flush=True)
+        if not ready:  # the parent still waits for this line
+            print(json.dumps({"ready": False}), flush=True)
     finally:
         conn.close()
     print(json.dumps({"latencies": latencies, "size": size, "errors": errors}), flush=True)

@@ -3,27 +3,30 @@
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from prometheus_client import (
     PLATFORM_COLLECTOR,
     PROCESS_COLLECTOR,
     CollectorRegistry,
-    generate_latest,
 )
 from prometheus_client.registry import Collector
 
 from qf_exporter import __version__
 from qf_exporter.config import Config, ConfigError, load_config
+from qf_exporter.exposition import build
 from qf_exporter.health import HealthCollector, ReloadState
 from qf_exporter.logs import REDACTOR
 from qf_exporter.pages import Pages
 from qf_exporter.poller import Poller, Shard
+from qf_exporter.reloads import Reloader
+from qf_exporter.server import Limits
 from qf_exporter.telemetry import ApiMetrics
 from qf_exporter.web import ExporterHTTPServer
-from qf_exporter.webconfig import WebConfig
+from qf_exporter.webconfig import LiveWebConfig, WebConfig
 
 log = logging.getLogger(__name__)
 
@@ -58,23 +61,36 @@ class Exporter:
         REDACTOR.set(config.secrets())
         self.server: ExporterHTTPServer | None = None
         self._reload_lock = threading.Lock()
+        self.reloader = Reloader(self.reload)
 
-    def exposition(self) -> bytes:
-        rendered = self.pages.rendered
-        return b"".join(rendered.plain(generate_latest(self.registry)))
+    def exposition(self, *, openmetrics_format: bool = False) -> bytes:
+        """The whole answer as one bytes object (``--once`` and tests)."""
+        answer = build(self.registry, self.pages.rendered, openmetrics_format=openmetrics_format)
+        return b"".join(answer.pieces)
 
     def serve(
-        self, host: str, port: int, telemetry_path: str, web_config: WebConfig | None
+        self,
+        host: str,
+        port: int,
+        telemetry_path: str,
+        web_config: WebConfig | LiveWebConfig | None,
+        *,
+        sockets: Sequence[socket.socket] | None = None,
+        lifecycle: bool = False,
+        limits: Limits | None = None,
     ) -> ExporterHTTPServer:
         self.server = ExporterHTTPServer(
-            (host, port),
+            None if sockets else (host, port),
+            sockets=sockets,
+            lifecycle=lifecycle,
+            limits=limits,
             registry=self.registry,
             rendered=lambda: self.pages.rendered,
             snapshot=lambda: self.poller.snapshot,
             ready=self.poller.ready,
             telemetry_path=telemetry_path,
             web_config=web_config,
-            reload=self.reload if self.config_path else None,
+            reload=self.reloader.request if self.config_path else None,
             version=__version__,
         )
         self.server.serve_in_thread()
@@ -86,7 +102,6 @@ class Exporter:
     def stop(self) -> None:
         if self.server is not None:
             self.server.shutdown()
-            self.server.server_close()
         self.poller.stop()
 
     def reload(self) -> tuple[bool, str]:

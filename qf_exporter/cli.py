@@ -13,17 +13,21 @@ from typing import TYPE_CHECKING
 
 from qf_exporter import __version__
 from qf_exporter.config import Config, ConfigError, load_config
+from qf_exporter.listen import parse_listen
 from qf_exporter.logs import LEVELS, setup
 from qf_exporter.poller import Shard
 
 if TYPE_CHECKING:
     from qf_exporter.app import Exporter
-    from qf_exporter.webconfig import WebConfig
+    from qf_exporter.webconfig import LiveWebConfig
 
 log = logging.getLogger("qf_exporter")
 
 DEFAULT_PORT = 9788
 EXIT_OK, EXIT_TARGETS_DOWN, EXIT_INVALID = 0, 1, 2
+# Cannot listen (port in use, no such address): not 2, so that systemd's
+# RestartPreventExitStatus=2 stops retrying bad configurations only.
+EXIT_LISTEN = 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,8 +46,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true",
                    help="poll once, print the metrics to stdout, exit 0 if every target was "
                    "read, else 1")
-    p.add_argument("--web.listen-address", dest="listen", default=f":{DEFAULT_PORT}",
-                   metavar="HOST:PORT", help=f"address to serve on (default :{DEFAULT_PORT})")
+    p.add_argument("--web.listen-address", dest="listen", action="append", default=None,
+                   metavar="HOST:PORT",
+                   help=f"address to serve on, repeatable: one listener each (default "
+                   f":{DEFAULT_PORT}, every IPv4 and IPv6 address)")
+    p.add_argument("--web.enable-lifecycle", dest="lifecycle", action="store_true",
+                   help="answer POST/PUT /-/reload (off by default; SIGHUP always reloads)")
+    p.add_argument("--web.max-requests", dest="max_requests", type=int, default=40,
+                   metavar="N", help="requests answered at once; more get 503 (default 40)")
+    p.add_argument("--web.max-connections", dest="max_connections", type=int, default=0,
+                   metavar="N", help="open connections; more are closed at once (default: "
+                   "1024, or fewer when the descriptor limit is lower)")
     p.add_argument("--web.telemetry-path", dest="telemetry_path", default="/metrics",
                    metavar="PATH", help="path of the metrics (default /metrics)")
     p.add_argument("--web.config.file", dest="web_config", metavar="PATH",
@@ -57,13 +70,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="number of replicas that split the targets between them")
     p.add_argument("--version", action="version", version=f"qf-exporter {__version__}")
     return p
-
-
-def parse_listen(address: str) -> tuple[str, int]:
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"--web.listen-address {address!r} is not HOST:PORT")
-    return host.strip("[]"), int(port)
 
 
 def _fail(problems: Sequence[str]) -> int:
@@ -85,20 +91,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.telemetry_path.startswith("/") or args.telemetry_path in ("/", "/-/healthy",
                                                                           "/-/ready"):
         problems.append("--web.telemetry-path must be a path like /metrics")
-    try:
-        host, port = parse_listen(args.listen)
-    except ValueError as exc:
-        problems.append(str(exc))
-        host, port = "", DEFAULT_PORT
+    listen: list[tuple[str, int]] = []
+    for address in args.listen or [f":{DEFAULT_PORT}"]:
+        try:
+            listen.append(parse_listen(address))
+        except ValueError as exc:
+            problems.append(str(exc))
+    if args.max_requests < 1 or args.max_connections < 0:
+        problems.append("--web.max-requests must be >= 1 and --web.max-connections >= 0")
     if problems:
         return _fail(problems)
 
     web_config = None
     if args.web_config and not args.once:
-        from qf_exporter.webconfig import load_web_config
+        from qf_exporter.webconfig import LiveWebConfig
 
         try:
-            web_config = load_web_config(args.web_config)
+            web_config = LiveWebConfig(args.web_config)
         except ConfigError as exc:
             return _fail([f"{args.web_config}: {p}" for p in exc.problems])
 
@@ -133,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.flush()
             ok = all(s.every_target_read for s in snapshot.accounts.values())
             return EXIT_OK if ok else EXIT_TARGETS_DOWN
-        return _serve(exporter, host, port, args.telemetry_path, web_config)
+        return _serve(exporter, listen, args, web_config)
     finally:
         exporter.poller.stop()
         if simulator is not None:
@@ -153,9 +162,32 @@ def _describe(config: Config) -> None:
     print("configuration is valid")
 
 
+def _raise_descriptor_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard one, as Go programs do; return it."""
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return 1024
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 1 << 16
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (ValueError, OSError):
+            pass
+    return soft if soft != resource.RLIM_INFINITY else 1 << 16
+
+
 def _serve(
-    exporter: Exporter, host: str, port: int, path: str, web_config: WebConfig | None
+    exporter: Exporter,
+    listen: list[tuple[str, int]],
+    args: argparse.Namespace,
+    web_config: LiveWebConfig | None,
 ) -> int:
+    from qf_exporter.listen import ListenError, bind, show
+    from qf_exporter.server import Limits
+
     stop = threading.Event()
 
     def on_term(signum: int, _frame: object) -> None:
@@ -163,22 +195,41 @@ def _serve(
         stop.set()
 
     def on_hup(_signum: int, _frame: object) -> None:
-        threading.Thread(target=exporter.reload, name="reload", daemon=True).start()
+        exporter.reloader.request()  # a burst of SIGHUPs costs one reload and one queued
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     if hasattr(signal, "SIGHUP"):
         signal.signal(signal.SIGHUP, on_hup)
+    sockets = []
     try:
-        server = exporter.serve(host, port, path, web_config)
-    except OSError as exc:
-        log.error("cannot listen", extra={"address": f"{host}:{port}", "error": exc.strerror})
-        return EXIT_INVALID
-    scheme = "https" if web_config and web_config.ssl_context else "http"
-    log.info("listening", extra={"address": f"{scheme}://{host or '0.0.0.0'}:{server.port}",
-                                 "telemetry_path": path})
+        for host, port in listen:
+            sockets.append(bind(host, port))
+    except ListenError as exc:
+        for sock in sockets:
+            sock.close()
+        log.error("cannot listen", extra={"error": str(exc)})
+        return EXIT_LISTEN
+    descriptors = _raise_descriptor_limit()
+    # Leave descriptors for the poller's connections, files and the listeners.
+    max_connections = args.max_connections or max(16, min(1024, descriptors - 64))
+    limits = Limits(max_requests=args.max_requests, max_connections=max_connections)
+    path = args.telemetry_path
+    # The poller first: once connections are accepted, a flood of them may take every
+    # descriptor, and starting the scheduler opens files (the time zone).
     exporter.start()
-    stop.wait()
+    exporter.serve("", 0, path, web_config, sockets=sockets, lifecycle=args.lifecycle,
+                   limits=limits)
+    scheme = "https" if web_config and web_config.tls else "http"
+    for sock in sockets:
+        host, port = sock.getsockname()[:2]
+        log.info("listening", extra={"address": f"{scheme}://{show(host, port)}",
+                                     "telemetry_path": path})
+    # Wake up now and then: a signal the kernel hands to another thread only sets a flag,
+    # and the main thread runs its Python handler when it next runs bytecode. A wait
+    # without a timeout left a SIGTERMed exporter waiting for ever (seen once in tests).
+    while not stop.wait(0.5):
+        pass
     exporter.stop()
     log.info("stopped")
     logging.shutdown()

@@ -1,227 +1,197 @@
-"""The HTTP side: /metrics, /-/healthy, /-/ready, /-/reload and the landing page.
+"""The exporter's HTTP endpoints: /metrics, /-/healthy, /-/ready, /-/reload and `/`.
 
-A scrape never calls Qianfan: it serves run metrics already rendered by the
-poller (plain, or as a ready gzip member) after the few health metrics that
-prometheus_client renders on the spot. Two gzip members in a row are one valid
-gzip stream, so the gzip answer costs one small compression per scrape.
+Routing, basic auth, the rate limit and the lifecycle gate; the connection handling
+lives in ``server`` and the metrics answer in ``exposition``. A scrape never calls
+Qianfan: it serves run metrics the poller already rendered (plain, or as a ready gzip
+member) after the few families prometheus_client renders on the spot.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
-import contextlib
-import logging
+import concurrent.futures
 import socket
+import ssl
 import threading
-from collections.abc import Callable, Iterable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+import time
+from collections.abc import Callable, Sequence
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 
+from qf_exporter.exposition import accepts_gzip, build, wants_openmetrics
 from qf_exporter.landing import landing_page
+from qf_exporter.server import HTTPServer, Limits, Request, Response
 from qf_exporter.snapshot import Snapshot
 from qf_exporter.store import Rendered
-from qf_exporter.webconfig import WebConfig
+from qf_exporter.webconfig import LiveWebConfig, RateLimit, WebConfig
 
-log = logging.getLogger(__name__)
+ReloadResult = tuple[bool, str]
+LIFECYCLE_DISABLED = (
+    "Lifecycle API is not enabled: start qf-exporter with --web.enable-lifecycle "
+    "(or reload with SIGHUP)\n"
+)
+_UNAUTHORIZED_HEADERS = [("WWW-Authenticate", 'Basic realm="qf-exporter", charset="UTF-8"')]
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+class TokenBucket:
+    """exporter-toolkit's rate_limit: one token per ``interval``, at most ``burst``."""
+
+    def __init__(self, limit: RateLimit, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit = limit
+        self._clock = clock
+        self._tokens = float(limit.burst)
+        self._at = clock()
+
+    def allow(self) -> bool:
+        now = self._clock()
+        rate = 1.0 / self.limit.interval
+        self._tokens = min(float(self.limit.burst), self._tokens + (now - self._at) * rate)
+        self._at = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
 
 
-class ExporterHTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 64
-
+class ExporterHTTPServer:
     def __init__(
         self,
-        address: tuple[str, int],
+        address: tuple[str, int] | None = None,
         *,
         registry: CollectorRegistry,
         rendered: Callable[[], Rendered],
         snapshot: Callable[[], Snapshot],
         ready: threading.Event,
         telemetry_path: str = "/metrics",
-        web_config: WebConfig | None = None,
-        reload: Callable[[], tuple[bool, str]] | None = None,
+        web_config: WebConfig | LiveWebConfig | None = None,
+        reload: Callable[[], concurrent.futures.Future[ReloadResult]] | None = None,
+        lifecycle: bool = False,
         version: str = "",
+        sockets: Sequence[socket.socket] | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.registry = registry
         self.rendered = rendered
         self.snapshot = snapshot
         self.ready = ready
         self.telemetry_path = telemetry_path
-        self.web_config = web_config or WebConfig()
+        if isinstance(web_config, LiveWebConfig):
+            self.web_config = web_config
+        else:
+            self.web_config = LiveWebConfig.fixed(web_config or WebConfig())
         self.reload = reload
+        self.lifecycle = lifecycle
         self.version = version
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        super().__init__(address, _Handler)
-        if self.web_config.ssl_context is not None:
-            # The handshake happens in the handler's thread (see _Handler.setup), so a
-            # slow or broken client cannot stall the accept loop.
-            self.socket = self.web_config.ssl_context.wrap_socket(
-                self.socket, server_side=True, do_handshake_on_connect=False
-            )
+        self._bucket: TokenBucket | None = None
+        # bcrypt takes tens of milliseconds: never on the event loop, and at most two at a
+        # time, so a flood of wrong passwords costs at most two cores' worth.
+        self._auth_pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="auth")
+        if sockets is None:
+            from qf_exporter.listen import bind
+
+            assert address is not None
+            sockets = [bind(*address)]
+        self.http = HTTPServer(
+            sockets,
+            self._handle,
+            tls=self._tls if self.web_config.tls else None,
+            peer_allowed=lambda cert: self.web_config.current().san_allowed(cert),
+            extra_headers=lambda: self.web_config.current().headers,
+            limits=limits,
+        )
+
+    # --- the old http.server-like surface, used by the app and the tests ----------------
 
     @property
     def port(self) -> int:
-        return int(self.server_address[1])
+        return int(self.http.sockets[0].getsockname()[1])
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        return [(str(s.getsockname()[0]), int(s.getsockname()[1])) for s in self.http.sockets]
 
     def serve_in_thread(self) -> threading.Thread:
-        thread = threading.Thread(target=self.serve_forever, args=(0.05,), name="http", daemon=True)
-        thread.start()
-        return thread
+        return self.http.start()
 
+    def shutdown(self) -> None:
+        self.http.stop()
+        self._auth_pool.shutdown(wait=False, cancel_futures=True)
 
-class _Handler(BaseHTTPRequestHandler):
-    server: ExporterHTTPServer
-    protocol_version = "HTTP/1.1"
-    server_version = "qf-exporter"
-    timeout = 30  # an idle or slow client gives up its thread after this long
-    # Headers and body go out in separate writes; without this a small answer waits for
-    # the client's delayed ACK (40 ms) on every keep-alive scrape.
-    disable_nagle_algorithm = True
+    def server_close(self) -> None:
+        """Kept for callers of the http.server API; ``shutdown`` closed everything."""
 
-    def handle(self) -> None:
-        # The TLS handshake runs here, in this connection's own thread, with the
-        # handler's timeout; a failed one is the client's problem, logged at debug.
-        do_handshake = getattr(self.request, "do_handshake", None)
-        if do_handshake is not None:
-            try:
-                do_handshake()
-            except (OSError, ValueError) as exc:
-                log.debug(
-                    "TLS handshake failed",
-                    extra={"client": self.client_address[0], "error": type(exc).__name__},
-                )
-                return
-        with contextlib.suppress(ConnectionError, TimeoutError):
-            super().handle()
+    # --- requests -----------------------------------------------------------------------
 
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug(
-            "http request", extra={"client": self.client_address[0], "request": format % args}
-        )
+    def _tls(self) -> ssl.SSLContext | None:
+        return self.web_config.current().ssl_context
 
-    # --- routing ------------------------------------------------------------------------
-
-    def do_GET(self) -> None:
-        if not self._authorized():
-            return
-        path = self.path.split("?", 1)[0]
-        if path == self.server.telemetry_path:
-            self._metrics()
-        elif path == "/-/healthy":
-            self._text(200, "Healthy\n")
-        elif path == "/-/ready":
-            if self.server.ready.is_set():
-                self._text(200, "Ready\n")
-            else:
-                self._text(503, "Not ready: the first poll has not finished\n")
-        elif path == "/":
+    async def _handle(self, request: Request) -> Response:
+        config = self.web_config.current()
+        if not self._rate_allowed(config):
+            return Response.text(429, "Too many requests\n")
+        if config.users and not await self._authorized(config, request):
+            return Response.text(401, "Unauthorized\n", headers=list(_UNAUTHORIZED_HEADERS))
+        if request.path == "/-/reload":
+            return await self._reload(request)
+        if request.method not in ("GET", "HEAD"):
+            return Response.text(405, "Method not allowed\n", headers=[("Allow", "GET, HEAD")])
+        if request.path == self.telemetry_path:
+            return self._metrics(request)
+        if request.path == "/-/healthy":
+            return Response.text(200, "Healthy\n")
+        if request.path == "/-/ready":
+            if self.ready.is_set():
+                return Response.text(200, "Ready\n")
+            return Response.text(503, "Not ready: the first poll has not finished\n")
+        if request.path == "/":
             page = landing_page(
-                self.server.snapshot(),
-                telemetry_path=self.server.telemetry_path,
-                version=self.server.version,
+                self.snapshot(), telemetry_path=self.telemetry_path, version=self.version
             )
-            self._send(200, page.encode(), "text/html; charset=utf-8")
-        else:
-            self._text(404, "Not found\n")
+            return Response(200, (page.encode(),), "text/html; charset=utf-8")
+        return Response.text(404, "Not found\n")
 
-    def do_HEAD(self) -> None:
-        self.do_GET()
-
-    def do_POST(self) -> None:
-        if not self._authorized():
-            return
-        if self.path.split("?", 1)[0] != "/-/reload":
-            self._text(405, "Method not allowed\n")
-            return
-        if self.server.reload is None:
-            self._text(404, "Reloading is not available in this mode\n")
-            return
-        ok, message = self.server.reload()
-        self._text(200 if ok else 500, message + "\n")
-
-    # --- pieces -------------------------------------------------------------------------
-
-    def _authorized(self) -> bool:
-        users = self.server.web_config.users
-        if not users:
+    def _rate_allowed(self, config: WebConfig) -> bool:
+        if config.rate_limit is None:
+            self._bucket = None
             return True
-        header = self.headers.get("Authorization", "")
-        if header.startswith("Basic "):
-            try:
-                decoded = base64.b64decode(header[6:], validate=True).decode()
-                user, _, password = decoded.partition(":")
-            except (binascii.Error, UnicodeDecodeError):
-                user, password = "", ""
-            if self.server.web_config.check(user, password):
-                return True
-        body = b"Unauthorized\n"
-        self.send_response(401)
-        self.send_header("WWW-Authenticate", 'Basic realm="qf-exporter", charset="UTF-8"')
-        self.send_header("Content-Type", "text/plain; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-        return False
+        if self._bucket is None or self._bucket.limit != config.rate_limit:
+            self._bucket = TokenBucket(config.rate_limit)
+        return self._bucket.allow()
 
-    def _metrics(self) -> None:
-        rendered = self.server.rendered()
-        health = generate_latest(self.server.registry)
-        accepts = self.headers.get("Accept-Encoding", "")
-        if "gzip" in accepts.lower():
-            parts = rendered.gzipped(health)
-            self._send(200, tuple(parts), CONTENT_TYPE, {"Content-Encoding": "gzip"})
-        else:
-            self._send(200, tuple(rendered.plain(health)), CONTENT_TYPE)
+    async def _authorized(self, config: WebConfig, request: Request) -> bool:
+        scheme, _, credentials = request.headers.get("authorization", "").strip().partition(" ")
+        if scheme.lower() != "basic":  # the scheme is case-insensitive (RFC 7617)
+            return False
+        try:
+            decoded = base64.b64decode(credentials.strip(), validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        user, sep, password = decoded.partition(":")
+        if not sep:
+            return False
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._auth_pool, config.check, user, password)
 
-    def _text(self, status: int, text: str) -> None:
-        self._send(status, text.encode(), "text/plain; charset=utf-8")
+    async def _reload(self, request: Request) -> Response:
+        if request.method not in ("POST", "PUT"):
+            return Response.text(405, "Use POST or PUT\n", headers=[("Allow", "POST, PUT")])
+        if not self.lifecycle:
+            return Response.text(403, LIFECYCLE_DISABLED)
+        if self.reload is None:
+            return Response.text(404, "Reloading is not available in this mode\n")
+        ok, message = await asyncio.wrap_future(self.reload())
+        return Response.text(200 if ok else 500, message + "\n")
 
-    def _send(
-        self,
-        status: int,
-        body: bytes | tuple[bytes, ...],
-        content_type: str,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        parts = (body,) if isinstance(body, bytes) else body
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(sum(len(p) for p in parts)))
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        if self.command != "HEAD":
-            write_pieces(self.wfile.write, parts)
-
-
-# Pieces are written in batches of about this many bytes: one system call per piece
-# would be thousands per scrape, and joining them all would copy ~28 MB per scrape.
-_BATCH = 256 * 1024
-
-
-def write_pieces(write: Callable[[bytes], object], pieces: Iterable[bytes]) -> None:
-    """Write ``pieces`` in order, copying at most ``_BATCH`` bytes at a time."""
-    batch: list[bytes] = []
-    size = 0
-    for piece in pieces:
-        if len(piece) >= _BATCH:
-            if batch:
-                write(b"".join(batch))
-                batch, size = [], 0
-            write(piece)
-            continue
-        batch.append(piece)
-        size += len(piece)
-        if size >= _BATCH:
-            write(b"".join(batch))
-            batch, size = [], 0
-    if batch:
-        write(b"".join(batch))
+    def _metrics(self, request: Request) -> Response:
+        answer = build(
+            self.registry,
+            self.rendered(),
+            openmetrics_format=wants_openmetrics(request.headers.get("accept")),
+            gzipped=accepts_gzip(request.headers.get("accept-encoding")),
+        )
+        headers = [("Vary", "Accept, Accept-Encoding")]
+        if answer.gzipped:
+            headers.append(("Content-Encoding", "gzip"))
+        return Response(200, answer.pieces, answer.content_type, headers)

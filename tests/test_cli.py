@@ -205,7 +205,7 @@ def test_demo_serves_and_sigterm_stops_cleanly() -> None:
 
 def test_reload_by_sighup_and_http(tmp_path: Path, live_sim: QianfanSimulator) -> None:
     config = write_config(tmp_path, live_sim)
-    running = Running([f"--config.file={config}", "--log.level=debug"],
+    running = Running([f"--config.file={config}", "--log.level=debug", "--web.enable-lifecycle"],
                       QIANFAN_ACCESS_KEY=ACCESS_KEY)
     base = running.base()
     try:

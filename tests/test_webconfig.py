@@ -98,7 +98,7 @@ class CA:
         )
         self.files = _write(directory, name, self.cert, self.key)
 
-    def issue(self, stem: str, *, server: bool) -> Issued:
+    def issue(self, stem: str, *, server: bool, sans: tuple[str, ...] = ()) -> Issued:
         key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.UTC)
         builder = (
@@ -126,6 +126,11 @@ class CA:
                 x509.SubjectAlternativeName(
                     [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
                 ),
+                critical=False,
+            )
+        elif sans:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.DNSName(name) for name in sans]),
                 critical=False,
             )
         return _write(self.directory, stem, builder.sign(self.key, hashes.SHA256()), key)
@@ -483,8 +488,56 @@ def bad_cases(pki: PKI) -> dict[str, tuple[str, str]]:
     return {
         "unknown-top-key": (tls + "tls_config: {}\n", "tls_config: unknown key"),
         "unknown-tls-key": (
+            tls + "  client_certificate: x\n",
+            "tls_server_config.client_certificate: unknown key",
+        ),
+        "allowed-sans-without-client-certs": (
             tls + "  client_allowed_sans: [x]\n",
-            "tls_server_config.client_allowed_sans: unknown key",
+            "tls_server_config.client_allowed_sans: needs client_auth_type",
+        ),
+        "tls13-cipher-suite": (
+            tls + "  cipher_suites: [TLS_AES_128_GCM_SHA256]\n",
+            "tls_server_config.cipher_suites: TLS_AES_128_GCM_SHA256 is a TLS 1.3 suite",
+        ),
+        "unknown-cipher-suite": (
+            tls + "  cipher_suites: [TLS_RSA_WITH_RC4_128_SHA]\n",
+            "tls_server_config.cipher_suites: TLS_RSA_WITH_RC4_128_SHA is not a Go cipher",
+        ),
+        "two-curves": (
+            tls + "  curve_preferences: [X25519, CurveP256]\n",
+            "tls_server_config.curve_preferences: Python's ssl module can restrict",
+        ),
+        "unknown-curve": (
+            tls + "  curve_preferences: [CurveP224]\n",
+            "tls_server_config.curve_preferences: CurveP224 is not one of",
+        ),
+        "cert-inline-and-file": (
+            tls + "  cert: x\n",
+            "tls_server_config.cert: set either cert or cert_file, not both",
+        ),
+        "http2-on": (
+            "http_server_config:\n  http2: true\n",
+            "http_server_config.http2: HTTP/2 is not served here",
+        ),
+        "header-not-settable": (
+            "http_server_config:\n  headers:\n    Server: x\n",
+            "http_server_config.headers.Server: not a header that can be set",
+        ),
+        "header-value-not-allowed": (
+            "http_server_config:\n  headers:\n    X-Frame-Options: allow\n",
+            "http_server_config.headers.X-Frame-Options: must be one of deny, sameorigin",
+        ),
+        "rate-limit-unknown-key": (
+            "rate_limit:\n  interval: 1s\n  burst: 5\n  per_ip: true\n",
+            "rate_limit.per_ip: unknown key",
+        ),
+        "rate-limit-no-burst": (
+            "rate_limit:\n  interval: 1s\n",
+            "rate_limit.burst: must be at least 1",
+        ),
+        "rate-limit-bad-interval": (
+            "rate_limit:\n  interval: soon\n  burst: 5\n",
+            "rate_limit.interval: must be a duration",
         ),
         "missing-key-file": (
             f"tls_server_config:\n  cert_file: {cert}\n",
@@ -560,7 +613,7 @@ def bad_cases(pki: PKI) -> dict[str, tuple[str, str]]:
             "basic_auth_users.alice: must be a bcrypt hash",
         ),
         "unknown-http-server-key": (
-            "http_server_config:\n  http2: true\n  keep_alive: false\n",
+            "http_server_config:\n  http2: false\n  keep_alive: false\n",
             "http_server_config.keep_alive: unknown key",
         ),
         "users-not-mapping": ("basic_auth_users: [alice]\n", "basic_auth_users: must be a mapping"),

@@ -43,7 +43,7 @@ MAX_ERROR_MESSAGE_LENGTH = 200
 RECENT_CHECKPOINTS = 3
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Checkpoint:
     step: float | None
     perplexity: float | None
@@ -52,7 +52,7 @@ class Checkpoint:
     not_finite: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Run:
     """One training run, as the exporter shows it. Immutable: snapshots share them."""
 

@@ -253,15 +253,23 @@ class RunStore:
                     bucket.render()
             plain: list[bytes] = []
             deflated: list[bytes] = []
-            buckets = self._buckets
-            for f, header in enumerate(_HEADERS):
+            for header, segment, texts, segments in zip(
+                _HEADERS, _HEADERS_DEFLATED, *self._columns(), strict=True
+            ):
                 plain.append(header)
-                deflated.append(_HEADERS_DEFLATED[f])
-                for bucket in buckets:
-                    if bucket.plain[f]:
-                        plain.append(bucket.plain[f])
-                        deflated.append(bucket.deflated[f])
+                plain.extend(filter(None, texts))  # a family with no line in a bucket
+                deflated.append(segment)
+                deflated.extend(filter(None, segments))
             self._plain, self._deflated = tuple(plain), tuple(deflated)
         finally:
             if paused:
                 gc.enable()
+
+    def _columns(self) -> tuple[list[tuple[bytes, ...]], list[tuple[bytes, ...]]]:
+        """The pieces family by family (plain, compressed): each bucket holds its own
+        family by family, and ``zip(*...)`` turns them round in C."""
+        if not self._buckets:
+            return [() for _ in _HEADERS], [() for _ in _HEADERS]
+        plain = list(zip(*(b.plain for b in self._buckets), strict=True))
+        deflated = list(zip(*(b.deflated for b in self._buckets), strict=True))
+        return plain, deflated

@@ -10,12 +10,50 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks import exposition_memory, render, scrape, serve
-from benchmarks.common import ROOT, RUNS_PER_JOB, Settings
-from benchmarks.table import GROUPS
+from benchmarks.common import GROUPS, ROOT, RUNS_PER_JOB, Settings
 
 SIZE_GROUPS = {"render", "scrape", "quota", "steady", "memory"}
 EXPOSITION_GROUPS = {"exposition", "exposition_memory"}
+
+
+# Each child imports only its own module, at its start: the exporter's child processes
+# measure their memory, which must hold what the exporter imports and nothing more.
+
+
+def render_child(a: argparse.Namespace) -> None:
+    from benchmarks import render
+
+    render.child(a.url, a.jobs, a.fast_reps, a.generic_reps)
+
+
+def serve_child(a: argparse.Namespace) -> None:
+    from benchmarks import serve
+
+    serve.child(a.url, a.jobs, a.qps)
+
+
+def scrape_child(a: argparse.Namespace) -> None:
+    from benchmarks import scrape
+
+    scrape.child(a.port, a.encoding, a.count)
+
+
+def bare_child(a: argparse.Namespace) -> None:
+    from benchmarks import scrape
+
+    scrape.bare_child(a.exporter_port)
+
+
+def exposition_exporter_child(a: argparse.Namespace) -> None:
+    from benchmarks import exposition_memory
+
+    exposition_memory.exporter_child(a.url, a.jobs)
+
+
+def exposition_scrape_child(a: argparse.Namespace) -> None:
+    from benchmarks import exposition_memory
+
+    exposition_memory.scraper_child(a.port, a.encoding, a.seconds)
 
 
 def add_children(parser: argparse.ArgumentParser) -> None:
@@ -26,30 +64,29 @@ def add_children(parser: argparse.ArgumentParser) -> None:
     c.add_argument("jobs", type=int)
     c.add_argument("fast_reps", type=int)
     c.add_argument("generic_reps", type=int)
-    c.set_defaults(run=lambda a: render.child(a.url, a.jobs, a.fast_reps, a.generic_reps))
+    c.set_defaults(run=render_child)
     c = sub.add_parser("serve-child", help="(internal) items 2, 3 and 5's exporter process")
     c.add_argument("url")
     c.add_argument("jobs", type=int)
     c.add_argument("qps", type=float)
-    c.set_defaults(run=lambda a: serve.child(a.url, a.jobs, a.qps))
+    c.set_defaults(run=serve_child)
     c = sub.add_parser("scrape-child", help="(internal) one of item 2's scrapers")
     c.add_argument("port", type=int)
     c.add_argument("encoding")
     c.add_argument("count", type=int)
-    c.set_defaults(run=lambda a: scrape.child(a.port, a.encoding, a.count))
+    c.set_defaults(run=scrape_child)
     c = sub.add_parser("bare-child", help="(internal) item 2's floor, a bare http.server")
     c.add_argument("exporter_port", type=int)
-    c.set_defaults(run=lambda a: scrape.bare_child(a.exporter_port))
+    c.set_defaults(run=bare_child)
     c = sub.add_parser("exposition-exporter-child", help="(internal) item 7's exporter")
     c.add_argument("url")
     c.add_argument("jobs", type=int)
-    c.set_defaults(run=lambda a: exposition_memory.exporter_child(a.url, a.jobs))
+    c.set_defaults(run=exposition_exporter_child)
     c = sub.add_parser("exposition-scrape-child", help="(internal) one of item 7's scrapers")
     c.add_argument("port", type=int)
     c.add_argument("encoding")
     c.add_argument("seconds", type=float)
-    c.set_defaults(run=lambda a: exposition_memory.scraper_child(a.port, a.encoding,
-                                                                 a.seconds))
+    c.set_defaults(run=exposition_scrape_child)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -11,9 +11,12 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from benchmarks.common import size_label
-from qf_exporter.simulator import QianfanSimulator
+
+if TYPE_CHECKING:  # this module is imported by the exporter's child process
+    from qf_exporter.simulator import QianfanSimulator
 
 # The budget must be the bottleneck: 4 workers x 50 ms = 80 req/s > 20 qps.
 POLL_QPS = 20

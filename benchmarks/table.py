@@ -14,7 +14,7 @@ from statistics import median as med
 from typing import Generic, TypeVar
 
 from benchmarks import scrape
-from benchmarks.common import TARGET_RUNS, Settings, fmt_int, fmt_mb, fmt_ms, fmt_s
+from benchmarks.common import GROUPS, TARGET_RUNS, Settings, fmt_int, fmt_mb, fmt_ms, fmt_s
 from benchmarks.exposition import CHANGED
 from benchmarks.exposition_memory import SCRAPERS
 from benchmarks.quota import POLL_CONCURRENCY, POLL_LATENCY, POLL_QPS
@@ -34,10 +34,6 @@ T_RSS_MB = 100.0
 T_CHANGED_MS = 5.0  # render per poll with 10 runs changed
 T_PEAK_MB = 100.0  # under steady polling and scrapes
 T_GROWTH_MB = 15.0  # peak minus right after the first poll
-
-# The groups, in the order they run and print: ``--only`` names, item numbers.
-GROUPS = {"render": "1", "scrape": "2", "quota": "3", "steady": "4", "memory": "5",
-          "exposition": "6", "exposition_memory": "7", "regex": "8"}
 
 
 @dataclass(frozen=True)

@@ -149,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     started = time.perf_counter()
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    code = report.commit()  # what is measured, not what the tree holds when it ends
     sections = []
     if groups & SIZE_GROUPS:
         sections.append(run.size_section(sizes_of(p, args, "1000"), groups, settings))
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     if "regex" in groups:
         sections.append(run.regex_section(settings))
     command = " ".join(["python -m benchmarks", *argv])
-    text = report.document(command, when, time.perf_counter() - started, sections)
+    text = report.document(command, when, code, time.perf_counter() - started, sections)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(text, encoding="utf-8")
     print(f"(written to {args.output})", file=sys.stderr)

@@ -60,14 +60,15 @@ def section(title: str, table: str, notes: list[str], targets: bool = True) -> l
     return [*out, "All targets met." if targets else "(No targets: figures to read.)"]
 
 
-def document(command: str, when: str, elapsed: float, sections: list[list[str]]) -> str:
+def document(command: str, when: str, code: str, elapsed: float,
+             sections: list[list[str]]) -> str:
     lines = [
         "# qf-exporter benchmark results",
         "",
         f"- command: `{command}`",
         f"- date: {when}; whole benchmark took {elapsed:.0f} s",
         f"- machine: {machine_line()}",
-        f"- code: {commit()}",
+        f"- code: {code}",
         f"- world (items 1-5): `fleet_world(jobs, {RUNS_PER_JOB} runs/job, active_fraction="
         f"{ACTIVE_FRACTION})`, items 6-7 with 50 runs/job; simulator: the shipped "
         "QianfanSimulator, in the benchmark's process",

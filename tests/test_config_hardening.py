@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import tracemalloc
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -273,11 +274,11 @@ def reload_successful(exporter: Exporter) -> float | None:
 
 
 @pytest.fixture
-def reloadable(tmp_path: Path) -> tuple[Exporter, Path]:
+def reloadable(tmp_path: Path) -> Iterator[tuple[Exporter, Path]]:
     path = tmp_path / "config.yaml"
     path.write_text(GOOD, encoding="utf-8")
     exporter = Exporter(load_config(path), config_path=str(path), process_metrics=False)
-    yield exporter, path  # type: ignore[misc]
+    yield exporter, path
     exporter.stop()
 
 

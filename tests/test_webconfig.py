@@ -13,7 +13,7 @@ import ssl
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,8 +177,11 @@ class Running:
         return f"{scheme}://127.0.0.1:{self.port}{path}"
 
 
+Serve = Callable[[Path], Running]
+
+
 @pytest.fixture
-def serve() -> Iterator:  # type: ignore[type-arg]
+def serve() -> Iterator[Serve]:
     started: list[ExporterHTTPServer] = []
 
     def start(web_config_file: Path) -> Running:
@@ -220,7 +223,7 @@ def hashpw(password: str) -> str:
 # --- TLS -------------------------------------------------------------------------------
 
 
-def test_tls_serves_metrics(pki: PKI, serve) -> None:  # type: ignore[no-untyped-def]
+def test_tls_serves_metrics(pki: PKI, serve: Serve) -> None:
     running = serve(
         write_web_config(
             pki.directory,
@@ -238,9 +241,9 @@ def test_tls_serves_metrics(pki: PKI, serve) -> None:  # type: ignore[no-untyped
 
 def test_relative_paths_are_relative_to_the_web_config_file(
     pki: PKI,
-    serve,
+    serve: Serve,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.chdir(tmp_path)  # not the directory that holds the files
     running = serve(
@@ -255,7 +258,7 @@ def test_relative_paths_are_relative_to_the_web_config_file(
 
 def test_plain_http_to_the_tls_port_fails_and_the_server_keeps_serving(
     pki: PKI,
-    serve,  # type: ignore[no-untyped-def]
+    serve: Serve,
 ) -> None:
     running = serve(
         write_web_config(
@@ -280,8 +283,8 @@ def test_plain_http_to_the_tls_port_fails_and_the_server_keeps_serving(
 
 def test_failed_handshake_prints_no_traceback(
     pki: PKI,
-    serve,
-    capsys: pytest.CaptureFixture[str],  # type: ignore[no-untyped-def]
+    serve: Serve,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     running = serve(
         write_web_config(
@@ -303,7 +306,7 @@ def test_failed_handshake_prints_no_traceback(
     assert "Exception occurred" not in captured.err + captured.out
 
 
-def test_min_version_tls13_refuses_tls12_clients(pki: PKI, serve) -> None:  # type: ignore[no-untyped-def]
+def test_min_version_tls13_refuses_tls12_clients(pki: PKI, serve: Serve) -> None:
     running = serve(
         write_web_config(
             pki.directory,
@@ -346,7 +349,7 @@ def assert_refused(url: str, ca: str, cert: tuple[str, str] | None = None) -> No
         requests.get(url, verify=ca, cert=cert, timeout=10)
 
 
-def test_mtls_requires_a_client_cert_signed_by_the_ca(pki: PKI, serve) -> None:  # type: ignore[no-untyped-def]
+def test_mtls_requires_a_client_cert_signed_by_the_ca(pki: PKI, serve: Serve) -> None:
     running = serve(write_web_config(pki.directory, mtls_config(pki)))
     ca = str(pki.ca)
     # No client certificate: refused during the handshake (or right after it, in TLS 1.3).
@@ -360,7 +363,7 @@ def test_mtls_requires_a_client_cert_signed_by_the_ca(pki: PKI, serve) -> None: 
         assert response.status_code == 200, path
 
 
-def test_verify_client_cert_if_given(pki: PKI, serve) -> None:  # type: ignore[no-untyped-def]
+def test_verify_client_cert_if_given(pki: PKI, serve: Serve) -> None:
     running = serve(write_web_config(pki.directory, mtls_config(pki, "VerifyClientCertIfGiven")))
     ca = str(pki.ca)
     assert requests.get(running.url(), verify=ca, timeout=10).status_code == 200
@@ -383,7 +386,7 @@ def basic_auth_config(users: dict[str, str], tls: str = "") -> str:
 
 
 @pytest.mark.parametrize("with_tls", [False, True], ids=["http", "https"])
-def test_basic_auth(pki: PKI, serve, users: dict[str, str], with_tls: bool) -> None:  # type: ignore[no-untyped-def]
+def test_basic_auth(pki: PKI, serve: Serve, users: dict[str, str], with_tls: bool) -> None:
     tls = (
         f"tls_server_config:\n  cert_file: {pki.server.cert}\n  key_file: {pki.server.key}"
         if with_tls
@@ -426,7 +429,7 @@ def test_basic_auth(pki: PKI, serve, users: dict[str, str], with_tls: bool) -> N
         assert response.status_code == 401, header
 
 
-def test_basic_auth_and_mtls_together(pki: PKI, serve, users: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+def test_basic_auth_and_mtls_together(pki: PKI, serve: Serve, users: dict[str, str]) -> None:
     running = serve(write_web_config(pki.directory, basic_auth_config(users, mtls_config(pki))))
     cert = (str(pki.client.cert), str(pki.client.key))
     ca = str(pki.ca)

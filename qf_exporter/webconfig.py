@@ -27,7 +27,6 @@ key (``tls_server_config.key_file: is required``); the caller adds the file's na
 from __future__ import annotations
 
 import hashlib
-import hmac
 import logging
 import os
 import re
@@ -177,10 +176,6 @@ class WebConfig:
             return True
         sans = (peer_cert or {}).get("subjectAltName", ())
         return any(value in self.allowed_sans for _kind, value in sans)
-
-    @staticmethod
-    def same(a: str, b: str) -> bool:
-        return hmac.compare_digest(a.encode(), b.encode())
 
 
 _DUMMY: list[bytes] = []

@@ -22,7 +22,7 @@ from qf_exporter.snapshot import Snapshot
 from qf_exporter.store import render
 from qf_exporter.web import ExporterHTTPServer
 from qf_exporter.webconfig import LiveWebConfig
-from tests.test_webconfig import CA, PKI, hashpw, pki  # noqa: F401  (pki is a fixture)
+from tests.webconfig_fixtures import CA, PKI, hashpw
 
 Live = Callable[[Path], ExporterHTTPServer]
 
@@ -68,7 +68,7 @@ def tls_config(cert: Path, key: Path, extra: str = "") -> str:
 
 
 def test_a_rotated_certificate_is_served_without_a_restart(
-    pki: PKI,  # noqa: F811
+    pki: PKI,
     live: Live,
     tmp_path: Path,
 ) -> None:
@@ -115,7 +115,7 @@ def test_a_changed_password_takes_effect_and_a_broken_file_keeps_the_last_good(
 
 
 def test_switching_to_https_needs_a_restart(
-    pki: PKI,  # noqa: F811
+    pki: PKI,
     live: Live,
     tmp_path: Path,
 ) -> None:
@@ -160,7 +160,7 @@ def handshake(
     return context.wrap_socket(raw, server_hostname="127.0.0.1")
 
 
-def test_cipher_suites_are_applied(pki: PKI, live: Live, tmp_path: Path) -> None:  # noqa: F811
+def test_cipher_suites_are_applied(pki: PKI, live: Live, tmp_path: Path) -> None:
     config = tmp_path / "web.yml"
     config.write_text(
         tls_config(
@@ -177,7 +177,7 @@ def test_cipher_suites_are_applied(pki: PKI, live: Live, tmp_path: Path) -> None
         handshake(server.port, pki.ca, lambda c: c.set_ciphers("ECDHE-ECDSA-AES256-GCM-SHA384"))
 
 
-def test_curve_preferences_are_applied(pki: PKI, live: Live, tmp_path: Path) -> None:  # noqa: F811
+def test_curve_preferences_are_applied(pki: PKI, live: Live, tmp_path: Path) -> None:
     config = tmp_path / "web.yml"
     config.write_text(
         tls_config(pki.server.cert, pki.server.key, "  curve_preferences: [CurveP384]\n")
@@ -189,7 +189,7 @@ def test_curve_preferences_are_applied(pki: PKI, live: Live, tmp_path: Path) -> 
         handshake(server.port, pki.ca, lambda c: c.set_ecdh_curve("prime256v1"))
 
 
-def test_client_allowed_sans(pki: PKI, live: Live, tmp_path: Path) -> None:  # noqa: F811
+def test_client_allowed_sans(pki: PKI, live: Live, tmp_path: Path) -> None:
     ca = CA(tmp_path, "sans-ca")
     server_cert = ca.issue("server", server=True)
     allowed = ca.issue("allowed", server=False, sans=("scraper.example",))
@@ -223,7 +223,7 @@ def test_rate_limit(live: Live, tmp_path: Path) -> None:
     assert codes == [200, 200, 429]
 
 
-def test_inline_certificate_and_key(pki: PKI, live: Live, tmp_path: Path) -> None:  # noqa: F811
+def test_inline_certificate_and_key(pki: PKI, live: Live, tmp_path: Path) -> None:
     def block(path: Path) -> str:
         return "|\n" + "".join("    " + line + "\n" for line in path.read_text().splitlines())
 
@@ -292,7 +292,7 @@ def test_bcrypt_truncates_like_go() -> None:
 
 
 def test_a_failed_handshake_is_one_debug_line(
-    pki: PKI,  # noqa: F811
+    pki: PKI,
     live: Live,
     tmp_path: Path,
 ) -> None:

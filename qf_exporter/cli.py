@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Sequence
@@ -19,6 +20,7 @@ from qf_exporter.poller import Shard
 
 if TYPE_CHECKING:
     from qf_exporter.app import Exporter
+    from qf_exporter.simulator import QianfanSimulator
     from qf_exporter.webconfig import LiveWebConfig
 
 log = logging.getLogger("qf_exporter")
@@ -81,6 +83,37 @@ def _fail(problems: Sequence[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup(args.log_level, args.log_format)
+    problems, listen = _check_flags(args)
+    if problems:
+        return _fail(problems)
+    try:
+        web_config = _web_config(args)
+        simulator, config = _configuration(args)
+    except ConfigError as exc:
+        return _fail(exc.problems)
+    if args.config_check:
+        _describe(config)
+        return EXIT_OK
+
+    from qf_exporter.app import Exporter
+
+    exporter = Exporter(
+        config,
+        config_path=None if args.demo else args.config_file,
+        shard=Shard(args.shard, args.total_shards),
+    )
+    try:
+        if args.once:
+            return _once(exporter)
+        return _serve(exporter, listen, args, web_config)
+    finally:
+        exporter.poller.stop()
+        if simulator is not None:
+            simulator.stop()
+
+
+def _check_flags(args: argparse.Namespace) -> tuple[list[str], list[tuple[str, int]]]:
+    """What is wrong with the flags themselves, and the addresses to listen on."""
     problems = []
     if not args.demo and not args.config_file:
         problems.append("--config.file is required (or --demo to try the simulated Qianfan)")
@@ -99,54 +132,41 @@ def main(argv: Sequence[str] | None = None) -> int:
             problems.append(str(exc))
     if args.max_requests < 1 or args.max_connections < 0:
         problems.append("--web.max-requests must be >= 1 and --web.max-connections >= 0")
-    if problems:
-        return _fail(problems)
+    return problems, listen
 
-    web_config = None
-    if args.web_config and not args.once:
-        from qf_exporter.webconfig import LiveWebConfig
 
-        try:
-            web_config = LiveWebConfig(args.web_config)
-        except ConfigError as exc:
-            return _fail([f"{args.web_config}: {p}" for p in exc.problems])
+def _web_config(args: argparse.Namespace) -> LiveWebConfig | None:
+    """The --web.config.file, read (none with --once); a ConfigError naming the file."""
+    if not args.web_config or args.once:
+        return None
+    from qf_exporter.webconfig import LiveWebConfig
 
-    simulator = None
+    try:
+        return LiveWebConfig(args.web_config)
+    except ConfigError as exc:
+        raise ConfigError([f"{args.web_config}: {p}" for p in exc.problems]) from exc
+
+
+def _configuration(args: argparse.Namespace) -> tuple[QianfanSimulator | None, Config]:
+    """The configuration, of --config.file or of the demo (whose simulator is started)."""
     if args.demo:
         from qf_exporter.demo import start_demo
 
         simulator, config = start_demo(speed=args.demo_speed)
         log.info("demo: simulated Qianfan started", extra={"url": simulator.url})
-    else:
-        try:
-            config = load_config(args.config_file)
-        except ConfigError as exc:
-            return _fail(exc.problems)
-        for warning in config.warnings:
-            log.warning(warning)
-    if args.config_check:
-        _describe(config)
-        return EXIT_OK
+        return simulator, config
+    config = load_config(args.config_file)
+    for warning in config.warnings:
+        log.warning(warning)
+    return None, config
 
-    from qf_exporter.app import Exporter
 
-    exporter = Exporter(
-        config,
-        config_path=None if args.demo else args.config_file,
-        shard=Shard(args.shard, args.total_shards),
-    )
-    try:
-        if args.once:
-            snapshot = exporter.poller.poll_all(force=True)
-            sys.stdout.buffer.write(exporter.exposition())
-            sys.stdout.flush()
-            ok = all(s.every_target_read for s in snapshot.accounts.values())
-            return EXIT_OK if ok else EXIT_TARGETS_DOWN
-        return _serve(exporter, listen, args, web_config)
-    finally:
-        exporter.poller.stop()
-        if simulator is not None:
-            simulator.stop()
+def _once(exporter: Exporter) -> int:
+    snapshot = exporter.poller.poll_all(force=True)
+    sys.stdout.buffer.write(exporter.exposition())
+    sys.stdout.flush()
+    ok = all(s.every_target_read for s in snapshot.accounts.values())
+    return EXIT_OK if ok else EXIT_TARGETS_DOWN
 
 
 def _describe(config: Config) -> None:
@@ -179,15 +199,8 @@ def _raise_descriptor_limit() -> int:
     return soft if soft != resource.RLIM_INFINITY else 1 << 16
 
 
-def _serve(
-    exporter: Exporter,
-    listen: list[tuple[str, int]],
-    args: argparse.Namespace,
-    web_config: LiveWebConfig | None,
-) -> int:
-    from qf_exporter.listen import ListenError, bind, show
-    from qf_exporter.server import Limits
-
+def _on_signals(exporter: Exporter) -> threading.Event:
+    """SIGTERM and SIGINT set the returned event; SIGHUP asks for a reload."""
     stop = threading.Event()
 
     def on_term(signum: int, _frame: object) -> None:
@@ -201,7 +214,20 @@ def _serve(
     signal.signal(signal.SIGINT, on_term)
     if hasattr(signal, "SIGHUP"):
         signal.signal(signal.SIGHUP, on_hup)
-    sockets = []
+    return stop
+
+
+def _serve(
+    exporter: Exporter,
+    listen: list[tuple[str, int]],
+    args: argparse.Namespace,
+    web_config: LiveWebConfig | None,
+) -> int:
+    from qf_exporter.listen import ListenError, bind, show
+    from qf_exporter.server import Limits
+
+    stop = _on_signals(exporter)
+    sockets: list[socket.socket] = []
     try:
         for host, port in listen:
             sockets.append(bind(host, port))

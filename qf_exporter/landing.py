@@ -7,7 +7,7 @@ import time
 from datetime import UTC, datetime
 
 from qf_exporter.models import STATUSES
-from qf_exporter.snapshot import Snapshot
+from qf_exporter.snapshot import AccountState, Snapshot
 
 
 def _when(ts: float | None) -> str:
@@ -32,39 +32,11 @@ def landing_page(snapshot: Snapshot, *, telemetry_path: str, version: str) -> st
     rows = []
     down_rows = []
     for name, state in sorted(snapshot.accounts.items()):
-        counts = state.status_counts()
-        down = state.targets_down
-        if state.up:
-            reach = "<td class=up>reachable</td>"
-        else:
-            reach = f"<td class=down>DOWN: {e(_cut(state.error or 'not reached'))}</td>"
-        rows.append(
-            "<tr>"
-            f"<td>{e(name)}</td>"
-            f"{reach}"
-            f"<td>{len(state.targets) - len(down)}/{len(state.targets)}</td>"
-            + "".join(f"<td>{counts[s]}</td>" for s in STATUSES)
-            + f"<td>{e(_when(state.last_success))}</td>"
-            "</tr>"
-        )
-        for target in down:
-            down_rows.append(
-                "<tr>"
-                f"<td>{e(name)}</td><td>{e(target.api)}</td><td>{e(target.name)}</td>"
-                f"<td class=down>{e(target.reason or 'not read yet')}</td>"
-                f"<td>{e(_cut(target.error))}</td>"
-                f"<td>{e(_when(target.last_success))}</td>"
-                "</tr>"
-            )
+        rows.append(_account_row(name, state))
+        down_rows.extend(_down_rows(name, state))
     if not rows:
         rows.append(f"<tr><td colspan={len(STATUSES) + 4}>waiting for the first poll…</td></tr>")
-    if down_rows:
-        down_table = (
-            "<table>\n<tr><th>account</th><th>api</th><th>target</th><th>reason</th>"
-            "<th>message</th><th>last read</th></tr>\n" + "\n".join(down_rows) + "\n</table>"
-        )
-    else:
-        down_table = "<p>Every target was read by its latest poll.</p>"
+    down_table = _down_table(down_rows)
     heads = "".join(f"<th>{s}</th>" for s in STATUSES)
     path = e(telemetry_path)
     return f"""<!doctype html>
@@ -93,3 +65,44 @@ td.up {{ color: #1a7f37; }} td.down {{ color: #cf222e; font-weight: bold; }}
 {down_table}
 </body></html>
 """
+
+
+def _account_row(name: str, state: AccountState) -> str:
+    e = html.escape
+    counts = state.status_counts()
+    down = state.targets_down
+    if state.up:
+        reach = "<td class=up>reachable</td>"
+    else:
+        reach = f"<td class=down>DOWN: {e(_cut(state.error or 'not reached'))}</td>"
+    return (
+        "<tr>"
+        f"<td>{e(name)}</td>"
+        f"{reach}"
+        f"<td>{len(state.targets) - len(down)}/{len(state.targets)}</td>"
+        + "".join(f"<td>{counts[s]}</td>" for s in STATUSES)
+        + f"<td>{e(_when(state.last_success))}</td>"
+        "</tr>"
+    )
+
+
+def _down_rows(name: str, state: AccountState) -> list[str]:
+    e = html.escape
+    return [
+        "<tr>"
+        f"<td>{e(name)}</td><td>{e(target.api)}</td><td>{e(target.name)}</td>"
+        f"<td class=down>{e(target.reason or 'not read yet')}</td>"
+        f"<td>{e(_cut(target.error))}</td>"
+        f"<td>{e(_when(target.last_success))}</td>"
+        "</tr>"
+        for target in state.targets_down
+    ]
+
+
+def _down_table(down_rows: list[str]) -> str:
+    if not down_rows:
+        return "<p>Every target was read by its latest poll.</p>"
+    return (
+        "<table>\n<tr><th>account</th><th>api</th><th>target</th><th>reason</th>"
+        "<th>message</th><th>last read</th></tr>\n" + "\n".join(down_rows) + "\n</table>"
+    )

@@ -121,7 +121,7 @@ class HTTPServer:
         self._tasks: set[asyncio.Task[None]] = set()
         # As many as requests may be in flight: a slow reader holds one until it reads
         # or its write_timeout passes, as it holds its place among max_requests.
-        self._senders = concurrent.futures.ThreadPoolExecutor(
+        self.senders = concurrent.futures.ThreadPoolExecutor(
             self.limits.max_requests, thread_name_prefix="http-send"
         )
         self._thread: threading.Thread | None = None
@@ -157,7 +157,7 @@ class HTTPServer:
 
         asyncio.run_coroutine_threadsafe(close(), self.loop)
         self._thread.join(timeout=10)
-        self._senders.shutdown(wait=False, cancel_futures=True)
+        self.senders.shutdown(wait=False, cancel_futures=True)
         with contextlib.suppress(RuntimeError):
             self.loop.close()
         for sock in self.sockets:
@@ -216,7 +216,7 @@ class HTTPServer:
         peer = writer.get_extra_info("peername")
         client = str(peer[0]) if peer else ""
         try:
-            await self._serve(reader, writer, client)
+            await _Connection(self, reader, writer, client).serve()
         except (ConnectionError, TimeoutError, ssl.SSLError, h11.LocalProtocolError):
             pass
         except asyncio.CancelledError:
@@ -228,61 +228,81 @@ class HTTPServer:
             self._tasks.discard(task)
             writer.transport.abort()
 
-    async def _serve(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: str
+
+class _Connection:
+    """One accepted connection of ``server``: the TLS handshake, then its requests one
+    after another, each answered before the next is read."""
+
+    def __init__(
+        self,
+        server: HTTPServer,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        client: str,
     ) -> None:
+        self.server = server
+        self.limits = server.limits
+        self.reader = reader
+        self.writer = writer
+        self.client = client
+        self.peer_cert: dict[str, Any] | None = None
+
+    async def serve(self) -> None:
         loop = asyncio.get_running_loop()
         deadline: float | None = loop.time() + self.limits.header_timeout
-        peer_cert = None
-        context = self.tls() if self.tls is not None else None
-        if context is not None:
-            # Called before any await: no byte of the ClientHello has been read yet.
-            try:
-                await writer.start_tls(
-                    context, ssl_handshake_timeout=self.limits.header_timeout
-                )
-            except (OSError, TimeoutError, ssl.SSLError, ConnectionError) as exc:
-                log.debug(
-                    "TLS handshake failed",
-                    extra={"client": client, "error": _describe(exc)},
-                )
-                return
-            peer_cert = writer.get_extra_info("peercert")
-            if self.peer_allowed is not None and not self.peer_allowed(peer_cert):
-                log.debug(
-                    "TLS client refused: no allowed subject alternative name",
-                    extra={"client": client},
-                )
-                return
+        if not await self._handshake():
+            return
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes)
         while True:
             try:
-                event = await self._next_event(conn, reader, deadline)
+                event = await self._next_event(conn, deadline)
             except h11.RemoteProtocolError as exc:
                 status = exc.error_status_hint if exc.error_status_hint >= 400 else 400
-                await self._answer_error(conn, writer, status, str(exc))
+                await self._answer_error(conn, status, str(exc))
                 return
             if not isinstance(event, h11.Request):
                 return  # closed, or the deadline passed
-            request, problem, has_body = self._request(event, client, peer_cert)
+            request, problem, has_body = _request(event, self.client, self.peer_cert)
             if not has_body:
                 # Take the request's end from h11 now, so that the connection can be reused.
                 conn.next_event()
             if problem:
-                await self._answer_error(conn, writer, 400, problem)
+                await self._answer_error(conn, 400, problem)
                 return
             response = await self._dispatch(request)
             # A body we did not read must not be read as the next request.
             close = response.close or has_body
-            await self._send(conn, writer, response, close, head=request.method == "HEAD")
+            await self._send(conn, response, close, head=request.method == "HEAD")
             if close or conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                 return
             conn.start_next_cycle()
             deadline = None
 
-    async def _next_event(
-        self, conn: h11.Connection, reader: asyncio.StreamReader, deadline: float | None
-    ) -> Any:
+    async def _handshake(self) -> bool:
+        """TLS, when configured, and the client certificate's SAN; whether to go on."""
+        server, writer, client = self.server, self.writer, self.client
+        context = server.tls() if server.tls is not None else None
+        if context is None:
+            return True
+        # Called before any await: no byte of the ClientHello has been read yet.
+        try:
+            await writer.start_tls(context, ssl_handshake_timeout=self.limits.header_timeout)
+        except (OSError, TimeoutError, ssl.SSLError, ConnectionError) as exc:
+            log.debug(
+                "TLS handshake failed",
+                extra={"client": client, "error": _describe(exc)},
+            )
+            return False
+        self.peer_cert = writer.get_extra_info("peercert")
+        if server.peer_allowed is not None and not server.peer_allowed(self.peer_cert):
+            log.debug(
+                "TLS client refused: no allowed subject alternative name",
+                extra={"client": client},
+            )
+            return False
+        return True
+
+    async def _next_event(self, conn: h11.Connection, deadline: float | None) -> Any:
         loop = asyncio.get_running_loop()
         head = counted = 0
         try:
@@ -297,7 +317,7 @@ class HTTPServer:
                 )
                 try:
                     async with asyncio.timeout(timeout):
-                        data = await reader.read(1 << 16)
+                        data = await self.reader.read(1 << 16)
                 except TimeoutError:
                     return None
                 if deadline is None:
@@ -309,71 +329,42 @@ class HTTPServer:
                         "request line and headers too large", error_status_hint=431
                     )
                 if head > self.limits.small_head:
-                    if self.head_bytes + head - counted > self.limits.head_budget:
+                    if self.server.head_bytes + head - counted > self.limits.head_budget:
                         raise h11.RemoteProtocolError(
                             "request heads too large, all connections", error_status_hint=431
                         )
-                    self.head_bytes += head - counted
+                    self.server.head_bytes += head - counted
                     counted = head
                 conn.receive_data(data)  # b"" is the end of the stream
         finally:
-            self.head_bytes -= counted
-
-    @staticmethod
-    def _request(
-        event: h11.Request, client: str, peer_cert: dict[str, Any] | None
-    ) -> tuple[Request, str, bool]:
-        headers: dict[str, str] = {}
-        lengths = encodings = 0
-        for name, value in event.headers:
-            key = name.decode("latin-1")
-            lengths += key == "content-length"
-            encodings += key == "transfer-encoding"
-            headers[key] = value.decode("latin-1")
-        target = event.target.decode("latin-1")
-        request = Request(
-            method=event.method.decode("latin-1"),
-            target=target,
-            path=target.split("?", 1)[0],
-            headers=headers,
-            client=client,
-            peer_cert=peer_cert,
-        )
-        problem = ""
-        if lengths and encodings:
-            problem = "Transfer-Encoding and Content-Length together"
-        has_body = encodings > 0 or headers.get("content-length", "0") != "0"
-        return request, problem, has_body
+            self.server.head_bytes -= counted
 
     async def _dispatch(self, request: Request) -> Response:
-        if self.in_flight >= self.limits.max_requests:
+        if self.server.in_flight >= self.limits.max_requests:
             busy = "Too many requests in flight, try again later\n"
             return Response.text(503, busy, headers=[("Retry-After", "1")])
-        self.in_flight += 1
+        self.server.in_flight += 1
         try:
-            return await self.handler(request)
+            return await self.server.handler(request)
         except Exception as exc:
             log.error(
                 "http handler failed", extra={"path": request.path, "error": repr(exc)}
             )
             return Response.text(500, "Internal server error\n")
         finally:
-            self.in_flight -= 1
+            self.server.in_flight -= 1
 
-    async def _answer_error(
-        self, conn: h11.Connection, writer: asyncio.StreamWriter, status: int, why: str
-    ) -> None:
+    async def _answer_error(self, conn: h11.Connection, status: int, why: str) -> None:
         log.debug("bad http request", extra={"status": status, "problem": why})
         if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
         text = {400: "Bad request", 408: "Request timeout", 431: "Request header fields too large",
                 501: "Not implemented"}.get(status, "Bad request")
-        await self._send(conn, writer, Response.text(status, text + "\n"), True, head=False)
+        await self._send(conn, Response.text(status, text + "\n"), True, head=False)
 
     async def _send(
         self,
         conn: h11.Connection,
-        writer: asyncio.StreamWriter,
         response: Response,
         close: bool,
         *,
@@ -384,7 +375,7 @@ class HTTPServer:
             ("Content-Type", response.content_type),
             ("Content-Length", str(length)),
             *response.headers,
-            *self.extra_headers(),
+            *self.server.extra_headers(),
         ]
         if close:
             headers.append(("Connection", "close"))
@@ -400,27 +391,51 @@ class HTTPServer:
         # a descriptor held only while they are sent (at most --web.max-requests).
         # Measured: a ~1 MB gzip answer is faster through the loop than handed over.
         big = length > self.limits.thread_send_bytes
-        sock = _plain_socket(writer, self.limits.write_timeout) if big else None
+        sock = _plain_socket(self.writer, self.limits.write_timeout) if big else None
         try:
-            await self._write(writer, sock, pieces)
+            await self._write(sock, pieces)
         finally:
             if sock is not None:
                 sock.close()
 
-    async def _write(
-        self, writer: asyncio.StreamWriter, sock: socket.socket | None, pieces: list[bytes]
-    ) -> None:
+    async def _write(self, sock: socket.socket | None, pieces: list[bytes]) -> None:
         step = self.limits.write_slice
         if sock is not None:
             loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._senders, _send_all, sock, pieces)
+            await loop.run_in_executor(self.server.senders, _send_all, sock, pieces)
             return
         for piece in pieces:
             view = memoryview(piece)
             for start in range(0, len(view), step):
                 async with asyncio.timeout(self.limits.write_timeout):
-                    writer.write(view[start : start + step])
-                    await writer.drain()
+                    self.writer.write(view[start : start + step])
+                    await self.writer.drain()
+
+
+def _request(
+    event: h11.Request, client: str, peer_cert: dict[str, Any] | None
+) -> tuple[Request, str, bool]:
+    headers: dict[str, str] = {}
+    lengths = encodings = 0
+    for name, value in event.headers:
+        key = name.decode("latin-1")
+        lengths += key == "content-length"
+        encodings += key == "transfer-encoding"
+        headers[key] = value.decode("latin-1")
+    target = event.target.decode("latin-1")
+    request = Request(
+        method=event.method.decode("latin-1"),
+        target=target,
+        path=target.split("?", 1)[0],
+        headers=headers,
+        client=client,
+        peer_cert=peer_cert,
+    )
+    problem = ""
+    if lengths and encodings:
+        problem = "Transfer-Encoding and Content-Length together"
+    has_body = encodings > 0 or headers.get("content-length", "0") != "0"
+    return request, problem, has_body
 
 
 def _send_all(sock: socket.socket, pieces: list[bytes]) -> None:

@@ -27,7 +27,6 @@ key (``tls_server_config.key_file: is required``); the caller adds the file's na
 from __future__ import annotations
 
 import hashlib
-import hmac
 import logging
 import os
 import re
@@ -178,10 +177,6 @@ class WebConfig:
         sans = (peer_cert or {}).get("subjectAltName", ())
         return any(value in self.allowed_sans for _kind, value in sans)
 
-    @staticmethod
-    def same(a: str, b: str) -> bool:
-        return hmac.compare_digest(a.encode(), b.encode())
-
 
 _DUMMY: list[bytes] = []
 
@@ -269,7 +264,11 @@ def _http(http: Any, problems: list[str]) -> tuple[tuple[str, str], ...]:
         problems.append(
             f"{p}.http2: HTTP/2 is not served here (HTTP/1.1 only); set it to false or remove it"
         )
-    headers = http.get("headers")
+    return _headers(http.get("headers"), problems)
+
+
+def _headers(headers: Any, problems: list[str]) -> tuple[tuple[str, str], ...]:
+    p = "http_server_config"
     if headers is None:
         return ()
     if not isinstance(headers, dict):
@@ -359,6 +358,30 @@ def _tls(
         problems.append(f"{p}: must be a mapping")
         return None, None
     before = len(problems)
+    _tls_keys(tls, problems)
+    cert = _file(tls, "cert_file", base, problems)
+    key = _file(tls, "key_file", base, problems)
+    ca = _file(tls, "client_ca_file", base, problems)
+    auth_type, sans = _tls_client_auth(tls, problems)
+    versions = _tls_versions(tls, problems)
+    ciphers = _tls_ciphers(tls, problems)
+    curves = _tls_curves(tls, problems)
+    prefer = tls.get("prefer_server_cipher_suites", True)
+    if not isinstance(prefer, bool):
+        problems.append(f"{p}.prefer_server_cipher_suites: must be true or false")
+    if len(problems) > before:
+        return None, None
+    context = _tls_context(versions, ciphers, curves, prefer, problems)
+    if context is None or not _load_chain(context, tls, cert, key, problems):
+        return None, None
+    if not _tls_client_ca(context, tls, ca, auth_type, problems):
+        return None, None
+    return context, frozenset(sans) if sans else None
+
+
+def _tls_keys(tls: dict[str, Any], problems: list[str]) -> None:
+    """Unknown keys; a certificate and a key each given once (file or inline PEM)."""
+    p = "tls_server_config"
     for key in tls:
         if key not in _TLS_KEYS:
             problems.append(f"{p}.{key}: unknown key")
@@ -373,9 +396,11 @@ def _tls(
     for inline in ("cert", "key", "client_ca"):
         if tls.get(inline) not in (None, "") and not isinstance(tls[inline], str):
             problems.append(f"{p}.{inline}: must be PEM text")
-    cert = _file(tls, "cert_file", base, problems)
-    key = _file(tls, "key_file", base, problems)
-    ca = _file(tls, "client_ca_file", base, problems)
+
+
+def _tls_client_auth(tls: dict[str, Any], problems: list[str]) -> tuple[Any, list[str]]:
+    """The client_auth_type (checked against the CA) and the allowed client SANs."""
+    p = "tls_server_config"
     has_ca = tls.get("client_ca_file") not in (None, "") or tls.get("client_ca") not in (None, "")
     auth_type = tls.get("client_auth_type") or "NoClientCert"
     if not isinstance(auth_type, str) or auth_type not in CLIENT_AUTH:
@@ -394,6 +419,11 @@ def _tls(
             f"{p}.client_allowed_sans: needs client_auth_type RequireAndVerifyClientCert "
             "(or RequireAnyClientCert), so that every client shows a certificate"
         )
+    return auth_type, sans
+
+
+def _tls_versions(tls: dict[str, Any], problems: list[str]) -> dict[str, ssl.TLSVersion]:
+    p = "tls_server_config"
     versions = {}
     for name, default in (("min_version", "TLS12"), ("max_version", "TLS13")):
         value = tls.get(name) or default
@@ -403,6 +433,12 @@ def _tls(
             versions[name] = TLS_VERSIONS[value]
     if len(versions) == 2 and versions["min_version"] > versions["max_version"]:
         problems.append(f"{p}.max_version: must not be below min_version")
+    return versions
+
+
+def _tls_ciphers(tls: dict[str, Any], problems: list[str]) -> list[str]:
+    """The OpenSSL names of the (Go-named, TLS 1.2) cipher_suites."""
+    p = "tls_server_config"
     ciphers = []
     for suite in _string_list(tls, "cipher_suites", problems):
         if suite in _TLS13_SUITES:
@@ -414,6 +450,11 @@ def _tls(
             problems.append(f"{p}.cipher_suites: {suite} is not a Go cipher suite name known here")
         else:
             ciphers.append(CIPHER_SUITES[suite])
+    return ciphers
+
+
+def _tls_curves(tls: dict[str, Any], problems: list[str]) -> list[str]:
+    p = "tls_server_config"
     curves = _string_list(tls, "curve_preferences", problems)
     for curve in curves:
         if curve not in CURVES:
@@ -425,32 +466,49 @@ def _tls(
             f"{p}.curve_preferences: Python's ssl module can restrict the handshake to one "
             "curve, not an ordered list: list exactly one"
         )
-    prefer = tls.get("prefer_server_cipher_suites", True)
-    if not isinstance(prefer, bool):
-        problems.append(f"{p}.prefer_server_cipher_suites: must be true or false")
-    if len(problems) > before:
-        return None, None
+    return curves
+
+
+def _tls_context(
+    versions: dict[str, ssl.TLSVersion],
+    ciphers: list[str],
+    curves: list[str],
+    prefer: bool,
+    problems: list[str],
+) -> ssl.SSLContext | None:
+    """A server context with the checked versions, suites and curve; None if refused."""
+    p = "tls_server_config"
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
         context.minimum_version = versions["min_version"]
         context.maximum_version = versions["max_version"]
     except (ValueError, ssl.SSLError) as exc:
         problems.append(f"{p}.min_version: not supported here: {exc}")
-        return None, None
+        return None
     if ciphers:
         try:
             context.set_ciphers(":".join(ciphers))
         except ssl.SSLError as exc:
             problems.append(f"{p}.cipher_suites: not available in this OpenSSL: {exc}")
-            return None, None
+            return None
     if curves:
         context.set_ecdh_curve(CURVES[curves[0]])
     if prefer:
         context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
     else:
         context.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
-    if not _load_chain(context, tls, cert, key, problems):
-        return None, None
+    return context
+
+
+def _tls_client_ca(
+    context: ssl.SSLContext,
+    tls: dict[str, Any],
+    ca: Path | None,
+    auth_type: str,
+    problems: list[str],
+) -> bool:
+    """Ask for client certificates as configured and trust the client CA."""
+    p = "tls_server_config"
     context.verify_mode = CLIENT_AUTH[auth_type]
     try:
         if ca is not None:
@@ -460,8 +518,8 @@ def _tls(
     except (OSError, ssl.SSLError) as exc:
         where = ca if ca is not None else "client_ca"
         problems.append(f"{p}.client_ca_file: cannot load {where}: {exc}")
-        return None, None
-    return context, frozenset(sans) if sans else None
+        return False
+    return True
 
 
 def _load_chain(

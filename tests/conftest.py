@@ -13,6 +13,7 @@ from qf_exporter.app import Exporter
 from qf_exporter.config import Account, Config, Poll
 from qf_exporter.simulator import QianfanSimulator, World
 from tests.helpers import ACCESS_KEY, FAST_POLL, SECRET_KEY, ManualClock
+from tests.webconfig_fixtures import pki, users  # noqa: F401  (fixtures of the web tests)
 
 
 @pytest.fixture

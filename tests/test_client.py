@@ -57,7 +57,7 @@ def test_describe_jobs_and_task(world: World, sim: QianfanSimulator, clock: Manu
 def test_v1_job_detail(world: World, sim: QianfanSimulator, clock: ManualClock) -> None:
     world.add_v1_run(10250, 6205, "sdk_test_7", created=clock() - 100, duration=1000)
     client = make_client(account(sim, tasks=((10250, 6205),)), clock)
-    result = client.job_detail(V1Target(10250, 6205))
+    result: dict[str, Any] = client.job_detail(V1Target(10250, 6205))
     assert result["trainStatus"] == "RUNNING" and result["taskName"] == "sdk_test_7"
     with pytest.raises(errors.NotFound) as info:
         client.job_detail(V1Target(10250, 9999))

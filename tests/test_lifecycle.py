@@ -42,7 +42,7 @@ def test_a_burst_costs_one_reload_running_and_one_queued() -> None:
 
 
 def test_a_reload_that_raises_is_a_failed_reload_not_a_dead_thread() -> None:
-    outcomes = iter([RuntimeError("boom"), (True, "ok")])
+    outcomes: Iterator[Exception | tuple[bool, str]] = iter([RuntimeError("boom"), (True, "ok")])
 
     def reload() -> tuple[bool, str]:
         outcome = next(outcomes)

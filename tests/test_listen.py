@@ -9,7 +9,7 @@ import requests
 
 from qf_exporter.listen import parse_listen
 from tests.daemon import Daemon
-from tests.test_webconfig import run_cli
+from tests.test_webconfig_files import run_cli
 
 
 def has_ipv6_loopback() -> bool:

@@ -29,7 +29,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 import requests
@@ -100,11 +100,7 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 90) -> Any:
         time.sleep(0.5)
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    prometheus = require_tool("prometheus")
-    tmp = tmp_path_factory.mktemp("prometheus")
-    now = time.time()
+def fleet_world(now: float) -> World:
     world = World(time.time)
     world.add_job("job-fleet", "support bot SFT", created=now - 86400)
     world.add_run("job-fleet", "task-done", created=now - 7200, wait=60, duration=3000)
@@ -117,30 +113,74 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     world.add_run("job-fleet", "task-running", created=now - 90, wait=0, duration=300)
     world.add_run("job-fleet", "task-waiting", created=now - 5, wait=3600, duration=300)
     world.add_v1_run(10250, 6205, "sdk_test_7", created=now - 60, wait=0, duration=3000)
+    return world
+
+
+def start_exporters(
+    tmp: Path, config_file: Path, exporters: dict[str, subprocess.Popen[bytes]],
+    logs: list[IO[str]],
+) -> None:
+    """Two exporters of one configuration, each logging to tmp/exporter-NAME.log."""
+    env = {**os.environ, "QIANFAN_ACCESS_KEY": ACCESS_KEY, "QIANFAN_SECRET_KEY": SECRET_KEY}
+    for name in ("a", "b"):
+        address = f"127.0.0.1:{free_port()}"
+        log = (tmp / f"exporter-{name}.log").open("w")
+        logs.append(log)
+        exporters[address] = subprocess.Popen(
+            [sys.executable, "-m", "qf_exporter", f"--config.file={config_file}",
+             f"--web.listen-address={address}"],
+            stdout=subprocess.DEVNULL, stderr=log, env=env, cwd=REPO,
+        )
+
+
+def write_prometheus_config(tmp: Path, targets: list[str]) -> Path:
+    """The shipped prometheus.yml, scraping and evaluating every second."""
+    config = yaml.safe_load((REPO / "deploy/prometheus/prometheus.yml").read_text())
+    config["global"].update(scrape_interval="1s", evaluation_interval="1s")
+    rules_for_test(tmp / "alerts.yml")
+    config["rule_files"] = [str(tmp / "alerts.yml")]
+    config.pop("alerting", None)
+    (job,) = config["scrape_configs"]
+    job["job_name"] = SCRAPE_JOB
+    job["scrape_interval"] = "1s"
+    job["static_configs"] = [{"targets": targets}]
+    (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
+    return tmp / "prometheus.yml"
+
+
+def stop_all(process: subprocess.Popen[bytes] | None,
+             exporters: dict[str, subprocess.Popen[bytes]], logs: list[IO[str]]) -> None:
+    if process is not None:
+        process.terminate()
+        process.wait(timeout=30)
+    for exporter in exporters.values():
+        if exporter.poll() is None:
+            exporter.terminate()
+            exporter.wait(timeout=30)
+    for log in logs:
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    prometheus = require_tool("prometheus")
+    tmp = tmp_path_factory.mktemp("prometheus")
+    world = fleet_world(time.time())
     simulator = QianfanSimulator(world, {ACCESS_KEY: SECRET_KEY}).start()
     # Qianfan answers the first read with a rate limit: the failure panels have data.
     simulator.add_fault("rate_limit_18", count=1, target="10250/6205")
 
     config_file = tmp / "qf-exporter.yml"
     config_file.write_text(yaml.safe_dump(exporter_config(simulator)))
-    env = {**os.environ, "QIANFAN_ACCESS_KEY": ACCESS_KEY, "QIANFAN_SECRET_KEY": SECRET_KEY}
     exporters: dict[str, subprocess.Popen[bytes]] = {}
-    logs = []
+    logs: list[IO[str]] = []
     process: subprocess.Popen[bytes] | None = None
 
     def exporter_logs() -> str:
         return "".join(path.read_text() for path in sorted(tmp.glob("exporter-*.log")))
 
     try:
-        for name in ("a", "b"):
-            address = f"127.0.0.1:{free_port()}"
-            log = (tmp / f"exporter-{name}.log").open("w")
-            logs.append(log)
-            exporters[address] = subprocess.Popen(
-                [sys.executable, "-m", "qf_exporter", f"--config.file={config_file}",
-                 f"--web.listen-address={address}"],
-                stdout=subprocess.DEVNULL, stderr=log, env=env, cwd=REPO,
-            )
+        start_exporters(tmp, config_file, exporters, logs)
 
         # Both exporters answer before Prometheus starts: otherwise, on a busy machine,
         # the "no exporter reports at all" case could truly hold for longer than TEST_FOR.
@@ -153,21 +193,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
         wait_for("both exporters to be ready", ready, timeout=60)
 
-        config = yaml.safe_load((REPO / "deploy/prometheus/prometheus.yml").read_text())
-        config["global"].update(scrape_interval="1s", evaluation_interval="1s")
-        rules_for_test(tmp / "alerts.yml")
-        config["rule_files"] = [str(tmp / "alerts.yml")]
-        config.pop("alerting", None)
-        (job,) = config["scrape_configs"]
-        job["job_name"] = SCRAPE_JOB
-        job["scrape_interval"] = "1s"
-        job["static_configs"] = [{"targets": list(exporters)}]
-        (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
+        prometheus_yml = write_prometheus_config(tmp, list(exporters))
         port = free_port()
         log = (tmp / "prometheus.log").open("w")
         logs.append(log)
         process = subprocess.Popen(
-            [prometheus, f"--config.file={tmp / 'prometheus.yml'}",
+            [prometheus, f"--config.file={prometheus_yml}",
              f"--storage.tsdb.path={tmp / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
             stdout=log, stderr=subprocess.STDOUT,
         )
@@ -187,15 +218,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         yield {"api": api, "world": world, "exporters": exporters, "tmp": tmp,
                "scraping_since": time.time()}
     finally:
-        if process is not None:
-            process.terminate()
-            process.wait(timeout=30)
-        for exporter in exporters.values():
-            if exporter.poll() is None:
-                exporter.terminate()
-                exporter.wait(timeout=30)
-        for log in logs:
-            log.close()
+        stop_all(process, exporters, logs)
         simulator.stop()
 
 

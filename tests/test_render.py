@@ -15,9 +15,9 @@ from qf_exporter.estimate import with_estimates
 from qf_exporter.models import Run, parse_v1_run, parse_v2_run
 from qf_exporter.render import FAMILIES, render_runs
 from qf_exporter.store import render
+from tests.examples import V1_SDK_EXAMPLE, V2_EXAMPLE
 from tests.generic_collector import GenericRunCollector
 from tests.helpers import parse_samples, promtool_check_metrics, series, value
-from tests.test_models import V1_SDK_EXAMPLE, V2_EXAMPLE
 
 GOLDEN = Path(__file__).parent / "golden" / "runs.prom"
 

@@ -19,6 +19,8 @@ import threading
 import time
 import tracemalloc
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
@@ -90,6 +92,63 @@ def handler_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.endswith("(process_request_thread)")]
 
 
+SLOW_KINDS = ("delay", "stall_body")  # each costs POLL.timeout of real time
+KINDS = sorted(FAULT_KINDS - set(SLOW_KINDS))
+
+
+@contextmanager
+def counted_logs() -> Iterator[Counting]:
+    """The exporter's log records, counted instead of kept, for the block's duration."""
+    logger = logging.getLogger("qf_exporter")
+    counting = Counting()
+    saved = logger.propagate, logger.level
+    logger.addHandler(counting)
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    try:
+        yield counting
+    finally:
+        logger.removeHandler(counting)
+        logger.propagate = saved[0]
+        logger.setLevel(saved[1])
+
+
+def inject_faults(sim: QianfanSimulator, rng: random.Random, injected: Counter[str]) -> None:
+    """Before a poll: one in three gets a random fault, one in a hundred a slow one."""
+    sim.clear_faults()
+    if rng.random() < 0.33:
+        kind = rng.choice(KINDS)
+        sim.add_fault(kind, target=rng.choice((*TARGETS, None)),
+                      access_key=rng.choice((ACCESS_KEY, AK_B, None)),
+                      count=rng.choice((1, 2, 3, None)))
+        injected[kind] += 1
+    if rng.random() < 0.01:
+        kind = rng.choice(SLOW_KINDS)
+        sim.add_fault(kind, target=rng.choice(TARGETS), seconds=30, count=1)
+        injected[kind] += 1
+
+
+def measure(polls: int, sim: QianfanSimulator, exporter: Exporter) -> Point:
+    """Bring the exporter to the same quiet point, then count."""
+    poller = exporter.poller
+    sim.clear_faults()
+    for name in poller.accounts:
+        state = poller.poll_account(name, force=True)
+        assert state.up, {k: v.error for k, v in state.targets.items() if not v.up}
+    samples = scrape(exporter)
+    assert sum(series(samples, "qianfan_up").values()) == 2
+    assert len(series(samples, "qianfan_finetune_run_info")) == 4 * 2 + 2 + 2 * 2 + 1
+    for account_poller in poller.accounts.values():
+        account_poller.client.drop_connections()
+    assert sim.wait_idle(timeout=30), "a connection to Qianfan was left open"
+    for thread in handler_threads():
+        thread.join(timeout=30)
+    assert not handler_threads(), "an HTTP connection thread did not end"
+    gc.collect()
+    return Point(polls, threading.active_count(), len(os.listdir("/proc/self/fd")),
+                 tracemalloc.get_traced_memory()[0])
+
+
 @pytest.mark.slow
 def test_soak_nothing_grows(clock: ManualClock) -> None:
     world = small_world(clock)
@@ -103,69 +162,29 @@ def test_soak_nothing_grows(clock: ManualClock) -> None:
     poller = exporter.poller
     for account_poller in poller.accounts.values():
         account_poller.client.sleep = FakeSleep()  # retries at once
-    logger = logging.getLogger("qf_exporter")
-    counting = Counting()
-    saved = logger.propagate, logger.level
-    logger.addHandler(counting)
-    logger.propagate = False
-    logger.setLevel(logging.INFO)
-    rng = random.Random(SEED)
-    slow = ("delay", "stall_body")  # each costs POLL.timeout of real time
-    kinds = sorted(FAULT_KINDS - set(slow))
-    faults_injected: Counter[str] = Counter()
-
-    def measure(polls: int) -> Point:
-        """Bring the exporter to the same quiet point, then count."""
-        sim.clear_faults()
-        for name in poller.accounts:
-            state = poller.poll_account(name, force=True)
-            assert state.up, {k: v.error for k, v in state.targets.items() if not v.up}
-        samples = scrape(exporter)
-        assert sum(series(samples, "qianfan_up").values()) == 2
-        assert len(series(samples, "qianfan_finetune_run_info")) == 4 * 2 + 2 + 2 * 2 + 1
-        for account_poller in poller.accounts.values():
-            account_poller.client.drop_connections()
-        assert sim.wait_idle(timeout=30), "a connection to Qianfan was left open"
-        for thread in handler_threads():
-            thread.join(timeout=30)
-        assert not handler_threads(), "an HTTP connection thread did not end"
-        gc.collect()
-        return Point(polls, threading.active_count(), len(os.listdir("/proc/self/fd")),
-                     tracemalloc.get_traced_memory()[0])
-
-    points: list[Point] = []
-    started = time.perf_counter()
-    tracemalloc.start()
-    try:
-        for i in range(POLLS):
-            if i == WARMUP or (i % 1000 == 0 and i > 0):
-                points.append(measure(i))
-                print(points[-1])
+    with counted_logs() as counting:
+        rng = random.Random(SEED)
+        faults_injected: Counter[str] = Counter()
+        points: list[Point] = []
+        started = time.perf_counter()
+        tracemalloc.start()
+        try:
+            for i in range(POLLS):
+                if i == WARMUP or (i % 1000 == 0 and i > 0):
+                    points.append(measure(i, sim, exporter))
+                    print(points[-1])
+                inject_faults(sim, rng, faults_injected)
+                poller.poll_account(("a", "b")[i % 2])
+                if i % 50 == 0:
+                    assert b"qianfan_up" in exporter.exposition()
+                clock.advance(POLL.interval / 2)
+            points.append(measure(POLLS, sim, exporter))
+            print(points[-1])
+        finally:
+            tracemalloc.stop()
             sim.clear_faults()
-            if rng.random() < 0.33:
-                kind = rng.choice(kinds)
-                sim.add_fault(kind, target=rng.choice((*TARGETS, None)),
-                              access_key=rng.choice((ACCESS_KEY, AK_B, None)),
-                              count=rng.choice((1, 2, 3, None)))
-                faults_injected[kind] += 1
-            if rng.random() < 0.01:
-                kind = rng.choice(slow)
-                sim.add_fault(kind, target=rng.choice(TARGETS), seconds=30, count=1)
-                faults_injected[kind] += 1
-            poller.poll_account(("a", "b")[i % 2])
-            if i % 50 == 0:
-                assert b"qianfan_up" in exporter.exposition()
-            clock.advance(POLL.interval / 2)
-        points.append(measure(POLLS))
-        print(points[-1])
-    finally:
-        tracemalloc.stop()
-        sim.clear_faults()
-        exporter.stop()
-        sim.stop()
-        logger.removeHandler(counting)
-        logger.propagate = saved[0]
-        logger.setLevel(saved[1])
+            exporter.stop()
+            sim.stop()
     elapsed = time.perf_counter() - started
     warm, end = points[0], points[-1]
     print(f"soak: {POLLS} polls in {elapsed:.1f}s; threads {warm.threads} -> {end.threads}, "

@@ -10,7 +10,7 @@ import socket
 import ssl
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import bcrypt
@@ -22,11 +22,13 @@ from qf_exporter.snapshot import Snapshot
 from qf_exporter.store import render
 from qf_exporter.web import ExporterHTTPServer
 from qf_exporter.webconfig import LiveWebConfig
-from tests.test_webconfig import CA, PKI, hashpw, pki  # noqa: F401  (pki is a fixture)
+from tests.webconfig_fixtures import CA, PKI, hashpw
+
+Live = Callable[[Path], ExporterHTTPServer]
 
 
 @pytest.fixture
-def live() -> Iterator:  # type: ignore[type-arg]
+def live() -> Iterator[Live]:
     started: list[ExporterHTTPServer] = []
 
     def start(path: Path) -> ExporterHTTPServer:
@@ -66,8 +68,8 @@ def tls_config(cert: Path, key: Path, extra: str = "") -> str:
 
 
 def test_a_rotated_certificate_is_served_without_a_restart(
-    pki: PKI,  # noqa: F811
-    live,  # type: ignore[no-untyped-def]
+    pki: PKI,
+    live: Live,
     tmp_path: Path,
 ) -> None:
     cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
@@ -90,7 +92,7 @@ def test_a_rotated_certificate_is_served_without_a_restart(
 
 
 def test_a_changed_password_takes_effect_and_a_broken_file_keeps_the_last_good(
-    live,  # type: ignore[no-untyped-def]
+    live: Live,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -113,8 +115,8 @@ def test_a_changed_password_takes_effect_and_a_broken_file_keeps_the_last_good(
 
 
 def test_switching_to_https_needs_a_restart(
-    pki: PKI,  # noqa: F811
-    live,  # type: ignore[no-untyped-def]
+    pki: PKI,
+    live: Live,
     tmp_path: Path,
 ) -> None:
     config = tmp_path / "web.yml"
@@ -124,7 +126,7 @@ def test_switching_to_https_needs_a_restart(
     assert requests.get(f"http://127.0.0.1:{server.port}/-/healthy", timeout=10).ok
 
 
-def test_headers_are_on_every_answer(live, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_headers_are_on_every_answer(live: Live, tmp_path: Path) -> None:
     config = tmp_path / "web.yml"
     config.write_text(
         "http_server_config:\n  headers:\n"
@@ -149,14 +151,16 @@ def test_headers_are_on_every_answer(live, tmp_path: Path) -> None:  # type: ign
         assert "X-Frame-Options" not in answer.headers
 
 
-def handshake(port: int, ca: Path, configure) -> ssl.SSLSocket:  # type: ignore[no-untyped-def]
+def handshake(
+    port: int, ca: Path, configure: Callable[[ssl.SSLContext], None]
+) -> ssl.SSLSocket:
     context = ssl.create_default_context(cafile=str(ca))
     configure(context)
     raw = socket.create_connection(("127.0.0.1", port), timeout=10)
     return context.wrap_socket(raw, server_hostname="127.0.0.1")
 
 
-def test_cipher_suites_are_applied(pki: PKI, live, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+def test_cipher_suites_are_applied(pki: PKI, live: Live, tmp_path: Path) -> None:
     config = tmp_path / "web.yml"
     config.write_text(
         tls_config(
@@ -167,12 +171,13 @@ def test_cipher_suites_are_applied(pki: PKI, live, tmp_path: Path) -> None:  # t
     )
     server = live(config)
     with handshake(server.port, pki.ca, lambda c: None) as tls:
-        assert tls.cipher()[0] == "ECDHE-ECDSA-AES128-GCM-SHA256"
+        cipher = tls.cipher()
+        assert cipher is not None and cipher[0] == "ECDHE-ECDSA-AES128-GCM-SHA256"
     with pytest.raises(ssl.SSLError):
         handshake(server.port, pki.ca, lambda c: c.set_ciphers("ECDHE-ECDSA-AES256-GCM-SHA384"))
 
 
-def test_curve_preferences_are_applied(pki: PKI, live, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+def test_curve_preferences_are_applied(pki: PKI, live: Live, tmp_path: Path) -> None:
     config = tmp_path / "web.yml"
     config.write_text(
         tls_config(pki.server.cert, pki.server.key, "  curve_preferences: [CurveP384]\n")
@@ -184,7 +189,7 @@ def test_curve_preferences_are_applied(pki: PKI, live, tmp_path: Path) -> None: 
         handshake(server.port, pki.ca, lambda c: c.set_ecdh_curve("prime256v1"))
 
 
-def test_client_allowed_sans(pki: PKI, live, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+def test_client_allowed_sans(pki: PKI, live: Live, tmp_path: Path) -> None:
     ca = CA(tmp_path, "sans-ca")
     server_cert = ca.issue("server", server=True)
     allowed = ca.issue("allowed", server=False, sans=("scraper.example",))
@@ -209,7 +214,7 @@ def test_client_allowed_sans(pki: PKI, live, tmp_path: Path) -> None:  # type: i
                      timeout=10)
 
 
-def test_rate_limit(live, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_rate_limit(live: Live, tmp_path: Path) -> None:
     config = tmp_path / "web.yml"
     config.write_text("rate_limit:\n  interval: 1h\n  burst: 2\n")
     server = live(config)
@@ -218,7 +223,7 @@ def test_rate_limit(live, tmp_path: Path) -> None:  # type: ignore[no-untyped-de
     assert codes == [200, 200, 429]
 
 
-def test_inline_certificate_and_key(pki: PKI, live, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+def test_inline_certificate_and_key(pki: PKI, live: Live, tmp_path: Path) -> None:
     def block(path: Path) -> str:
         return "|\n" + "".join("    " + line + "\n" for line in path.read_text().splitlines())
 
@@ -250,7 +255,7 @@ def htpasswd_hash(password: str) -> str:
 
 
 @pytest.mark.parametrize("length", [10, 72, 100])
-def test_htpasswd_hashes_of_any_length_work(live, tmp_path: Path, length: int) -> None:  # type: ignore[no-untyped-def]
+def test_htpasswd_hashes_of_any_length_work(live: Live, tmp_path: Path, length: int) -> None:
     password = ("correct-horse-battery-staple-" * 4)[:length]
     config = tmp_path / "web.yml"
     config.write_text(f"basic_auth_users:\n  alice: '{htpasswd_hash(password)}'\n")
@@ -264,7 +269,7 @@ def test_htpasswd_hashes_of_any_length_work(live, tmp_path: Path, length: int) -
         assert requests.get(url, auth=("alice", password[:71]), timeout=10).status_code == 401
 
 
-def test_the_basic_scheme_is_case_insensitive(live, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_the_basic_scheme_is_case_insensitive(live: Live, tmp_path: Path) -> None:
     config = tmp_path / "web.yml"
     config.write_text(f"basic_auth_users:\n  alice: '{hashpw('pw')}'\n")
     server = live(config)
@@ -287,8 +292,8 @@ def test_bcrypt_truncates_like_go() -> None:
 
 
 def test_a_failed_handshake_is_one_debug_line(
-    pki: PKI,  # noqa: F811
-    live,  # type: ignore[no-untyped-def]
+    pki: PKI,
+    live: Live,
     tmp_path: Path,
 ) -> None:
     config = tmp_path / "web.yml"

@@ -1,0 +1,270 @@
+"""Retries and the request budget, through the whole exporter: backoff, Retry-After,
+what is never retried, what is, and the per-key budget under concurrency.
+
+Backoff waits do not sleep: the clients' sleep is replaced by one that moves the
+test's clock (``virtual_backoff``).
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+from collections.abc import Callable
+from dataclasses import replace
+
+import pytest
+
+from qf_exporter import errors
+from qf_exporter.app import Exporter
+from qf_exporter.classify import retry_after as _retry_after
+from qf_exporter.ratelimit import RateLimiter
+from qf_exporter.simulator import QianfanSimulator, World
+from tests.faults.fleet import (
+    ACTION,
+    NOT_RETRIED,
+    POLL,
+    REASON,
+    TARGET,
+    Fleet,
+    accounts,
+    failures,
+    reads,
+    virtual_backoff,
+)
+from tests.helpers import (
+    ACCESS_KEY,
+    SECRET_KEY,
+    ManualClock,
+    account,
+    scrape,
+    series,
+    value,
+)
+
+# --- 2. retries and the budget ---------------------------------------------------------
+
+
+def test_backoff_is_exponential_capped_and_jittered_then_recovers(
+    fleet: Fleet, make_exporter: Callable[..., Exporter]
+) -> None:
+    clock, sim = fleet.clock, fleet.sim
+    a, b = accounts(sim, sim)
+    exporter = make_exporter(a, b, poll=replace(POLL, retries=6))
+    waits = virtual_backoff(exporter, clock)
+    sim.add_fault("http_503", target="job-1", access_key=ACCESS_KEY, count=6)
+    exporter.poller.poll_all()
+    samples = scrape(exporter)
+    # Six failures, six waits, the seventh attempt works: the target is up.
+    assert reads(sim, "job-1") == 7
+    assert value(samples, "qianfan_target_up", account="a", target="job-1") == 1
+    assert value(samples, "qianfan_up", account="a") == 1
+    assert failures(samples, "a", action="DescribeFineTuningTasks", reason="server") == 6
+    assert value(samples, "qianfan_api_requests_total", account="a",
+                 action="DescribeFineTuningTasks") == 7 + 1  # and job-2 once
+    assert len(waits.delays) == 6
+    for k, delay in enumerate(waits.delays):
+        ceiling = min(10.0, 0.5 * 2**k)  # base 0.5 s, doubling, capped at 10 s
+        assert ceiling / 2 <= delay <= ceiling, (k, delay)
+    assert waits.delays[-1] <= 10.0 < 0.5 * 2**5
+
+    # Jitter: targets that fail together do not retry in step.
+    waits.clear()
+    for target in ("job-1", "job-2", "101/201", "102/202"):
+        sim.add_fault("http_500", target=target, access_key=ACCESS_KEY, count=1)
+    clock.advance(60)
+    exporter.poller.poll_all()
+    assert len(waits.delays) == 4
+    assert all(0.25 <= d <= 0.5 for d in waits.delays)
+    assert len(set(waits.delays)) == 4
+    assert value(scrape(exporter), "qianfan_up", account="a") == 1
+
+
+def test_retry_after_is_honoured_within_the_poll_budget(
+    fleet: Fleet, make_exporter: Callable[..., Exporter]
+) -> None:
+    clock, sim = fleet.clock, fleet.sim
+    a, b = accounts(sim, sim)
+    exporter = make_exporter(a, b, poll=replace(POLL, retries=10))
+    waits = virtual_backoff(exporter, clock)
+    # Retry-After: 25 s, every time. The read may take one interval (60 s): two waits
+    # fit, a third would end past it, so the third answer is the last.
+    sim.add_fault("http_429", target="job-1", access_key=ACCESS_KEY, seconds=25)
+    started = clock()
+    exporter.poller.poll_all()
+    assert waits.delays == [25.0, 25.0]
+    assert clock() - started == 50.0 <= POLL.interval
+    assert reads(sim, "job-1") == 3
+    samples = scrape(exporter)
+    assert value(samples, "qianfan_target_up", account="a", target="job-1") == 0
+    assert failures(samples, "a", action="DescribeFineTuningTasks", reason="rate_limited") == 3
+    assert value(samples, "qianfan_target_up", account="a", target="job-2") == 1
+    assert value(samples, "qianfan_up", account="b") == 1
+    # A short Retry-After is waited out in full, even where the backoff would be shorter.
+    sim.clear_faults()
+    sim.add_fault("http_429", target="job-2", access_key=ACCESS_KEY, seconds=7, count=1)
+    waits.clear()
+    clock.advance(60)
+    exporter.poller.poll_all()
+    assert waits.delays == [7.0]
+    assert value(scrape(exporter), "qianfan_up", account="a") == 1
+
+
+def test_retry_after_as_an_http_date() -> None:
+    now = 1_700_000_000.0  # 2023-11-14T22:13:20Z
+    assert _retry_after("Tue, 14 Nov 2023 22:13:50 GMT", now) == 30.0
+    assert _retry_after("Tue, 14 Nov 2023 22:13:00 GMT", now) == 0.0  # in the past
+    assert _retry_after("12", now) == 12.0
+    assert _retry_after("100000", now) == 300.0  # capped
+    assert _retry_after("soon", now) is None
+    assert _retry_after("nan", now) is None
+
+
+@pytest.mark.parametrize("kind", NOT_RETRIED)
+@pytest.mark.parametrize("api", ["v1", "v2"])
+def test_auth_and_client_errors_are_never_retried(
+    kind: str, api: str, fleet: Fleet, make_exporter: Callable[..., Exporter]
+) -> None:
+    clock, sim = fleet.clock, fleet.sim
+    a, b = accounts(sim, sim)
+    exporter = make_exporter(a, b, poll=replace(POLL, retries=5))
+    waits = virtual_backoff(exporter, clock)
+    sim.add_fault(kind, target=TARGET[api], access_key=ACCESS_KEY)
+    for k in (1, 2):
+        exporter.poller.poll_all()
+        assert reads(sim, TARGET[api]) == k  # one request per poll, no retry
+        clock.advance(60)
+    assert waits.delays == []
+    samples = scrape(exporter)
+    assert failures(samples, "a", action=ACTION[api], reason=REASON[kind]) == 2
+    assert value(samples, "qianfan_target_up", account="a", api=api, target=TARGET[api]) == 0
+    assert value(samples, "qianfan_up", account="b") == 1
+
+
+@pytest.mark.parametrize("kind", ["malformed_json", "close", "code_336100", "rate_limit_18"])
+def test_transient_faults_are_retried_within_one_poll(
+    kind: str, fleet: Fleet, make_exporter: Callable[..., Exporter]
+) -> None:
+    clock, sim = fleet.clock, fleet.sim
+    a, b = accounts(sim, sim)
+    exporter = make_exporter(a, b, poll=replace(POLL, retries=2))
+    waits = virtual_backoff(exporter, clock)
+    for target in TARGET.values():
+        sim.add_fault(kind, target=target, access_key=ACCESS_KEY, count=2)
+    exporter.poller.poll_all()
+    samples = scrape(exporter)
+    assert value(samples, "qianfan_up", account="a") == 1
+    for api, target in TARGET.items():
+        assert reads(sim, target) == 3
+        assert failures(samples, "a", action=ACTION[api], reason=REASON[kind]) == 2
+    assert len(waits.delays) == 4
+
+
+def test_budget_holds_with_many_targets_and_high_concurrency(
+    clock: ManualClock, make_exporter: Callable[..., Exporter]
+) -> None:
+    """The gateway enforces qps per access key; the exporter never gets throttled."""
+    qps = 20
+    world = World(clock)
+    jobs = tuple(f"job-{j:02d}" for j in range(30))
+    pairs = tuple((1000 + t, 2000 + t) for t in range(10))
+    for job in jobs:
+        world.add_job(job, created=clock() - 3600)
+        world.add_run(job, created=clock() - 600, wait=0, duration=6000)
+    for t, j in pairs:
+        world.add_v1_run(t, j, created=clock() - 600, wait=0, duration=6000)
+    with QianfanSimulator(world, {ACCESS_KEY: SECRET_KEY}, qps=qps, wall_clock=clock) as sim:
+        acc = account(sim, name="a", jobs=jobs, tasks=pairs, qps=qps)
+        exporter = make_exporter(acc, poll=replace(POLL, concurrency=16, retries=3))
+        waits = virtual_backoff(exporter, clock)
+        # Retries spend the same budget.
+        for target in ("job-03", "job-17", "1004/2004"):
+            sim.add_fault("http_500", target=target, count=2)
+        exporter.poller.poll_all()
+        samples = scrape(exporter)
+        assert value(samples, "qianfan_up", account="a") == 1
+        assert len(series(samples, "qianfan_target_up", account="a")) == 40
+        assert len(waits.delays) == 6
+        # 30 job lists, 30 details (every job has one running run), 10 V1 reads, 6 retries
+        assert sim.request_count() == 30 + 30 + 10 + 6
+        assert sim.stats.throttled == 0
+        assert failures(samples, "a", reason="rate_limited") == 0
+        arrivals = sorted(e.arrived for e in sim.logged())
+        # No trailing one-second window at the gateway holds more than qps arrivals.
+        for i in range(len(arrivals) - qps):
+            assert arrivals[i + qps] - arrivals[i] >= 1.0, i
+
+
+def test_an_interrupted_wait_for_budget_sends_nothing() -> None:
+    """Stopping the exporter wakes the callers waiting for budget; none of them then
+    goes out over budget."""
+    now = [100.0]
+    stopping = threading.Event()
+    limiter = RateLimiter(1, margin=0.0, clock=lambda: now[0], wait=stopping.wait)
+    assert limiter.acquire()  # the first start is free
+    stopping.set()
+    assert not limiter.acquire()  # its turn was a second away: refused, not sent
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "error", "retried"),
+    [
+        (503, "336999", errors.ServerError, True),  # an unknown code under a 5xx
+        (429, "99", errors.RateLimited, True),
+        (400, "99", errors.ClientError, False),
+        (200, "18", errors.RateLimited, True),
+        (500, "14", errors.AuthError, False),  # a known code decides
+        (200, "InternalError", errors.ServerError, True),
+        (403, "RequestExpired", errors.AuthError, False),
+        (400, "IamAccessKeyNotExist", errors.AuthError, False),
+        (400, "InappropriateJSON", errors.ClientError, False),
+        (404, "ResourceNotFound", errors.NotFound, False),
+        (400, "ThrottlingException", errors.RateLimited, True),
+    ],
+)
+def test_error_classification(status: int, code: str, error: type[errors.QianfanError],
+                              retried: bool) -> None:
+    err = errors.from_http(status, code, "message")
+    assert type(err) is error and err.retryable is retried
+
+
+def test_closing_the_exporter_closes_its_connections_at_once(
+    fleet: Fleet, make_exporter: Callable[..., Exporter]
+) -> None:
+    """After timeouts and dropped connections, stopping closes every connection to
+    Qianfan right away, not whenever the garbage collector next runs."""
+    clock, sim = fleet.clock, fleet.sim
+    a, b = accounts(sim, sim)
+    exporter = make_exporter(a, b, poll=replace(POLL, timeout=0.5, retries=1))
+    virtual_backoff(exporter, clock)
+    gc.disable()  # what urllib3 leaves in reference cycles stays there
+    try:
+        for kind in ("close", "delay", "http_500", "stall_body"):
+            sim.add_fault(kind, target="job-1", count=1, seconds=60)
+            exporter.poller.poll_all()
+            sim.clear_faults()
+        assert sim.connections > 0  # kept alive for the next poll
+        exporter.stop()
+        assert sim.wait_idle(timeout=10), f"{sim.connections} connections left open"
+    finally:
+        gc.enable()
+
+
+def test_a_read_that_cannot_get_budget_in_time_fails_at_once(
+    fleet: Fleet, make_exporter: Callable[..., Exporter]
+) -> None:
+    """With one request per 10 s and a read budget of 1 s, one target is read and the
+    others fail at once with reason timeout: no waiting past the budget, no retries
+    (waiting only moves the next free slot later), nothing sent over budget."""
+    clock, sim = fleet.clock, fleet.sim
+    a = account(sim, name="a", jobs=("job-1", "job-2"), tasks=((101, 201), (102, 202)),
+                qps=0.1)
+    exporter = make_exporter(a, poll=replace(POLL, interval=1, timeout=0.5, retries=3))
+    waits = virtual_backoff(exporter, clock)
+    exporter.poller.poll_all()
+    samples = scrape(exporter)
+    assert sim.request_count() == 1
+    assert sum(series(samples, "qianfan_target_up", account="a").values()) == 1
+    assert failures(samples, "a", reason="timeout") == 3
+    assert failures(samples, "a") == 3
+    assert sum(series(samples, "qianfan_api_requests_total", account="a").values()) == 1
+    assert waits.delays == []

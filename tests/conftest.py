@@ -5,13 +5,18 @@ Plain helpers (the clock itself, accounts, scraping, parsing) are in ``tests/hel
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from qf_exporter.app import Exporter
 from qf_exporter.config import Account, Config, Poll
 from qf_exporter.simulator import QianfanSimulator, World
+from qf_exporter.snapshot import Snapshot
+from qf_exporter.store import render
+from qf_exporter.web import ExporterHTTPServer
 from tests.helpers import ACCESS_KEY, FAST_POLL, SECRET_KEY, ManualClock
 from tests.webconfig_fixtures import pki, users  # noqa: F401  (fixtures of the web tests)
 
@@ -48,3 +53,34 @@ def make_exporter(
     yield build
     for exporter in made:
         exporter.stop()
+
+
+EmptyServer = Callable[..., ExporterHTTPServer]
+
+
+@pytest.fixture
+def empty_server() -> Iterator[EmptyServer]:
+    """Start in-process HTTP servers with no runs on their page (their settings as
+    keywords of ``ExporterHTTPServer``); they are shut down after the test."""
+    started: list[ExporterHTTPServer] = []
+    empty = render((), 0)
+
+    def start(**settings: object) -> ExporterHTTPServer:
+        ready = threading.Event()
+        ready.set()
+        server = ExporterHTTPServer(
+            ("127.0.0.1", 0),
+            registry=CollectorRegistry(auto_describe=False),
+            rendered=lambda: empty,
+            snapshot=Snapshot,
+            ready=ready,
+            version="test",
+            **settings,  # type: ignore[arg-type]
+        )
+        server.serve_in_thread()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.shutdown()

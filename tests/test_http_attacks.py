@@ -13,50 +13,29 @@ import resource
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
 import requests
-from prometheus_client import CollectorRegistry
 
 from qf_exporter.server import Limits
 from qf_exporter.simulator import QianfanSimulator
 from qf_exporter.simulator.scenario import demo_world
-from qf_exporter.snapshot import Snapshot
-from qf_exporter.store import render
 from qf_exporter.web import ExporterHTTPServer
+from tests.conftest import EmptyServer
 from tests.daemon import Daemon
 
 # --- an in-process server with small limits ----------------------------------------------
 
 
 @pytest.fixture
-def serve() -> Iterator:  # type: ignore[type-arg]
-    started: list[ExporterHTTPServer] = []
-
+def serve(empty_server: EmptyServer) -> Callable[..., ExporterHTTPServer]:
     def start(limits: Limits, **kw: object) -> ExporterHTTPServer:
-        ready = threading.Event()
-        ready.set()
-        empty = render((), 0)
-        server = ExporterHTTPServer(
-            ("127.0.0.1", 0),
-            registry=CollectorRegistry(auto_describe=False),
-            rendered=lambda: empty,
-            snapshot=Snapshot,
-            ready=ready,
-            limits=limits,
-            version="test",
-            **kw,  # type: ignore[arg-type]
-        )
-        server.serve_in_thread()
-        started.append(server)
-        return server
+        return empty_server(limits=limits, **kw)
 
-    yield start
-    for server in started:
-        server.shutdown()
+    return start
 
 
 def exchange(port: int, raw: bytes, timeout: float = 20) -> bytes:

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 
 import pytest
 import requests
-from prometheus_client import CollectorRegistry
 
 from qf_exporter.reloads import Reloader
-from qf_exporter.snapshot import Snapshot
-from qf_exporter.store import render
 from qf_exporter.web import LIFECYCLE_DISABLED, ExporterHTTPServer
+from tests.conftest import EmptyServer
 
 
 def test_a_burst_costs_one_reload_running_and_one_queued() -> None:
@@ -56,35 +54,16 @@ def test_a_reload_that_raises_is_a_failed_reload_not_a_dead_thread() -> None:
 
 
 @pytest.fixture
-def serve() -> Iterator:  # type: ignore[type-arg]
-    started: list[ExporterHTTPServer] = []
-
+def serve(empty_server: EmptyServer) -> Callable[[bool], ExporterHTTPServer]:
     def start(lifecycle: bool) -> ExporterHTTPServer:
-        ready = threading.Event()
-        ready.set()
-        empty = render((), 0)
-
         def reload() -> Future[tuple[bool, str]]:
             done: Future[tuple[bool, str]] = Future()
             done.set_result((True, "configuration reloaded"))
             return done
 
-        server = ExporterHTTPServer(
-            ("127.0.0.1", 0),
-            registry=CollectorRegistry(auto_describe=False),
-            rendered=lambda: empty,
-            snapshot=Snapshot,
-            ready=ready,
-            reload=reload,
-            lifecycle=lifecycle,
-        )
-        server.serve_in_thread()
-        started.append(server)
-        return server
+        return empty_server(reload=reload, lifecycle=lifecycle)
 
-    yield start
-    for server in started:
-        server.shutdown()
+    return start
 
 
 def test_reload_is_refused_without_the_flag(serve) -> None:  # type: ignore[no-untyped-def]

@@ -10,47 +10,27 @@ import socket
 import ssl
 import subprocess
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import bcrypt
 import pytest
 import requests
-from prometheus_client import CollectorRegistry
 
-from qf_exporter.snapshot import Snapshot
-from qf_exporter.store import render
 from qf_exporter.web import ExporterHTTPServer
 from qf_exporter.webconfig import LiveWebConfig
+from tests.conftest import EmptyServer
 from tests.webconfig_fixtures import CA, PKI, hashpw
 
 Live = Callable[[Path], ExporterHTTPServer]
 
 
 @pytest.fixture
-def live() -> Iterator[Live]:
-    started: list[ExporterHTTPServer] = []
-
+def live(empty_server: EmptyServer) -> Live:
     def start(path: Path) -> ExporterHTTPServer:
-        ready = threading.Event()
-        ready.set()
-        empty = render((), 0)
-        server = ExporterHTTPServer(
-            ("127.0.0.1", 0),
-            registry=CollectorRegistry(auto_describe=False),
-            rendered=lambda: empty,
-            snapshot=Snapshot,
-            ready=ready,
-            web_config=LiveWebConfig(str(path)),
-            version="test",
-        )
-        server.serve_in_thread()
-        started.append(server)
-        return server
+        return empty_server(web_config=LiveWebConfig(str(path)))
 
-    yield start
-    for server in started:
-        server.shutdown()
+    return start
 
 
 def replace(path: Path, text: str | bytes) -> None:

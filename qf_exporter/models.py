@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -169,7 +170,8 @@ class Fields:
             return "true" if value else "false"
         if isinstance(value, float) and value.is_integer():
             value = int(value)
-        return cut(str(value), limit)
+        # Job names, models, statuses repeat across runs: one string each, not one per run.
+        return sys.intern(cut(str(value), limit))
 
 
 def cut(text: str, limit: int) -> str:

@@ -380,20 +380,16 @@ class _Connection:
         if close:
             headers.append(("Connection", "close"))
         reason = _REASONS.get(response.status, b"")
-        pieces = [conn.send(h11.Response(status_code=response.status, headers=headers,
-                                         reason=reason)) or b""]
-        if not head:
-            for piece in response.body:
-                # h11 passes the piece through (no copy); it only counts the bytes.
-                pieces.extend(conn.send_with_data_passthrough(h11.Data(data=piece)) or ())
-        pieces.append(conn.send(h11.EndOfMessage()) or b"")
+        status_line = conn.send(h11.Response(status_code=response.status, headers=headers,
+                                             reason=reason)) or b""
+        body = () if head else _coalesce(response.body, self.limits.write_slice)
         # Big answers on plain TCP go out from a sender thread (see _plain_socket), with
         # a descriptor held only while they are sent (at most --web.max-requests).
         # Measured: a ~1 MB gzip answer is faster through the loop than handed over.
         big = length > self.limits.thread_send_bytes
         sock = _plain_socket(self.writer, self.limits.write_timeout) if big else None
         try:
-            await self._write(sock, _coalesce(pieces, self.limits.write_slice))
+            await self._write(sock, _framed(conn, status_line, body))
         finally:
             if sock is not None:
                 sock.close()
@@ -438,14 +434,23 @@ def _request(
     return request, problem, has_body
 
 
+def _framed(conn: h11.Connection, status_line: bytes, body: Iterable[bytes]) -> Iterator[bytes]:
+    """What goes on the wire, write by write: h11 passes each body write through (no
+    copy) and only counts its bytes, once per write rather than once per piece."""
+    yield status_line
+    for write in body:
+        yield from conn.send_with_data_passthrough(h11.Data(data=write)) or ()
+    yield conn.send(h11.EndOfMessage()) or b""
+
+
 def _coalesce(pieces: Iterable[bytes], size: int) -> Iterator[bytes]:
     """The pieces in writes of up to about ``size`` bytes: small ones joined (a copy of
     at most ``size``), big ones as they are.
 
-    The run store's page is thousands of pieces of a few KB; a write, a drain or a
-    ``sendall`` each (with a return to Python, and a wait for the GIL, after each)
-    cost 100+ ms of CPU per scrape at 10,000 runs. Joined lazily, so a sender thread
-    does the copying of a big answer, never the event loop.
+    The run store's page is thousands of pieces of a few KB; an h11 event, a write, a
+    drain or a ``sendall`` each (with a return to Python, and a wait for the GIL, after
+    each) cost 100+ ms of CPU per scrape at 10,000 runs. Joined lazily, so a sender
+    thread does the copying of a big answer, never the event loop.
     """
     batch: list[bytes] = []
     held = 0

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.openmetrics import exposition as openmetrics
 
-from qf_exporter.store import Rendered
+from qf_exporter.store import Answer, Rendered
 
 TEXT = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -34,12 +34,12 @@ OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 class Exposition:
     """An answer's body as pieces, with the headers that describe it."""
 
-    pieces: tuple[bytes, ...]
+    pieces: Answer
     content_type: str
     gzipped: bool
 
     def __len__(self) -> int:
-        return sum(len(piece) for piece in self.pieces)
+        return self.pieces.size
 
 
 def _q(params: Sequence[str]) -> float:
@@ -99,4 +99,4 @@ def build(
         head = generate_latest(registry)
         content_type = TEXT
     pieces = rendered.gzipped(head) if gzipped else rendered.plain(head)
-    return Exposition(tuple(p for p in pieces if p), content_type, gzipped)
+    return Exposition(pieces, content_type, gzipped)

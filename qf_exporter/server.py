@@ -80,10 +80,11 @@ class Request:
 @dataclass
 class Response:
     status: int
-    body: Sequence[bytes] = ()
+    body: Iterable[bytes] = ()
     content_type: str = "text/plain; charset=utf-8"
     headers: list[tuple[str, str]] = field(default_factory=list)
     close: bool = False
+    length: int | None = None  # of the body, when known without reading it
 
     @classmethod
     def text(cls, status: int, text: str, **kw: Any) -> Response:
@@ -370,7 +371,9 @@ class _Connection:
         *,
         head: bool,
     ) -> None:
-        length = sum(len(piece) for piece in response.body)
+        length = response.length
+        if length is None:
+            length = sum(len(piece) for piece in response.body)
         headers = [
             ("Content-Type", response.content_type),
             ("Content-Length", str(length)),

@@ -20,7 +20,7 @@ from __future__ import annotations
 import gc
 import zlib
 from bisect import bisect_right, insort
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -103,21 +103,77 @@ class Rendered:
     def _size(self) -> int:
         return sum(map(len, self.runs)) + len(self.health)
 
-    def plain(self, head: bytes = b"") -> list[bytes]:
-        """The answer's text, in pieces to write in order."""
-        return [*self.runs, self.health, head]
+    @cached_property
+    def _plain_spans(self) -> tuple[tuple[int, int], ...]:
+        return _spans(self.runs)
 
-    def gzipped(self, head: bytes = b"") -> list[bytes]:
-        """The answer as one gzip stream, in pieces to write in order."""
+    @cached_property
+    def _deflated_spans(self) -> tuple[tuple[int, int], ...]:
+        return _spans(self.runs_deflated)
+
+    @cached_property
+    def _deflated_size(self) -> int:
+        return sum(map(len, self.runs_deflated)) + len(self.health_deflated)
+
+    def plain(self, head: bytes = b"") -> Answer:
+        """The answer's text, with ``head`` (rendered per scrape) last."""
+        return Answer(self.runs, self._plain_spans, (self.health, head),
+                      self._size + len(head))
+
+    def gzipped(self, head: bytes = b"") -> Answer:
+        """The answer as one gzip stream, with ``head`` (rendered per scrape) last."""
         crc = zlib.crc32(head, self._crc)
-        return [
-            gzipstream.HEADER,
-            *self.runs_deflated,
+        tail = (
             self.health_deflated,
             gzipstream.segment(head),
             gzipstream.END,
             gzipstream.trailer(crc, self._size + len(head)),
-        ]
+        )
+        size = len(gzipstream.HEADER) + self._deflated_size + sum(map(len, tail[1:]))
+        return Answer(self.runs_deflated, self._deflated_spans, tail, size,
+                      before=gzipstream.HEADER)
+
+
+# An answer goes out in writes of about this size: the page's thousands of small pieces
+# cost a system call and a return to Python each when written one by one, and joining
+# them all would copy 28 MB per scrape at 10,000 runs.
+WRITE_BYTES = 1 << 20
+
+
+def _spans(pieces: tuple[bytes, ...]) -> tuple[tuple[int, int], ...]:
+    """Runs of consecutive pieces of about ``WRITE_BYTES`` together, as index ranges."""
+    spans: list[tuple[int, int]] = []
+    start = held = 0
+    for i, piece in enumerate(pieces):
+        if held and held + len(piece) > WRITE_BYTES:
+            spans.append((start, i))
+            start, held = i, 0
+        held += len(piece)
+    if start < len(pieces):
+        spans.append((start, len(pieces)))
+    return tuple(spans)
+
+
+class Answer:
+    """One answer as writes of about ``WRITE_BYTES``, joined only as they are sent.
+
+    Iterating gives the bytes in order; ``size`` is their total, known without joining.
+    The ranges are worked out once per page, so a scrape costs a few dozen joins, not a
+    step per piece.
+    """
+
+    def __init__(self, pieces: tuple[bytes, ...], spans: tuple[tuple[int, int], ...],
+                 tail: tuple[bytes, ...], size: int, *, before: bytes = b"") -> None:
+        self._pieces, self._spans, self._tail, self._before = pieces, spans, tail, before
+        self.size = size
+
+    def __iter__(self) -> Iterator[bytes]:
+        if self._before:
+            yield self._before
+        pieces = self._pieces
+        for start, end in self._spans:
+            yield pieces[start] if end - start == 1 else b"".join(pieces[start:end])
+        yield from (part for part in self._tail if part)
 
 
 def render(runs: Iterable[Run], generation: int, health: bytes = b"") -> Rendered:

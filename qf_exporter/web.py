@@ -194,4 +194,5 @@ class ExporterHTTPServer:
         headers = [("Vary", "Accept, Accept-Encoding")]
         if answer.gzipped:
             headers.append(("Content-Encoding", "gzip"))
-        return Response(200, answer.pieces, answer.content_type, headers)
+        return Response(200, answer.pieces, answer.content_type, headers,
+                        length=answer.pieces.size)

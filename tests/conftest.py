@@ -15,7 +15,7 @@ from qf_exporter.app import Exporter
 from qf_exporter.config import Account, Config, Poll
 from qf_exporter.simulator import QianfanSimulator, World
 from qf_exporter.snapshot import Snapshot
-from qf_exporter.store import render
+from qf_exporter.store import Rendered, render
 from qf_exporter.web import ExporterHTTPServer
 from tests.helpers import ACCESS_KEY, FAST_POLL, SECRET_KEY, ManualClock
 from tests.webconfig_fixtures import pki, users  # noqa: F401  (fixtures of the web tests)
@@ -60,18 +60,18 @@ EmptyServer = Callable[..., ExporterHTTPServer]
 
 @pytest.fixture
 def empty_server() -> Iterator[EmptyServer]:
-    """Start in-process HTTP servers with no runs on their page (their settings as
-    keywords of ``ExporterHTTPServer``); they are shut down after the test."""
+    """Start in-process HTTP servers with no runs on their page, or ``page`` (their
+    settings as keywords of ``ExporterHTTPServer``); they are shut down after the test."""
     started: list[ExporterHTTPServer] = []
     empty = render((), 0)
 
-    def start(**settings: object) -> ExporterHTTPServer:
+    def start(page: Rendered = empty, **settings: object) -> ExporterHTTPServer:
         ready = threading.Event()
         ready.set()
         server = ExporterHTTPServer(
             ("127.0.0.1", 0),
             registry=CollectorRegistry(auto_describe=False),
-            rendered=lambda: empty,
+            rendered=lambda: page,
             snapshot=Snapshot,
             ready=ready,
             version="test",

@@ -1,11 +1,15 @@
-"""How the server cuts an answer's pieces into writes (``server._coalesce``)."""
+"""How the server writes an answer's pieces: joined into writes of about 1 MiB."""
 
 from __future__ import annotations
 
+import requests
 from hypothesis import given
 from hypothesis import strategies as st
 
+from qf_exporter.models import Run
 from qf_exporter.server import _coalesce
+from qf_exporter.store import render
+from tests.conftest import EmptyServer
 
 
 @given(st.lists(st.binary(max_size=300), max_size=60), st.integers(min_value=1, max_value=500))
@@ -22,3 +26,18 @@ def test_thousands_of_small_pieces_are_a_few_writes() -> None:
     pieces = [b"x" * 3000] * 9400  # the run store's page at 10,000 runs
     writes = list(_coalesce(pieces, 1 << 20))
     assert len(writes) == 27 and b"".join(writes) == b"".join(pieces)
+
+
+def test_a_big_plain_answer_goes_out_whole(empty_server: EmptyServer) -> None:
+    # Over Limits.thread_send_bytes (4 MiB): sent from a sender thread in joined writes.
+    runs = [Run("a", "v2", f"job-{i % 40}", f"task-{i:05d}", "running", "Running",
+                job_name="j" * 200, task_name="t" * 200, progress=0.5, last_read=float(i))
+            for i in range(6000)]
+    page = render(runs, 1)
+    assert len(page.text) > 4 << 20
+    server = empty_server(page=page)
+    url = f"http://127.0.0.1:{server.port}/metrics"
+    plain = requests.get(url, headers={"Accept-Encoding": "identity"}, timeout=30)
+    zipped = requests.get(url, timeout=30)
+    assert plain.content.startswith(page.text) and zipped.content == plain.content
+    assert int(plain.headers["Content-Length"]) == len(plain.content)

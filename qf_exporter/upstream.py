@@ -172,22 +172,22 @@ def watched(deadline: float) -> Iterator[Watch]:
         watch.finish()
 
 
+def _watched(conn: Any) -> Any:
+    """``conn``, attached to the deadline watch of the request this thread is making."""
+    watch = getattr(_current, "watch", None)
+    if watch is not None:
+        watch.attach(conn)
+    return conn
+
+
 class _WatchedHTTPPool(HTTPConnectionPool):
     def _get_conn(self, timeout: float | None = None) -> Any:
-        conn = super()._get_conn(timeout)
-        watch = getattr(_current, "watch", None)
-        if watch is not None:
-            watch.attach(conn)
-        return conn
+        return _watched(super()._get_conn(timeout))
 
 
 class _WatchedHTTPSPool(HTTPSConnectionPool):
     def _get_conn(self, timeout: float | None = None) -> Any:
-        conn = super()._get_conn(timeout)
-        watch = getattr(_current, "watch", None)
-        if watch is not None:
-            watch.attach(conn)
-        return conn
+        return _watched(super()._get_conn(timeout))
 
 
 def watch_pools(poolmanager: Any) -> None:

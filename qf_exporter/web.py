@@ -195,4 +195,4 @@ class ExporterHTTPServer:
         if answer.gzipped:
             headers.append(("Content-Encoding", "gzip"))
         return Response(200, answer.pieces, answer.content_type, headers,
-                        length=answer.pieces.size)
+                        length=len(answer))

@@ -5,19 +5,33 @@ The text format wants each family's lines together, so the page is family-major:
     for each family: its HELP/TYPE header, then its lines for bucket 0, bucket 1, ...
 
 Runs, in key order, are split into buckets of at most ``BUCKET_RUNS`` runs (like the
-leaves of a B-tree: a full bucket splits in two, an emptied one goes away). For each
-bucket and family the store keeps that family's lines of the bucket's runs as bytes,
-and the same bytes compressed as a deflate segment of their own (``gzipstream.py``
-joins segments into one gzip stream). A poll that changes k runs marks their buckets
-dirty; only those are rendered and compressed again, and the page is a new list of
-references to the pieces, which a scrape writes without joining them. This is what
+leaves of a B-tree: a full bucket splits in two, an emptied one goes away). A bucket
+renders each family's lines of its runs as one piece, and compresses each piece as a
+deflate segment of its own (``gzipstream.py`` joins segments into one gzip stream). A
+poll that changes k runs marks their buckets dirty; only those are rendered again,
+and only the pieces whose text changed are compressed again.
+
+A scrape should not handle thousands of pieces of a few KB: joining them held the GIL
+for 23 ms per plain scrape at 10,000 runs, and writing them one by one cost a system
+call each. So within each family, consecutive buckets' pieces are kept joined in
+blocks of about ``BLOCK_BYTES`` (and their segments likewise), and a bucket's pieces
+are views into its blocks, so that nothing is held twice. A changed piece has its
+block joined again (a copy of ~64 KB); the page is the list of blocks, a few hundred
+at 10,000 runs, which the server hands to the kernel as they are. This is what
 kube-state-metrics does with its per-object metric store, adapted to the order the
 text format needs.
+
+Where blocks end: each bucket draws a fixed number u in [0, 1) from its first key,
+and its first rendering ends a block after its piece of a family when
+``u < len(piece) / BLOCK_BYTES``. Blocks thus hold about ``BLOCK_BYTES`` whatever a
+family's line size, and where they end depends only on the buckets around, so adding
+or removing a bucket changes only the blocks beside it.
 """
 
 from __future__ import annotations
 
 import gc
+import itertools
 import zlib
 from bisect import bisect_right, insort
 from collections.abc import Iterable, Iterator, Sequence
@@ -29,10 +43,14 @@ from qf_exporter.models import Run
 from qf_exporter.render import FAMILIES, HEADERS, render_families
 
 Key = tuple[str, str, str, str]
+Bytes = bytes | memoryview
 
 # Runs per bucket, measured (README "How the exposition is kept"): smaller buckets make a
 # poll that changes a few runs cheaper, larger ones compress better and make fewer pieces.
 BUCKET_RUNS = 32
+# Bytes of text per block, measured (README): the kernel takes blocks of 32 KiB and more,
+# gathered by one sendmsg(), as fast as one buffer; smaller ones cost it per block.
+BLOCK_BYTES = 64 << 10
 
 
 _HEADERS = tuple(HEADERS[family.name] for family in FAMILIES)
@@ -42,30 +60,68 @@ _HEADERS_DEFLATED = tuple(gzipstream.segment(header) for header in _HEADERS)
 class _Bucket:
     """Up to ``BUCKET_RUNS`` runs adjacent in key order, and their rendered lines."""
 
-    __slots__ = ("deflated", "dirty", "keys", "plain", "runs")
+    __slots__ = ("blocks", "cuts", "deflated", "dirty", "keys", "plain", "runs", "u")
 
     def __init__(self, runs: dict[Key, Run]) -> None:
         self.runs = runs
         self.keys = sorted(runs)
         self.dirty = True
-        self.plain: tuple[bytes, ...] = ()  # one piece per family, once rendered
-        self.deflated: tuple[bytes, ...] = ()
+        # Per family, once rendered: the piece (a view into its block once joined), its
+        # deflate segment, whether a block ends after it, and that block.
+        self.plain: list[Bytes] = []
+        self.deflated: list[Bytes] = []
+        self.cuts: tuple[bool, ...] = ()
+        self.blocks: list[_Block | None] = [None] * len(FAMILIES)
+        self.u = 0.0
 
-    def render(self) -> None:
-        """Render every family again, but compress only the pieces whose text changed.
+    def render(self, block_bytes: int) -> list[int]:
+        """Render every family again; returns the families whose text changed.
 
         A run read again usually changes one or two families (its last-read time, its
         duration); compressing is a third of the cost, so the others keep their bytes and
         their segment.
         """
-        old = {p: (p, z) for p, z in zip(self.plain, self.deflated, strict=True)}
-        pieces = [
-            old.get(piece) or (piece, gzipstream.segment(piece))
-            for piece in render_families([self.runs[key] for key in self.keys])
-        ]
-        self.plain = tuple(p for p, _ in pieces)
-        self.deflated = tuple(z for _, z in pieces)
+        texts = render_families([self.runs[key] for key in self.keys])
         self.dirty = False
+        if not self.cuts:
+            self.u = zlib.crc32("\0".join(self.keys[0]).encode()) / 2**32
+            self.plain = list(texts)
+            self.deflated = [gzipstream.segment(text) for text in texts]
+            self.cuts = tuple(self.u * block_bytes < len(text) for text in texts)
+            return list(range(len(texts)))
+        changed = [f for f, text in enumerate(texts) if text != self.plain[f]]
+        for f in changed:
+            self.plain[f] = texts[f]
+            self.deflated[f] = gzipstream.segment(texts[f])
+        return changed
+
+
+class _Block:
+    """One family's pieces of consecutive buckets, joined (text, and deflate segments)."""
+
+    __slots__ = ("buckets", "deflated", "family", "plain", "stale")
+
+    def __init__(self, family: int, buckets: tuple[_Bucket, ...]) -> None:
+        self.family = family
+        self.buckets = buckets
+        self.stale = False
+        self.plain = self.deflated = b""
+        self.join()
+
+    def join(self) -> None:
+        """Join the buckets' pieces, then point each bucket at its part of the result."""
+        f = self.family
+        self.plain = b"".join([bucket.plain[f] for bucket in self.buckets])
+        self.deflated = b"".join([bucket.deflated[f] for bucket in self.buckets])
+        plain, deflated = memoryview(self.plain), memoryview(self.deflated)
+        at = at_z = 0
+        for bucket in self.buckets:
+            size, size_z = len(bucket.plain[f]), len(bucket.deflated[f])
+            bucket.plain[f] = plain[at : at + size]
+            bucket.deflated[f] = deflated[at_z : at_z + size_z]
+            bucket.blocks[f] = self
+            at, at_z = at + size, at_z + size_z
+        self.stale = False
 
 
 @dataclass(frozen=True)
@@ -104,21 +160,12 @@ class Rendered:
         return sum(map(len, self.runs)) + len(self.health)
 
     @cached_property
-    def _plain_spans(self) -> tuple[tuple[int, int], ...]:
-        return _spans(self.runs)
-
-    @cached_property
-    def _deflated_spans(self) -> tuple[tuple[int, int], ...]:
-        return _spans(self.runs_deflated)
-
-    @cached_property
     def _deflated_size(self) -> int:
         return sum(map(len, self.runs_deflated)) + len(self.health_deflated)
 
     def plain(self, head: bytes = b"") -> Answer:
         """The answer's text, with ``head`` (rendered per scrape) last."""
-        return Answer(self.runs, self._plain_spans, (self.health, head),
-                      self._size + len(head))
+        return Answer((self.runs, (self.health, head)), self._size + len(head))
 
     def gzipped(self, head: bytes = b"") -> Answer:
         """The answer as one gzip stream, with ``head`` (rendered per scrape) last."""
@@ -130,50 +177,24 @@ class Rendered:
             gzipstream.trailer(crc, self._size + len(head)),
         )
         size = len(gzipstream.HEADER) + self._deflated_size + sum(map(len, tail[1:]))
-        return Answer(self.runs_deflated, self._deflated_spans, tail, size,
-                      before=gzipstream.HEADER)
-
-
-# An answer goes out in writes of about this size: the page's thousands of small pieces
-# cost a system call and a return to Python each when written one by one, and joining
-# them all would copy 28 MB per scrape at 10,000 runs.
-WRITE_BYTES = 1 << 20
-
-
-def _spans(pieces: tuple[bytes, ...]) -> tuple[tuple[int, int], ...]:
-    """Runs of consecutive pieces of about ``WRITE_BYTES`` together, as index ranges."""
-    spans: list[tuple[int, int]] = []
-    start = held = 0
-    for i, piece in enumerate(pieces):
-        if held and held + len(piece) > WRITE_BYTES:
-            spans.append((start, i))
-            start, held = i, 0
-        held += len(piece)
-    if start < len(pieces):
-        spans.append((start, len(pieces)))
-    return tuple(spans)
+        return Answer(((gzipstream.HEADER,), self.runs_deflated, tail), size)
 
 
 class Answer:
-    """One answer as writes of about ``WRITE_BYTES``, joined only as they are sent.
+    """One answer as the page's pieces in order, never joined, and their total ``size``.
 
-    Iterating gives the bytes in order; ``size`` is their total, known without joining.
-    The ranges are worked out once per page, so a scrape costs a few dozen joins, not a
-    step per piece.
+    The server hands them to the kernel as they are (``server._send_all``): a scrape
+    copies nothing in Python.
     """
 
-    def __init__(self, pieces: tuple[bytes, ...], spans: tuple[tuple[int, int], ...],
-                 tail: tuple[bytes, ...], size: int, *, before: bytes = b"") -> None:
-        self._pieces, self._spans, self._tail, self._before = pieces, spans, tail, before
+    __slots__ = ("_parts", "size")
+
+    def __init__(self, parts: tuple[Sequence[bytes], ...], size: int) -> None:
+        self._parts = parts
         self.size = size
 
     def __iter__(self) -> Iterator[bytes]:
-        if self._before:
-            yield self._before
-        pieces = self._pieces
-        for start, end in self._spans:
-            yield pieces[start] if end - start == 1 else b"".join(pieces[start:end])
-        yield from (part for part in self._tail if part)
+        return itertools.chain.from_iterable(self._parts)
 
 
 def render(runs: Iterable[Run], generation: int, health: bytes = b"") -> Rendered:
@@ -186,9 +207,12 @@ def render(runs: Iterable[Run], generation: int, health: bytes = b"") -> Rendere
 class RunStore:
     """The runs of every account, rendered in buckets; not thread-safe (the poller's lock)."""
 
-    def __init__(self, bucket_runs: int = BUCKET_RUNS) -> None:
+    def __init__(self, bucket_runs: int = BUCKET_RUNS, block_bytes: int = BLOCK_BYTES) -> None:
         self._size = max(2, bucket_runs)
+        self._block_bytes = max(1, block_bytes)
         self._buckets: list[_Bucket] = []
+        self._blocks: list[list[_Block]] = [[] for _ in FAMILIES]  # each family's, in order
+        self._regroup = False  # buckets were added or removed since the blocks were made
         self._firsts: list[Key] = []  # each bucket's first key, for bisecting
         self._runs: dict[Key, Run] = {}
         self._plain: tuple[bytes, ...] = _HEADERS
@@ -239,6 +263,7 @@ class RunStore:
         if not self._buckets:
             self._buckets.append(_Bucket({}))
             self._firsts.append(key)
+            self._regroup = True
         i = self._index(key)
         bucket = self._buckets[i]
         if key not in bucket.runs:
@@ -258,7 +283,7 @@ class RunStore:
         bucket.dirty = True
         self._buckets.insert(i + 1, upper)
         self._firsts.insert(i + 1, upper.keys[0])
-
+        self._regroup = True
 
     def _remove(self, key: Key) -> None:
         i = self._index(key)
@@ -270,6 +295,7 @@ class RunStore:
         if not bucket.keys:
             del self._buckets[i]
             del self._firsts[i]
+            self._regroup = True
         else:
             self._firsts[i] = bucket.keys[0]
             self._merge_small(i)
@@ -286,6 +312,7 @@ class RunStore:
         del self._buckets[i + 1]
         del self._firsts[i + 1]
         bucket.dirty = True
+        self._regroup = True
 
     def rendered(self, generation: int, health: bytes = b"") -> Rendered:
         """The page as it stands, with ``health`` (rendered per snapshot) beside it."""
@@ -296,7 +323,7 @@ class RunStore:
     # --- the page -------------------------------------------------------------------------
 
     def _refresh(self) -> None:
-        """Render the dirty buckets, then list every piece in page order.
+        """Render the dirty buckets, join the blocks they changed, list the page's blocks.
 
         The cyclic garbage collector is paused meanwhile: rendering makes many objects
         and no cycles, and the collections it would trigger cost ~15 % of the time.
@@ -304,28 +331,67 @@ class RunStore:
         paused = gc.isenabled()
         gc.disable()
         try:
-            for bucket in self._buckets:
-                if bucket.dirty:
-                    bucket.render()
-            plain: list[bytes] = []
-            deflated: list[bytes] = []
-            for header, segment, texts, segments in zip(
-                _HEADERS, _HEADERS_DEFLATED, *self._columns(), strict=True
-            ):
-                plain.append(header)
-                plain.extend(filter(None, texts))  # a family with no line in a bucket
-                deflated.append(segment)
-                deflated.extend(filter(None, segments))
-            self._plain, self._deflated = tuple(plain), tuple(deflated)
+            if self._regroup:
+                self._group()
+            else:
+                stale: list[_Block] = []
+                for bucket in self._buckets:
+                    if bucket.dirty:
+                        stale += self._render(bucket)
+                for block in stale:
+                    block.join()
+            self._list()
         finally:
             if paused:
                 gc.enable()
 
-    def _columns(self) -> tuple[list[tuple[bytes, ...]], list[tuple[bytes, ...]]]:
-        """The pieces family by family (plain, compressed): each bucket holds its own
-        family by family, and ``zip(*...)`` turns them round in C."""
-        if not self._buckets:
-            return [() for _ in _HEADERS], [() for _ in _HEADERS]
-        plain = list(zip(*(b.plain for b in self._buckets), strict=True))
-        deflated = list(zip(*(b.deflated for b in self._buckets), strict=True))
-        return plain, deflated
+    def _render(self, bucket: _Bucket) -> list[_Block]:
+        """Render ``bucket``; returns the blocks its changed pieces are in (now stale)."""
+        stale = []
+        for f in bucket.render(self._block_bytes):
+            block = bucket.blocks[f]
+            if block is not None and not block.stale:
+                block.stale = True
+                stale.append(block)
+        return stale
+
+    def _group(self) -> None:
+        """Render the dirty buckets and cut every family into blocks again, after
+        buckets came or went.
+
+        A block with the same buckets as before, none of whose pieces changed, is kept
+        as it is: only the blocks beside an added or removed bucket are joined again.
+        Buckets are rendered in page order and each block is joined as soon as its last
+        bucket is rendered, so that a first poll of 10,000 runs never holds all its
+        pieces beside all its blocks (the heap would keep that high-water mark).
+        """
+        kept = {(block.family, block.buckets): block
+                for blocks in self._blocks for block in blocks}
+        grouped: list[list[_Block]] = [[] for _ in FAMILIES]
+        starts = [0] * len(FAMILIES)
+        last = len(self._buckets) - 1
+        for i, bucket in enumerate(self._buckets):
+            if bucket.dirty:
+                self._render(bucket)
+            for f, cut in enumerate(bucket.cuts):
+                if cut or i == last:
+                    members = tuple(self._buckets[starts[f] : i + 1])
+                    block = kept.get((f, members))
+                    if block is None or block.stale:
+                        block = _Block(f, members)
+                    grouped[f].append(block)
+                    starts[f] = i + 1
+        self._blocks = grouped
+        self._regroup = False
+
+    def _list(self) -> None:
+        """The page: each family's header, then its blocks (empty ones left out)."""
+        plain: list[bytes] = []
+        deflated: list[bytes] = []
+        for header, segment, blocks in zip(_HEADERS, _HEADERS_DEFLATED, self._blocks,
+                                           strict=True):
+            plain.append(header)
+            plain.extend([block.plain for block in blocks if block.plain])
+            deflated.append(segment)
+            deflated.extend([block.deflated for block in blocks if block.deflated])
+        self._plain, self._deflated = tuple(plain), tuple(deflated)

@@ -59,14 +59,14 @@ def test_urllib3_streams_it_whole(parts: list[bytes], chunk: int) -> None:
 @pytest.fixture
 def busy_exporter(world: World, sim: QianfanSimulator, clock: ManualClock,
                   make_exporter: Callable[..., Exporter]) -> Exporter:
-    """An exporter whose page has hundreds of pieces (small buckets, many runs)."""
+    """An exporter whose page has hundreds of pieces (small buckets and blocks, many runs)."""
     for j in range(6):
         world.add_job(f"job-{j}", created=clock() - 3600)
         for r in range(40):
             world.add_run(f"job-{j}", f"task-{j}-{r:02d}", created=clock() - 3000 + r,
                           wait=0, duration=600 + 100 * r)
     exporter = make_exporter(account(sim, jobs=tuple(world.jobs)))
-    exporter.pages.store = RunStore(bucket_runs=4)
+    exporter.pages.store = RunStore(bucket_runs=4, block_bytes=64)
     exporter.poller.poll_all()
     exporter.serve("127.0.0.1", 0, "/metrics", None)
     assert len(exporter.pages.rendered.runs) > 500

@@ -1,13 +1,19 @@
-"""How the server writes an answer's pieces: joined into writes of about 1 MiB."""
+"""How the server writes an answer's pieces: through the event loop, joined into writes
+of about 1 MiB; from a sender thread, gathered by sendmsg() as they are."""
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
+
+import pytest
 import requests
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qf_exporter.models import Run
-from qf_exporter.server import _coalesce
+from qf_exporter.server import _coalesce, _send_all
 from qf_exporter.store import render
 from tests.conftest import EmptyServer
 
@@ -29,7 +35,7 @@ def test_thousands_of_small_pieces_are_a_few_writes() -> None:
 
 
 def test_a_big_plain_answer_goes_out_whole(empty_server: EmptyServer) -> None:
-    # Over Limits.thread_send_bytes (4 MiB): sent from a sender thread in joined writes.
+    # Over Limits.thread_send_bytes (4 MiB): sent from a sender thread, vectored.
     runs = [Run("a", "v2", f"job-{i % 40}", f"task-{i:05d}", "running", "Running",
                 job_name="j" * 200, task_name="t" * 200, progress=0.5, last_read=float(i))
             for i in range(6000)]
@@ -41,3 +47,31 @@ def test_a_big_plain_answer_goes_out_whole(empty_server: EmptyServer) -> None:
     zipped = requests.get(url, timeout=30)
     assert plain.content.startswith(page.text) and zipped.content == plain.content
     assert int(plain.headers["Content-Length"]) == len(plain.content)
+
+
+def _drain(sock: socket.socket, into: bytearray) -> None:
+    while chunk := sock.recv(1 << 16):
+        into += chunk
+
+
+@given(st.lists(st.binary(max_size=5000), max_size=2500))
+@settings(max_examples=25, deadline=None)
+def test_vectored_sends_keep_every_byte_in_order(pieces: list[bytes]) -> None:
+    # More pieces than one sendmsg() takes, through a small socket buffer: partial
+    # sends end inside pieces, and the rest must follow from there.
+    sender, receiver = socket.socketpair()
+    sender.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    received = bytearray()
+    reader = threading.Thread(target=_drain, args=(receiver, received))
+    reader.start()
+    with sender, receiver:
+        _send_all(sender, iter(pieces), time.monotonic() + 60)
+        sender.shutdown(socket.SHUT_WR)
+        reader.join()
+    assert bytes(received) == b"".join(pieces)
+
+
+def test_a_reader_that_stops_reading_is_given_up_at_the_deadline() -> None:
+    sender, receiver = socket.socketpair()
+    with sender, receiver, pytest.raises(TimeoutError):
+        _send_all(sender, iter([b"x" * (1 << 20)] * 64), time.monotonic() + 0.5)

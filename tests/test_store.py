@@ -58,13 +58,16 @@ def step(previous: list[Run], new: list[Run], keep: random.Random) -> list[Run]:
 @settings(max_examples=150, deadline=None)
 @given(
     st.integers(min_value=2, max_value=5),
+    st.integers(min_value=1, max_value=2000),
     st.lists(st.tuples(st.sampled_from(ACCOUNTS), st.data()), min_size=1, max_size=8),
     st.randoms(use_true_random=False),
 )
 def test_incremental_equals_full_render(
-    bucket: int, polls: list[tuple[str, st.DataObject]], keep: random.Random
+    bucket: int, block: int, polls: list[tuple[str, st.DataObject]], keep: random.Random
 ) -> None:
-    store = RunStore(bucket_runs=bucket)
+    # Small blocks, so that blocks end inside families and are cut again as buckets
+    # come and go.
+    store = RunStore(bucket_runs=bucket, block_bytes=block)
     held: dict[str, list[Run]] = {name: [] for name in ACCOUNTS}
     for account, data in polls:
         new = step(held[account], data.draw(account_states(account)), keep)

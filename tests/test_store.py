@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qf_exporter.models import STATUSES, Run
-from qf_exporter.render import render_runs
+from qf_exporter.render import FAMILIES, render_runs
 from qf_exporter.store import RunStore
 from tests.helpers import parse_samples, promtool_check_metrics
 
@@ -125,3 +125,41 @@ def test_the_pieces_pass_promtool_and_the_parser() -> None:
     answer = b"".join(store.rendered(1).gzipped())
     assert parse_samples(gzip.decompress(answer)) == parse_samples(text)
     promtool_check_metrics(text)
+
+
+def test_a_changed_piece_compresses_the_next_one_again() -> None:
+    # Each segment has the piece before it as its dictionary (like pigz): when that
+    # piece changes, the segment after it must be compressed again, or the answer
+    # would decode to the old text there.
+    runs = [Run("a", "v2", "job", f"t{i:03d}", "running", "Running", last_read=1.0)
+            for i in range(64)]
+    store = RunStore(bucket_runs=8, block_bytes=1)  # a block per piece
+    store.replace((), runs)
+    before = store.rendered(1)
+    changed = list(runs)
+    changed[20] = replace(runs[20], last_read=2.0)
+    store.replace(runs, changed)
+    after = store.rendered(2)
+    plain = [b for a, b in zip(before.runs, after.runs, strict=True) if a != b]
+    deflated = [b for a, b in zip(before.runs_deflated, after.runs_deflated, strict=True)
+                if a is not b]
+    assert len(plain) == 1 and len(deflated) == 2
+    assert gzip.decompress(b"".join(after.gzipped())) == after.text
+
+
+def test_blocks_hold_many_pieces_and_a_new_bucket_joins_only_its_neighbours() -> None:
+    runs = [Run("a", "v2", "job", f"t{i:04d}", "succeeded", "Done", last_read=float(i))
+            for i in range(2000)]
+    store = RunStore(bucket_runs=16, block_bytes=4096)
+    store.replace((), runs)
+    before = store.rendered(1)
+    pieces_per_family = len(before.runs) / len(FAMILIES)
+    assert 4 < pieces_per_family < 2000 / 16  # blocks of several buckets, many blocks
+    # Runs added at the end split the last bucket: only blocks at the end are new.
+    more = runs + [replace(runs[0], task_id=f"t9{i:03d}") for i in range(20)]
+    store.replace(runs, more)
+    after = store.rendered(2)
+    assert after.text == render_runs(more)
+    kept = {id(piece) for piece in before.runs}
+    fresh = [piece for piece in after.runs if id(piece) not in kept]
+    assert len(fresh) <= 3 * len(FAMILIES)

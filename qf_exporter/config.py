@@ -366,6 +366,11 @@ def _account(
     c: Checker, item: Any, path: str, env: Mapping[str, str], base: Path | None
 ) -> Account | None:
     """One account; None when it has no usable credentials (the problem is reported)."""
+    if item is None:
+        # An absent section means its defaults; an empty list item is a mistake (a
+        # stray "-"), and an account has no defaults to fall back on.
+        c.problem(path, "must be an account (a mapping with name and credentials), not empty")
+        return None
     raw = c.mapping(item, path, keys_of(Account))
     if not isinstance(item, dict):
         return None

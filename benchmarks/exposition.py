@@ -3,8 +3,9 @@
 Jobs of 50 runs, 5 % of the jobs with a run training: render time per poll when k = 1,
 10 and 100 runs changed (the run store brought up to date plus the health metrics,
 median of 21 polls) beside a full render of the same runs (text and one gzip stream,
-what every change cost before the store); then the store's separately compressed
-pieces against one gzip stream of the same text. In this process.
+what every change cost before the store); then the store's gzip answer (segments
+compressed apart, each with the text before it as dictionary) against one gzip stream
+of the same text, and the blocks a scrape writes. In this process.
 """
 
 from __future__ import annotations

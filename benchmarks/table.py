@@ -203,9 +203,10 @@ EXPOSITION_ROWS: list[Row[ExpositionSize]] = [
     Row("exposition", "full render, text + one gzip stream (before the store)",
         lambda r: f"{r.exposition.full_render_ms:.1f} ms"),
     *(_changed_row(k) for k in CHANGED),
-    Row("exposition", "pieces in the page", lambda r: f"{r.exposition.pieces:,}"),
+    Row("exposition", "blocks in the page (what a scrape writes)",
+        lambda r: f"{r.exposition.pieces:,}"),
     Row("exposition", "plain answer", lambda r: f"{r.exposition.plain_bytes / 1e6:.2f} MB"),
-    Row("exposition", "gzip: one compression / pieces compressed apart (ratio)",
+    Row("exposition", "gzip: one compression / the store's chained segments (ratio)",
         lambda r: f"{r.exposition.gzip_one_stream / 1e6:.2f} / "
                   f"{r.exposition.gzip_pieces / 1e6:.2f} MB "
                   f"({r.exposition.gzip_pieces / r.exposition.gzip_one_stream:.2f}x)"),

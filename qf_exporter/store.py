@@ -101,7 +101,7 @@ class _Bucket:
         """Compress the pieces of ``families`` again, to follow ``after``'s pieces.
 
         Compressed apart, the page was twice the size of one gzip stream (a piece is a
-        few KB); with the piece before as dictionary, 1.2 times. A piece is compressed
+        few KB); with the piece before as dictionary, 1.1 times. A piece is compressed
         again only when its text or the text before it changed (compressing is a third
         of a poll's cost).
         """
@@ -149,8 +149,8 @@ class _Block:
 class Rendered:
     """Everything a scrape serves that only a poll changes, as pieces to write in order.
 
-    ``runs``/``runs_deflated`` are the run metrics (plain pieces, and the same pieces
-    as deflate segments); ``health``/``health_deflated`` the per-account and
+    ``runs``/``runs_deflated`` are the run metrics (family headers and blocks, and
+    the same as deflate segments); ``health``/``health_deflated`` the per-account and
     per-target health. A scrape adds its own ``head`` (what prometheus_client renders
     on the spot) after them: the text format does not mind the order of families, and
     the gzip trailer's CRC then follows on from the page's, computed once.

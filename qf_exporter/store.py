@@ -181,8 +181,11 @@ class Rendered:
         return sum(map(len, self.runs)) + len(self.health)
 
     @cached_property
-    def _deflated_size(self) -> int:
-        return sum(map(len, self.runs_deflated)) + len(self.health_deflated)
+    def _deflated(self) -> bytes:
+        # The compressed page is small (1.2 MB at 10,000 runs): joined once per page, at
+        # its first gzip answer, it is one buffer to send instead of ~600 segments of a
+        # few KB each, which the kernel gathers at a cost per segment.
+        return b"".join(self.runs_deflated)
 
     def plain(self, head: bytes = b"") -> Answer:
         """The answer's text, with ``head`` (rendered per scrape) last."""
@@ -197,8 +200,8 @@ class Rendered:
             gzipstream.END,
             gzipstream.trailer(crc, self._size + len(head)),
         )
-        size = len(gzipstream.HEADER) + self._deflated_size + sum(map(len, tail[1:]))
-        return Answer(((gzipstream.HEADER,), self.runs_deflated, tail), size)
+        body = (gzipstream.HEADER, self._deflated)
+        return Answer((body, tail), sum(map(len, body)) + sum(map(len, tail)))
 
 
 class Answer:

@@ -35,7 +35,7 @@ def test_thousands_of_small_pieces_are_a_few_writes() -> None:
 
 
 def test_a_big_plain_answer_goes_out_whole(empty_server: EmptyServer) -> None:
-    # Over Limits.thread_send_bytes (256 KiB): sent from a sender thread, vectored.
+    # Over Limits.thread_send_bytes (4 MiB): sent from a sender thread, vectored.
     runs = [Run("a", "v2", f"job-{i % 40}", f"task-{i:05d}", "running", "Running",
                 job_name="j" * 200, task_name="t" * 200, progress=0.5, last_read=float(i))
             for i in range(6000)]

@@ -205,10 +205,11 @@ class Rendered:
 
 
 class Answer:
-    """One answer as the page's pieces in order, never joined, and their total ``size``.
+    """One answer as the page's pieces in order, and their total ``size``.
 
-    The server hands them to the kernel as they are (``server._send_all``): a scrape
-    copies nothing in Python.
+    A big answer goes to the kernel as it is (``server._send_all``), so a scrape of
+    the plain page copies nothing in Python; a small one is joined into writes of
+    about 1 MiB on its way through the event loop.
     """
 
     __slots__ = ("_parts", "size")

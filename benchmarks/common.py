@@ -8,7 +8,6 @@ import os
 import resource
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -110,22 +109,6 @@ def size_label(runs: int) -> str:
 
 
 # --- the simulated Qianfan and the exporter's account ---------------------------------------
-
-
-class VirtualClock:
-    """Wall time that moves only when the benchmark says so."""
-
-    def __init__(self, start: float) -> None:
-        self.now = float(start)
-        self._lock = threading.Lock()
-
-    def __call__(self) -> float:
-        with self._lock:
-            return self.now
-
-    def advance(self, seconds: float) -> None:
-        with self._lock:
-            self.now += seconds
 
 
 def make_account(url: str, jobs: int, ak: str, sk: str, qps: float) -> Account:

@@ -4,7 +4,6 @@ interval, on a virtual clock (no waiting an hour), detail reads counted on both 
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 
 from benchmarks.common import (
@@ -12,14 +11,13 @@ from benchmarks.common import (
     ACTIVE_FRACTION,
     RUNS_PER_JOB,
     Settings,
-    VirtualClock,
     make_account,
     size_label,
     start_simulator,
 )
 from qf_exporter.config import Account, Config, Poll
 from qf_exporter.poller import Poller
-from qf_exporter.simulator import QianfanSimulator, World
+from qf_exporter.simulator import ManualClock, QianfanSimulator, World
 
 
 @dataclass(frozen=True)
@@ -49,7 +47,7 @@ class Measured:
     all_up: bool = True
 
 
-def poller(account: Account, poll: Poll, clock: VirtualClock) -> Poller:
+def poller(account: Account, poll: Poll, clock: ManualClock) -> Poller:
     from prometheus_client import CollectorRegistry
 
     from qf_exporter.telemetry import ApiMetrics
@@ -58,7 +56,7 @@ def poller(account: Account, poll: Poll, clock: VirtualClock) -> Poller:
                   clock=clock)
 
 
-def adaptive(sim: QianfanSimulator, p: Poller, clock: VirtualClock,
+def adaptive(sim: QianfanSimulator, p: Poller, clock: ManualClock,
              settings: Settings) -> Measured:
     """A warm-up hour (the first poll reads all), then the measured hour."""
     m = Measured()
@@ -82,7 +80,7 @@ def adaptive(sim: QianfanSimulator, p: Poller, clock: VirtualClock,
     return m
 
 
-def fixed(sim: QianfanSimulator, p: Poller, clock: VirtualClock, minutes: int) -> Measured:
+def fixed(sim: QianfanSimulator, p: Poller, clock: ManualClock, minutes: int) -> Measured:
     """The fixed interval, checked over a few minutes after a first poll."""
     m = Measured()
     m.all_up &= p.poll_account(ACCOUNT).up
@@ -95,7 +93,7 @@ def fixed(sim: QianfanSimulator, p: Poller, clock: VirtualClock, minutes: int) -
     return m
 
 
-def running(world: World, clock: VirtualClock) -> tuple[int, int]:
+def running(world: World, clock: ManualClock) -> tuple[int, int]:
     """Jobs with an active run, and running runs (each also read through its detail)."""
     active_jobs = sum(
         1 for job in world.jobs.values() if any(r.outcome == "running" for r in job.runs)
@@ -109,7 +107,7 @@ def running(world: World, clock: VirtualClock) -> tuple[int, int]:
 def measure(jobs: int, ak: str, sk: str, settings: Settings) -> SteadyResult:
     from qf_exporter.simulator import fleet_world
 
-    clock = VirtualClock(float(int(time.time())))
+    clock = ManualClock()
     world = fleet_world(clock, jobs, RUNS_PER_JOB, ACTIVE_FRACTION)
     active_jobs, running_runs = running(world, clock)
     # No budget enforcement and no latency: only the request count matters here.

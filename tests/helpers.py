@@ -11,7 +11,6 @@ import shutil
 import socket
 import subprocess
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import requests
 
 from qf_exporter.app import Exporter
 from qf_exporter.config import Account, Poll, Secret, V1Target
+from qf_exporter.simulator import ManualClock as ManualClock  # where the tests take it from
 from qf_exporter.simulator import QianfanSimulator, SimJob, SimRun, World
 
 REPO = Path(__file__).resolve().parent.parent  # the repository's root
@@ -33,22 +33,6 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 # ------------------------------------------------------------------------ the clock
-
-
-class ManualClock:
-    """Wall time that moves only when a test says so (starts at the real time)."""
-
-    def __init__(self, start: float | None = None) -> None:
-        self.now = float(int(start if start is not None else time.time()))
-        self._lock = threading.Lock()
-
-    def __call__(self) -> float:
-        with self._lock:
-            return self.now
-
-    def advance(self, seconds: float) -> None:
-        with self._lock:
-            self.now += seconds
 
 
 # ------------------------------------------------------------- a Qianfan that hangs

@@ -1,5 +1,6 @@
 """The simulated Qianfan: a world of runs that move over time, behind a fake gateway."""
 
+from qf_exporter.simulator.clock import ManualClock
 from qf_exporter.simulator.faults import FAULT_KINDS, Fault
 from qf_exporter.simulator.scenario import SimJob, SimRun, World, demo_world, fleet_world
 from qf_exporter.simulator.server import QianfanSimulator
@@ -7,6 +8,7 @@ from qf_exporter.simulator.server import QianfanSimulator
 __all__ = [
     "FAULT_KINDS",
     "Fault",
+    "ManualClock",
     "QianfanSimulator",
     "SimJob",
     "SimRun",

@@ -10,11 +10,15 @@ from __future__ import annotations
 import gzip
 import io
 import subprocess
+import time
 import zlib
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from urllib3.response import HTTPResponse
@@ -23,7 +27,14 @@ from qf_exporter import gzipstream
 from qf_exporter.app import Exporter
 from qf_exporter.simulator import QianfanSimulator, World
 from qf_exporter.store import RunStore
-from tests.helpers import ManualClock, account, parse_samples, require_tool
+from tests.helpers import (
+    ManualClock,
+    account,
+    free_port,
+    parse_samples,
+    promql,
+    require_tool,
+)
 
 pieces = st.lists(st.binary(max_size=3000), max_size=30)
 
@@ -97,3 +108,48 @@ def test_curl_and_wget_read_the_whole_answer(busy_exporter: Exporter, tool: str)
     plain = requests.get(_url(busy_exporter), headers={"Accept-Encoding": "identity"},
                          timeout=10)
     assert result.stdout == plain.content
+
+
+def test_a_real_prometheus_reads_the_chained_segments(busy_exporter: Exporter,
+                                                      tmp_path: Path) -> None:
+    # Go's gzip reader, as Prometheus scrapes: hundreds of blocks whose segments each
+    # take the text before them as dictionary. Every sample of the page must arrive.
+    prometheus = require_tool("prometheus")
+    expected = parse_samples(requests.get(
+        _url(busy_exporter), headers={"Accept-Encoding": "identity"}, timeout=10).content)
+    target = _url(busy_exporter).removeprefix("http://").removesuffix("/metrics")
+    config = {"global": {"scrape_interval": "1s"},
+              "scrape_configs": [{"job_name": "gzip", "static_configs": [
+                  {"targets": [target]}]}]}
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    with (tmp_path / "prometheus.log").open("w") as log:
+        process = subprocess.Popen(
+            [prometheus, f"--config.file={tmp_path / 'prometheus.yml'}",
+             f"--storage.tsdb.path={tmp_path / 'data'}",
+             f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
+        try:
+            api = f"http://127.0.0.1:{port}/api/v1"
+
+            def scraped() -> list[dict[str, Any]]:
+                assert process.poll() is None, (tmp_path / "prometheus.log").read_text()
+                try:
+                    return promql(api, 'scrape_samples_scraped{job="gzip"}')
+                except requests.ConnectionError:
+                    return []
+
+            deadline = time.monotonic() + 60
+            while not (found := scraped()):
+                # Prometheus is another process: ask again, within a bound.
+                assert time.monotonic() < deadline, "Prometheus did not scrape in 60 s"
+                time.sleep(0.5)
+            (sample,) = found
+            runs = promql(api, 'count(qianfan_finetune_run_info{job="gzip"})')
+            up = promql(api, 'up{job="gzip"}')
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+    assert up[0]["value"][1] == "1"
+    assert runs[0]["value"][1] == "240"
+    # Everything the page holds (the per-scrape part may differ by a sample or two).
+    assert abs(int(sample["value"][1]) - len(expected)) <= 5

@@ -64,7 +64,7 @@ _HEADERS_DEFLATED = tuple(gzipstream.segment(header) for header in _HEADERS)
 class _Bucket:
     """Up to ``BUCKET_RUNS`` runs adjacent in key order, and their rendered lines."""
 
-    __slots__ = ("after", "blocks", "cuts", "deflated", "dirty", "keys", "plain", "runs", "u")
+    __slots__ = ("after", "blocks", "cuts", "deflated", "dirty", "keys", "plain", "runs")
 
     def __init__(self, runs: dict[Key, Run]) -> None:
         self.runs = runs
@@ -76,7 +76,6 @@ class _Bucket:
         self.deflated: list[Bytes] = []
         self.cuts: tuple[bool, ...] = ()
         self.blocks: list[_Block | None] = [None] * len(FAMILIES)
-        self.u = 0.0
         # The bucket before this one when its segments were compressed: each segment
         # has the text of that bucket's piece of the family as its dictionary.
         self.after: _Bucket | None = None
@@ -86,10 +85,10 @@ class _Bucket:
         texts = render_families([self.runs[key] for key in self.keys])
         self.dirty = False
         if not self.cuts:
-            self.u = zlib.crc32("\0".join(self.keys[0]).encode()) / 2**32
+            u = zlib.crc32("\0".join(self.keys[0]).encode()) / 2**32
             self.plain = list(texts)
             self.deflated = [b""] * len(texts)
-            self.cuts = tuple(self.u < max(len(text) / block_bytes, 1 / BLOCK_BUCKETS)
+            self.cuts = tuple(u < max(len(text) / block_bytes, 1 / BLOCK_BUCKETS)
                               for text in texts)
             return list(range(len(texts)))
         changed = [f for f, text in enumerate(texts) if not _same(text, self.plain[f])]
@@ -359,12 +358,8 @@ class RunStore:
             if self._regroup:
                 self._group()
             else:
-                stale: list[_Block] = []
-                for bucket, _ in self._walk():
-                    for block in bucket.blocks:
-                        if block is not None and block.stale:
-                            block.stale = False
-                            stale.append(block)
+                stale = {block for bucket, _ in self._walk(everything=False)
+                         for block in bucket.blocks if block is not None and block.stale}
                 for block in stale:
                     block.join()
             self._list()
@@ -372,15 +367,13 @@ class RunStore:
             if paused:
                 gc.enable()
 
-    def _walk(self) -> Iterator[tuple[_Bucket, int]]:
+    def _walk(self, *, everything: bool) -> Iterator[tuple[_Bucket, int]]:
         """The buckets in page order, each brought up to date first: rendered again when
         dirty, compressed again where its text or the text before it changed, and the
         blocks holding what changed marked stale.
 
-        Yields only the buckets that changed, unless every bucket must be seen (after
-        buckets came or went), with their index.
+        Yields, with their index, the buckets that changed, or ``everything``.
         """
-        everything = self._regroup
         changed_before: Iterable[int] = ()
         before: _Bucket | None = None
         for i, bucket in enumerate(self._buckets):
@@ -415,7 +408,7 @@ class RunStore:
         grouped: list[list[_Block]] = [[] for _ in FAMILIES]
         starts = [0] * len(FAMILIES)
         last = len(self._buckets) - 1
-        for bucket, i in self._walk():
+        for bucket, i in self._walk(everything=True):
             for f, cut in enumerate(bucket.cuts):
                 if cut or i == last:
                     members = tuple(self._buckets[starts[f] : i + 1])

@@ -41,10 +41,11 @@ GOOD = (
 TIMEOUT = 20  # seconds; every case here answers at once, a hang fails the test
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
+def python(argv: list[str], what: str) -> subprocess.CompletedProcess[str]:
+    """``python *argv`` in a clean environment; a failure when it takes over TIMEOUT."""
     try:
         return subprocess.run(
-            [sys.executable, "-m", "qf_exporter", *args],
+            [sys.executable, *argv],
             cwd=ROOT,
             env=clean_env(),
             capture_output=True,
@@ -52,7 +53,11 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
             timeout=TIMEOUT,
         )
     except subprocess.TimeoutExpired:
-        pytest.fail(f"qf-exporter {' '.join(args)} did not answer within {TIMEOUT}s")
+        pytest.fail(f"{what} took more than {TIMEOUT}s")
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return python(["-m", "qf_exporter", *args], f"qf-exporter {' '.join(args)}")
 
 
 def check(config: Path | str) -> subprocess.CompletedProcess[str]:
@@ -357,17 +362,7 @@ def test_backtracking_pattern_matches_in_linear_time() -> None:
         "any(p.search(name) for p in d.exclude))\n"
         "print(d.include[0].search('a' * 28) is not None)\n"
     )
-    try:
-        result = subprocess.run(
-            [sys.executable, "-c", script],
-            cwd=ROOT,
-            env=clean_env(),
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT,
-        )
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"matching a backtracking pattern took more than {TIMEOUT}s")
+    result = python(["-c", script], "matching a backtracking pattern")
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["False False"] * 3 + ["True"]
 

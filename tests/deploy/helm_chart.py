@@ -140,3 +140,23 @@ def crd_problems(objects: list[dict[str, Any]]) -> list[str]:
     assert result.returncode == 0, result.stderr
     problems: list[str] = json.loads(result.stdout)
     return problems
+
+
+def render_notes(tmp_path: Path, values: str) -> str:
+    """NOTES.txt as `helm install` prints it (helm template leaves it out): a copy of the
+    chart renders it through tpl into a ConfigMap."""
+    chart = tmp_path / "qf-exporter"
+    shutil.copytree(CHART, chart, symlinks=False)
+    shutil.copy(chart / "templates" / "NOTES.txt", chart / "files" / "notes.txt")
+    (chart / "templates" / "notes.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: notes}\n"
+        'data: {notes: {{ tpl (.Files.Get "files/notes.txt") . | toJson }}}\n',
+        encoding="utf-8",
+    )
+    result = run_helm(
+        "template", "release", str(chart), "-f", str(CI_VALUES[values]),
+        "--show-only", "templates/notes.yaml",
+    )
+    assert result.returncode == 0, result.stderr
+    notes: str = yaml.safe_load(result.stdout)["data"]["notes"]
+    return notes

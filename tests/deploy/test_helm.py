@@ -28,6 +28,7 @@ from tests.deploy.helm_chart import (
     one,
     render,
     render_error,
+    render_notes,
     run_helm,
 )
 from tests.helpers import REPO
@@ -358,3 +359,12 @@ def test_chart_readme_lists_every_value() -> None:
     values = yaml.safe_load((CHART / "values.yaml").read_text(encoding="utf-8"))
     missing = [p for p in _leaves(values) if f"| `{p}` |" not in readme]
     assert missing == []
+
+
+def test_notes_say_what_was_installed(tmp_path: Path) -> None:
+    sharded = render_notes(tmp_path / "a", "sharded")
+    assert "--total-shards=3" in sharded and "exec sts/release-qf-exporter" in sharded
+    assert "WARNING: no credentials" in render_notes(tmp_path / "b", "default")
+    secured = render_notes(tmp_path / "c", "everything-on")
+    assert "curl -k -u USER https://" in secured and "probes check the port only" in secured
+    assert "WARNING" not in secured

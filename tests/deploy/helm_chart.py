@@ -127,6 +127,56 @@ def kubernetes_problems(objects: list[dict[str, Any]], version: str) -> list[str
     return problems
 
 
+# Where prometheus-operator's objects hold structures, and the model whose declaration
+# lists their fields (the compiled validators check types, patterns and required fields,
+# but let unknown fields through, as the API server's pruning would drop them silently).
+_CRD_PARTS = {
+    "ServiceMonitor": [
+        ("spec", "ServiceMonitorSpec"),
+        ("spec.endpoints[]", "Endpoint"),
+        ("spec.endpoints[].tlsConfig", "TLSConfig"),
+        ("spec.endpoints[].basicAuth", "BasicAuth"),
+        ("spec.endpoints[].relabelings[]", "RelabelConfig"),
+        ("spec.endpoints[].metricRelabelings[]", "RelabelConfig"),
+    ],
+    "PrometheusRule": [
+        ("spec", "PrometheusRuleSpec"),
+        ("spec.groups[]", "RuleGroup"),
+        ("spec.groups[].rules[]", "Rule"),
+    ],
+}
+
+
+def _parts(node: Any, path: list[str]) -> list[Any]:
+    """What a path like spec.endpoints[].relabelings[] reaches in an object."""
+    if not path:
+        return [node]
+    key, rest = path[0], path[1:]
+    inner = node.get(key.removesuffix("[]")) if isinstance(node, dict) else None
+    if inner is None:
+        return []
+    items = inner if key.endswith("[]") else [inner]
+    return [found for item in items for found in _parts(item, rest)]
+
+
+def _model_fields(model: str) -> set[str]:
+    declaration = Path(node_modules(), "@kubernetes-models", "prometheus-operator",
+                       "monitoring.coreos.com", "v1", f"{model}.d.ts")
+    return set(re.findall(r'(?m)^    "(\w+)"\??:', declaration.read_text(encoding="utf-8")))
+
+
+def crd_unknown_fields(objects: list[dict[str, Any]]) -> list[str]:
+    """Fields the prometheus-operator objects hold that their CRDs do not define."""
+    problems = []
+    for obj in objects:
+        for path, model in _CRD_PARTS.get(obj["kind"], []):
+            fields = _model_fields(model)
+            assert fields, model
+            for part in _parts(obj, path.split(".")):
+                problems += [f"{obj['kind']} {path}.{k}" for k in sorted(set(part) - fields)]
+    return problems
+
+
 def crd_problems(objects: list[dict[str, Any]]) -> list[str]:
     """The prometheus-operator objects against the CRDs' schemas."""
     node = _required(shutil.which("node"), "node")
@@ -139,7 +189,7 @@ def crd_problems(objects: list[dict[str, Any]]) -> list[str]:
     )
     assert result.returncode == 0, result.stderr
     problems: list[str] = json.loads(result.stdout)
-    return problems
+    return problems + crd_unknown_fields(objects)
 
 
 def render_notes(tmp_path: Path, values: str) -> str:

@@ -67,6 +67,15 @@ def test_validation_finds_a_bad_object() -> None:
     monitor = one(render("sharded"), "ServiceMonitor")
     endpoint = {**monitor["spec"]["endpoints"][0], "interval": "30 seconds"}
     assert crd_problems([{**monitor, "spec": {**monitor["spec"], "endpoints": [endpoint]}}])
+    typo = {**monitor["spec"]["endpoints"][0], "scrapeTimout": "10s"}
+    assert crd_problems([{**monitor, "spec": {**monitor["spec"], "endpoints": [typo]}}]) == [
+        "ServiceMonitor spec.endpoints[].scrapeTimout"
+    ]
+    rule = one(render("everything-on"), "PrometheusRule")
+    group = {**rule["spec"]["groups"][0], "rules": [{"alert": "A", "expr": "up", "fro": "5m"}]}
+    assert crd_problems([{**rule, "spec": {"groups": [group]}}]) == [
+        "PrometheusRule spec.groups[].rules[].fro"
+    ]
 
 
 def test_crd_objects_are_valid() -> None:

@@ -72,7 +72,8 @@ def _render(values: tuple[str, ...], sets: tuple[str, ...], kube_version: str | 
     for path in values:
         args += ["-f", path]
     for item in sets:
-        args += ["--set", item]
+        # key=@path: the file's text (helm --set-file)
+        args += ["--set-file", item.replace("=@", "=", 1)] if "=@" in item else ["--set", item]
     if kube_version:
         args += ["--kube-version", kube_version]
     result = run_helm(*args)
@@ -84,7 +85,7 @@ def render(
     values: str | None = None, *sets: str, kube_version: str | None = None
 ) -> list[dict[str, Any]]:
     """The objects `helm template` makes of the chart with a ci/ values file (by its short
-    name: "sharded") and --set items."""
+    name: "sharded") and --set items (key=@path: --set-file)."""
     files = (str(CI_VALUES[values]),) if values else ()
     text = _render(files, sets, kube_version)
     return [d for d in yaml.safe_load_all(text) if d]

@@ -239,6 +239,13 @@ def test_existing_configmap_is_mounted() -> None:
     assert "--config.file=/etc/qf-exporter/config/qf.yaml" in container(objects)["args"]
 
 
+def test_config_from_a_file_keeps_its_text() -> None:
+    example = REPO / "config.example.yaml"
+    (config_map,) = [o for o in render(None, f"config.content=@{example}")
+                     if o["kind"] == "ConfigMap"]
+    assert config_map["data"]["config.yaml"] == example.read_text(encoding="utf-8")
+
+
 @pytest.mark.parametrize("name", sorted(CI_VALUES))
 def test_rendered_config_passes_config_check(name: str, tmp_path: Path) -> None:
     objects = render(name)

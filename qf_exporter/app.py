@@ -21,9 +21,10 @@ from qf_exporter.exposition import build
 from qf_exporter.health import HealthCollector, ReloadState
 from qf_exporter.logs import REDACTOR
 from qf_exporter.pages import Pages
-from qf_exporter.poller import Poller, Shard
+from qf_exporter.poller import Poller
 from qf_exporter.reloads import Reloader
 from qf_exporter.server import Limits
+from qf_exporter.shard import Shard
 from qf_exporter.telemetry import ApiMetrics
 from qf_exporter.web import ExporterHTTPServer
 from qf_exporter.webconfig import LiveWebConfig, WebConfig

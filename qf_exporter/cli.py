@@ -16,7 +16,7 @@ from qf_exporter import __version__
 from qf_exporter.config import Config, ConfigError, load_config
 from qf_exporter.listen import parse_listen
 from qf_exporter.logs import LEVELS, setup
-from qf_exporter.poller import Shard
+from qf_exporter.shard import Shard
 
 if TYPE_CHECKING:
     from qf_exporter.app import Exporter

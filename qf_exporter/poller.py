@@ -21,13 +21,12 @@ slowness or throttling never delay another's poll.
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from types import MappingProxyType
 from typing import Protocol
 
@@ -41,6 +40,7 @@ from qf_exporter.reachability import Health, Outcome
 from qf_exporter.reader import TargetReader
 from qf_exporter.retention import LeftOutCounter, TargetKey, retain
 from qf_exporter.scheduler import AccountScheduler
+from qf_exporter.shard import Shard
 from qf_exporter.snapshot import AccountState, Snapshot
 from qf_exporter.targets import Targets
 from qf_exporter.telemetry import ApiMetrics
@@ -52,24 +52,6 @@ class Subscriber(Protocol):
     """What the poller publishes each new snapshot to (``pages.Pages``)."""
 
     def publish(self, before: Snapshot, after: Snapshot, accounts: Iterable[str]) -> None: ...
-
-
-@dataclass(frozen=True)
-class Shard:
-    """This replica's share of the targets (``--shard`` of ``--total-shards``)."""
-
-    index: int = 0
-    total: int = 1
-
-    def __post_init__(self) -> None:
-        if self.total < 1 or not 0 <= self.index < self.total:
-            raise ValueError(f"shard {self.index} of {self.total}: need 0 <= shard < total")
-
-    def owns(self, account: str, target: str) -> bool:
-        if self.total <= 1:
-            return True
-        digest = hashlib.sha256(f"{account}\x00{target}".encode()).digest()
-        return int.from_bytes(digest[:8], "big") % self.total == self.index
 
 
 def zero_counters(account: Account, metrics: ApiMetrics) -> None:

@@ -134,6 +134,31 @@ def test_config_check(tmp_path: Path, live_sim: QianfanSimulator) -> None:
     assert "Traceback" not in bad.stderr
 
 
+# Run main() and print which of the heavy libraries it imported (none of them is
+# needed to print the version or to check a configuration).
+HEAVY_PROBE = (
+    "import atexit, sys; atexit.register(lambda: print(sorted("
+    "{m.split('.')[0] for m in sys.modules} & {'requests', 'apscheduler'}), file=sys.stderr)); "
+    "from qf_exporter.cli import main; sys.exit(main(sys.argv[1:]))"
+)
+
+
+@pytest.mark.parametrize("check", [False, True])
+def test_version_and_config_check_import_neither_requests_nor_apscheduler(
+        tmp_path: Path, check: bool) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("accounts:\n  - name: team\n    access_key: ak\n"
+                      f"    secret_key_file: {tmp_path / 'sk'}\n    jobs: [job-a]\n")
+    (tmp_path / "sk").write_text("sk\n")
+    for path in (config, tmp_path / "sk"):
+        path.chmod(0o600)
+    args = [f"--config.file={config}", "--config.check"] if check else ["--version"]
+    out = subprocess.run([sys.executable, "-c", HEAVY_PROBE, *args], capture_output=True,
+                         text=True, env=env(), timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.strip().splitlines()[-1] == "[]"
+
+
 def test_bad_flags_exit_2() -> None:
     for args in (["--config.file=x.yaml", "--shard=3", "--total-shards=2"],
                  ["--demo", "--web.listen-address=nope"], []):

@@ -366,3 +366,51 @@ def test_max_response_bytes(text: str, size: int) -> None:
 def test_bad_max_response_bytes(text: str) -> None:
     (problem,) = problems(MINIMAL + f"poll:\n  max_response_bytes: {text}\n")
     assert problem.startswith("poll.max_response_bytes: ")
+
+
+def test_teams_on_accounts_jobs_pairs_and_discovery_rules() -> None:
+    config = parse(
+        """
+        accounts:
+          - name: a
+            access_key: ak
+            secret_key: sk
+            team: ml-platform
+            jobs: [job-plain, {id: job-owned, team: nlp}, {id: job-nobody, team: ""}]
+            tasks:
+              - {task_id: 1, job_id: 2, team: vision.cv:eu}
+              - {task_id: 3, job_id: 4}
+            discover: true
+            discovery:
+              teams: [{match: '^nlp-', team: nlp}, {match: 'cv', team: vision}]
+          - name: b
+            access_key: ak
+            secret_key: sk
+            jobs: [job-b]
+        """
+    )
+    a, b = config.accounts
+    assert (a.team, b.team) == ("ml-platform", "")
+    # The long form is the same job id as the plain one: sharding and labels see the id.
+    assert a.jobs == ("job-plain", "job-owned", "job-nobody")
+    assert [getattr(job, "team", None) for job in a.jobs] == [None, "nlp", ""]
+    assert [pair.team for pair in a.tasks] == ["vision.cv:eu", None]
+    assert a.tasks[0] == V1Target(1, 2)  # the owner is not part of the pair's identity
+    assert a.discovery.team_of("nlp-summarise") == "nlp"
+    assert a.discovery.team_of("my-cv-nlp-") == "vision"
+    assert a.discovery.team_of("ranking") is None
+
+
+@pytest.mark.parametrize("team", ["nlp team", "x" * 65, "nlp/vision", "团队", 7])
+def test_bad_team_values_are_refused_by_path(team: object) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse(
+            f"""
+            accounts:
+              - name: a
+                access_key: ak
+                secret_key: sk
+                jobs: [{{id: job-x, team: {team!r}}}]
+            """
+        )
+    assert err.value.problems[0].startswith("accounts[0].jobs[0].team: must be")

@@ -15,11 +15,11 @@ from tests.deploy.files import (
     ALERTS,
     ALERTS_TEST,
     KUBERNETES,
+    RUNBOOK_BASE,
     alert_rules,
     known,
     load_yaml,
     metric_names,
-    package_version,
     run,
 )
 from tests.helpers import REPO, require_tool
@@ -159,11 +159,6 @@ def readme_sections() -> dict[str, tuple[str, str]]:
         github_anchor(parts[i].lstrip("#")): (parts[i], parts[i + 1])
         for i in range(1, len(parts), 2)
     }
-
-
-RUNBOOK_BASE = (
-    f"https://github.com/qf-exporter/qf-exporter/blob/v{package_version()}/docs/alerts.md"
-)
 
 
 def test_every_runbook_url_is_absolute_under_one_base() -> None:

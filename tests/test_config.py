@@ -4,6 +4,7 @@ Credentials and file permissions: test_config_secrets.py."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -414,3 +415,18 @@ def test_bad_team_values_are_refused_by_path(team: object) -> None:
             """
         )
     assert err.value.problems[0].startswith("accounts[0].jobs[0].team: must be")
+
+
+def test_the_examples_team_lines_are_valid_once_uncommented() -> None:
+    """config.example.yaml shows the team settings commented out; as written there they
+    must pass the checks."""
+    example = (Path(__file__).parent.parent / "config.example.yaml").read_text("utf-8")
+    text = re.sub(r"(?m)^(\s*)# (team: |- \{id: |- \{task_id: |discovery:|\s+teams:|\s+- \{match)",
+                  r"\1\2", example)
+    assert text.count("team") > example.count("\n# team")  # something was uncommented
+    config = parse_config(text, {"QIANFAN_ACCESS_KEY": AK, "QIANFAN_SECRET_KEY": SK})
+    (account,) = config.accounts
+    assert account.team == "ml-platform"
+    assert [getattr(job, "team", None) for job in account.jobs] == [None, "nlp"]
+    assert [pair.team for pair in account.tasks] == [None, "speech"]
+    assert account.discovery.team_of("nlp-chat") == "nlp"

@@ -283,6 +283,14 @@ class Account:
     def secrets(self) -> tuple[str, ...]:
         return (self.access_key.reveal(), self.secret_key.reveal())
 
+    @property
+    def owners(self) -> tuple[str | None, ...]:
+        """The team named for each job and V1 pair, in order (None: not named). Not
+        part of ``==``, where a job is its id and a pair its two ids: a reload compares
+        it too."""
+        return tuple(job.team if isinstance(job, V2Job) else None for job in self.jobs) + tuple(
+            pair.team for pair in self.tasks)
+
 
 @dataclass(frozen=True)
 class Poll:

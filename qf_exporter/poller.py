@@ -357,7 +357,8 @@ class Poller:
         old, previous = self.accounts, self._snapshot.accounts
         same_poll = config.poll == self.config.poll
         keep = {name: poller for name, poller in old.items()
-                if same_poll and any(a == poller.account for a in config.accounts)}
+                if same_poll and any(a == poller.account and a.owners == poller.account.owners
+                                     for a in config.accounts)}
         self.config, self.accounts = config, {}
         shown: dict[str, AccountState] = {}
         for account in config.accounts:

@@ -72,3 +72,8 @@ def test_a_reload_moves_the_runs_to_their_new_owner(
     assert _teams(exporter) == ({"task-a": "cv"}, {"job-a": "cv"})
     exporter.poller.poll_all()
     assert _teams(exporter) == ({"task-a": "cv"}, {"job-a": "cv"})
+
+    # Only a job's owner changes: the account's other settings are the same.
+    exporter.poller.reload(Config(accounts=(acct(sim, jobs=(V2Job("job-a", "nlp"),),
+                                                 team="cv"),), poll=FAST_POLL))
+    assert _teams(exporter) == ({"task-a": "nlp"}, {"job-a": "nlp"})

@@ -29,9 +29,9 @@ from qf_exporter.configfields import (
     DAY,
     Bound,
     Checker,
+    Problem,
+    Scalar,
     boolean,
-    distinct,
-    each,
     integer,
     join,
     key,
@@ -40,6 +40,8 @@ from qf_exporter.configfields import (
     parse_duration,
     read_by,
     read_fields,
+    read_list,
+    regex,
     regex_list,
     section,
     show_duration,
@@ -60,7 +62,9 @@ __all__ = [
     "Discovery",
     "Poll",
     "Secret",  # lives in secrets.py; still importable from here for older imports
+    "TeamRule",
     "V1Target",
+    "V2Job",
     "load_config",
     "parse_config",
     "parse_duration",
@@ -100,12 +104,24 @@ _SIZE_RANGE = "must be between 64KiB and 1GiB"
 _ID_PROBLEM = "is required and must be a positive integer"
 _ACCOUNT_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _JOB_ID = re.compile(r"^\S{1,128}$")
+_TEAM = re.compile(r"^[A-Za-z0-9_.:-]{0,64}$")
 
 
 def _account_name(name: str) -> list[tuple[str, str]]:
     if _ACCOUNT_NAME.match(name):
         return []
     return [("", "must be 1-64 characters of letters, digits, _ . : -")]
+
+
+def _team(team: str) -> list[Problem]:
+    """The ``team`` label's value (SPEC §3, "Ownership"); empty means no owner."""
+    if _TEAM.match(team):
+        return []
+    return [("", "must be at most 64 characters of letters, digits, _ . : -")]
+
+
+def _job_id(job_id: str) -> list[Problem]:
+    return [] if _JOB_ID.match(job_id) else [("", "must be a job id without spaces")]
 
 
 def _endpoint(value: Any) -> str:
@@ -146,6 +162,8 @@ def _id(value: Any) -> int:
 class V1Target:
     task_id: int = field(metadata=key(_id, required=_ID_PROBLEM))
     job_id: int = field(metadata=key(_id, required=_ID_PROBLEM))
+    # Who owns the pair's run (None: the account's team). Not part of the pair's identity.
+    team: str | None = field(default=None, compare=False, metadata=key(string, _team))
 
     @property
     def name(self) -> str:
@@ -153,26 +171,77 @@ class V1Target:
 
 
 def _tasks(c: Checker, value: Any, path: str, default: Any) -> tuple[V1Target, ...]:
-    """``tasks:``, a list of {task_id, job_id}, none given twice."""
-    if value is None:
-        return ()
-    if not isinstance(value, list):
-        c.problem(path, "must be a list of {task_id, job_id}")
-        return ()
+    """``tasks:``, a list of {task_id, job_id, team?}, no pair given twice."""
     result: list[V1Target] = []
-    for i, item in enumerate(value):
-        where = f"{path}[{i}]"
-        entry = c.mapping(item, where, keys_of(V1Target))
-        if not isinstance(item, dict):
-            continue
-        ids = read_fields(c, entry, where, V1Target)
-        if len(ids) < len(keys_of(V1Target)):
-            continue  # an id was missing or wrong: already a problem
+    for where, ids in read_list(c, value, path, V1Target, "must be a list of {task_id, job_id}"):
         target = V1Target(**ids)
         if target in result:
             c.problem(where, f"duplicate task/job pair {target.name}")
         result.append(target)
     return tuple(result)
+
+
+class V2Job(str):
+    """A V2 job id, with the team that owns its runs when the file names one.
+
+    It compares and hashes as the id itself: sharding, discovery and the ``target``
+    label take it as the plain string it is, and code that builds an ``Account`` may
+    pass plain ids.
+    """
+
+    team: str | None
+
+    def __new__(cls, job_id: str, team: str | None = None) -> V2Job:
+        job = super().__new__(cls, job_id)
+        job.team = team
+        return job
+
+
+_JOB = Scalar(string, (_job_id,))
+
+
+@dataclass(frozen=True)
+class _JobEntry:
+    """The long form of a ``jobs:`` item, ``{id: job-x, team: nlp}``."""
+
+    id: str = field(metadata=key(string, _job_id, required="is required"))
+    team: str | None = field(default=None, metadata=key(string, _team))
+
+
+def _job(c: Checker, item: str | dict[str, Any], where: str) -> V2Job | None:
+    if isinstance(item, str):
+        return V2Job(_JOB(c, item, where, ""))
+    entry = read_fields(c, c.mapping(item, where, keys_of(_JobEntry)), where, _JobEntry)
+    return V2Job(entry["id"], entry["team"]) if "id" in entry else None
+
+
+def _jobs(c: Checker, value: Any, path: str, default: Any) -> tuple[V2Job, ...]:
+    """``jobs:``, a list of job ids (``- job-x``) or ``{id, team}``, none given twice."""
+    if value is None:
+        return ()
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(
+        isinstance(v, dict) or (isinstance(v, str) and v) for v in items
+    ):
+        c.problem(path, "must be a list of non-empty strings (job ids) or {id, team}")
+        return ()
+    jobs = [job for i, item in enumerate(items) if (job := _job(c, item, f"{path}[{i}]"))]
+    if len(set(jobs)) != len(jobs):
+        c.problem(path, "lists a job more than once")
+    return tuple(jobs)
+
+
+@dataclass(frozen=True)
+class TeamRule:
+    """A ``discovery.teams`` rule: the jobs whose name ``match`` finds are ``team``'s."""
+
+    match: Pattern = field(metadata=key(regex, required="is required"))
+    team: str = field(metadata=key(string, _team, required="is required"))
+
+
+def _team_rules(c: Checker, value: Any, path: str, default: Any) -> tuple[TeamRule, ...]:
+    return tuple(TeamRule(**rule) for _, rule in read_list(
+        c, value, path, TeamRule, "must be a list of {match, team}"))
 
 
 @dataclass(frozen=True)
@@ -185,6 +254,12 @@ class Discovery:
     models: tuple[str, ...] = field(default=(), metadata=key(string_list))
     train_modes: tuple[str, ...] = field(default=(), metadata=key(string_list))
     max_age: float | None = field(default=None, metadata=key(parse_duration, _AGE))
+    # Who owns a listed job: the first rule whose pattern its name matches.
+    teams: tuple[TeamRule, ...] = field(default=(), metadata=read_by(_team_rules))
+
+    def team_of(self, job_name: str) -> str | None:
+        """The team of the first rule that matches ``job_name`` (None: no rule does)."""
+        return next((rule.team for rule in self.teams if rule.match.search(job_name)), None)
 
 
 @dataclass(frozen=True)
@@ -195,14 +270,9 @@ class Account:
     secret_key: Secret = field(metadata=read_by(None, also=("secret_key_file",)))
     endpoint: str = field(default=DEFAULT_ENDPOINT, metadata=key(_endpoint))
     qps: float = field(default=5.0, metadata=key(number, Bound(*QPS_BOUNDS, above_zero=True)))
-    jobs: tuple[str, ...] = field(
-        default=(),
-        metadata=key(
-            string_list,
-            each(_JOB_ID, "must be a job id without spaces"),
-            distinct("lists a job more than once"),
-        ),
-    )
+    # The default owner of the account's runs (SPEC §3, "Ownership"): "" for none.
+    team: str = field(default="", metadata=key(string, _team))
+    jobs: tuple[str, ...] = field(default=(), metadata=read_by(_jobs))
     tasks: tuple[V1Target, ...] = field(default=(), metadata=read_by(_tasks))
     discover: bool = field(default=False, metadata=key(boolean))
     discovery: Discovery = field(default_factory=Discovery, metadata=section(Discovery))
@@ -212,6 +282,14 @@ class Account:
 
     def secrets(self) -> tuple[str, ...]:
         return (self.access_key.reveal(), self.secret_key.reveal())
+
+    @property
+    def owners(self) -> tuple[str | None, ...]:
+        """The team named for each job and V1 pair, in order (None: not named). Not
+        part of ``==``, where a job is its id and a pair its two ids: a reload compares
+        it too."""
+        return tuple(job.team if isinstance(job, V2Job) else None for job in self.jobs) + tuple(
+            pair.team for pair in self.tasks)
 
 
 @dataclass(frozen=True)

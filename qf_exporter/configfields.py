@@ -204,6 +204,29 @@ def read_fields(c: Checker, raw: Mapping[str, Any], path: str, cls: type[Any]) -
     return values
 
 
+def read_list(
+    c: Checker, value: Any, path: str, cls: type[Any], problem: str
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Each mapping of the list ``value`` read into ``cls``'s keys: its path and its
+    values, for each item whose required keys could all be read (the others are
+    problems already). Anything but a list is the problem ``problem``."""
+    if value is None:
+        return
+    if not isinstance(value, list):
+        c.problem(path, problem)
+        return
+    required = {f.name for f in fields(cls)
+                if KEY in f.metadata and f.default is MISSING and f.default_factory is MISSING}
+    for i, item in enumerate(value):
+        where = f"{path}[{i}]"
+        entry = c.mapping(item, where, keys_of(cls))
+        if not isinstance(item, dict):
+            continue
+        values = read_fields(c, entry, where, cls)
+        if required <= values.keys():
+            yield where, values
+
+
 # --- checks --------------------------------------------------------------------------
 
 
@@ -360,14 +383,17 @@ def string_list(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def regex(value: Any) -> Pattern:
+    """A pattern in RE2 syntax (linear-time matching, as Prometheus)."""
+    text = string(value)
+    try:
+        return compile_pattern(text)
+    except PatternError as exc:
+        raise ValueError(
+            f"{text!r} is not a valid regular expression: {exc} (RE2 syntax)"
+        ) from None
+
+
 def regex_list(value: Any) -> tuple[Pattern, ...]:
-    """Patterns in RE2 syntax (linear-time matching, as Prometheus)."""
-    patterns = []
-    for text in string_list(value):
-        try:
-            patterns.append(compile_pattern(text))
-        except PatternError as exc:
-            raise ValueError(
-                f"{text!r} is not a valid regular expression: {exc} (RE2 syntax)"
-            ) from None
-    return tuple(patterns)
+    """Patterns in RE2 syntax."""
+    return tuple(regex(text) for text in string_list(value))

@@ -52,6 +52,9 @@ class JobDiscovery:
         self.client = client
         self.owns = owns  # whether this shard owns a job
         self.jobs: frozenset[str] = frozenset()
+        # The team of each listed job this shard owns whose name a discovery.teams rule
+        # matches (configured jobs too), as of the last listing.
+        self.teams: dict[str, str] = {}
         self.last_listed: float | None = None
         self.error = ""
 
@@ -78,6 +81,12 @@ class JobDiscovery:
             for job in jobs
             if wanted(job, now, self.account.discovery) and self.owns(job.job_id)
         )
+        self.teams = {
+            job.job_id: team
+            for job in jobs
+            if (team := self.account.discovery.team_of(job.name)) is not None
+            and self.owns(job.job_id)
+        }
         self.last_listed = now
         self.error = ""
         log.debug("jobs discovered", extra={"account": self.account.name,

@@ -19,6 +19,7 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
+from qf_exporter import console
 from qf_exporter.config import V1Target
 from qf_exporter.errors import InvalidResponse
 
@@ -70,6 +71,7 @@ class Run:
     parameter_scale: str = ""
     version: str = ""
     vdl_link: str = ""
+    team: str = ""  # the owner of the run's target, from the configuration
     progress: float | None = None
     duration: float | None = None
     train_duration: float | None = None
@@ -96,6 +98,11 @@ class Run:
     @property
     def key(self) -> tuple[str, str, str, str]:
         return (self.account, self.api, self.job_id, self.task_id)
+
+    @property
+    def console_url(self) -> str:
+        """The run's page in the Qianfan console (see console.py)."""
+        return console.run_page(self.api, self.train_mode, self.job_id, self.task_id)
 
     @property
     def final(self) -> bool:

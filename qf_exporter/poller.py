@@ -134,11 +134,12 @@ class AccountPoller:
         self.health.adopt(previous)
         if left_out is not None:
             self.left_out.adopt(left_out.counted, kept)
-        runs = {run.key for state in kept.values() for run in state.runs}
+        # The kept targets' runs, as they are now (their owner may have changed).
+        runs = {run.key: run for state in kept.values() for run in state.runs}
         return replace(
             previous,
             targets=MappingProxyType(kept),
-            runs=tuple(run for run in previous.runs if run.key in runs),
+            runs=tuple(runs[run.key] for run in previous.runs if run.key in runs),
             discovered_jobs=len(self.discovery.jobs) if self.account.discover else None,
             discovery_error=previous.discovery_error if self.account.discover else "",
         )
@@ -148,12 +149,14 @@ class AccountPoller:
             started = time.perf_counter()
             now = self.clock()
             outcomes: list[Outcome] = []
+            listed: bool | None = None
             if self.account.discover and not self.stop.is_set():
                 listed = self.discovery.refresh(now, now + self.read_budget)
                 if listed is not None:
                     outcomes.append(Outcome() if listed
                                     else Outcome("listing", self.discovery.error))
-            self.targets.sync(self.discovery.jobs)
+            self.targets.sync(self.discovery.jobs,
+                              self.discovery.teams if listed else None)
             due = [key for key, state in self.targets.states.items()
                    if force or schedule.due(state, now, self.poll)]
             outcomes += self._read(due, now)
@@ -336,7 +339,8 @@ class Poller:
         old, previous = self.accounts, self._snapshot.accounts
         same_poll = config.poll == self.config.poll
         keep = {name: poller for name, poller in old.items()
-                if same_poll and any(a == poller.account for a in config.accounts)}
+                if same_poll and any(a == poller.account and a.owners == poller.account.owners
+                                     for a in config.accounts)}
         self.config, self.accounts = config, {}
         shown: dict[str, AccountState] = {}
         for account in config.accounts:

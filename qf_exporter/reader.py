@@ -62,7 +62,12 @@ class TargetReader:
         self.budget = budget
 
     def read(self, state: TargetState, started: float, pair: V1Target | None = None) -> Read:
-        """The target's state after reading it (``pair`` for a V1 target)."""
+        """The target's state after reading it (``pair`` for a V1 target); its runs
+        carry the target's owner."""
+        read = self._read(state, started, pair)
+        return replace(read, state=read.state.owned_by(state.team))
+
+    def _read(self, state: TargetState, started: float, pair: V1Target | None) -> Read:
         deadline = self.clock() + self.budget
         runs: tuple[Run, ...]
         try:

@@ -35,6 +35,8 @@ INFO_LABELS = (
     "parameter_scale",
     "version",
     "upstream_status",
+    "team",
+    "console_url",
 )
 
 
@@ -194,17 +196,19 @@ def _labels(run: Run) -> tuple[str, str]:
     labels: tuple[str, ...] = (
         run.account, run.api, run.job_id, run.task_id, run.job_name, run.task_name,
         run.model, run.train_mode, run.parameter_scale, run.version, run.upstream_status,
+        run.team, run.console_url,
     )
     # Almost no label value needs escaping: check them all at once, escape only then.
     raw = "".join(labels)
     if "\\" in raw or '"' in raw or "\n" in raw:
         labels = tuple(map(escape, labels))
-    account, api, job_id, task_id, job_name, task_name, model, mode, scale, version, up = labels
+    (account, api, job_id, task_id, job_name, task_name, model, mode, scale, version, up,
+     team, url) = labels
     return (
         f'{{account="{account}",api="{api}",job_id="{job_id}",task_id="{task_id}"',
         f',job_name="{job_name}",task_name="{task_name}",model="{model}",'
         f'train_mode="{mode}",parameter_scale="{scale}",version="{version}",'
-        f'upstream_status="{up}"}} 1',
+        f'upstream_status="{up}",team="{team}",console_url="{url}"}} 1',
     )
 
 
@@ -365,7 +369,8 @@ def render_health(snapshot: Snapshot, accounts: Iterable[str]) -> bytes:
         if state is None:
             continue
         for (api, target), target_state in sorted(state.targets.items()):
-            labels = f'account="{account}",api="{escape(api)}",target="{escape(target)}"'
+            labels = (f'account="{account}",api="{escape(api)}",target="{escape(target)}",'
+                      f'team="{escape(target_state.team)}"')
             lines["qianfan_target_up"].append(
                 f"qianfan_target_up{{{labels}}} {1 if target_state.up else 0}"
             )

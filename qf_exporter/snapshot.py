@@ -27,6 +27,14 @@ class TargetState:
     error: str = ""  # the latest failure, already free of secrets
     reason: str = ""
     discovered: bool = False  # found by discovery, not configured
+    team: str = ""  # who owns the target's runs (SPEC §3, "Ownership"); "" for nobody
+
+    def owned_by(self, team: str) -> TargetState:
+        """This state with ``team`` as the owner of the target and of each of its runs."""
+        if self.team == team and all(run.team == team for run in self.runs):
+            return self
+        runs = tuple(run if run.team == team else replace(run, team=team) for run in self.runs)
+        return replace(self, team=team, runs=runs)
 
     @property
     def active(self) -> bool:

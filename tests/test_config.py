@@ -4,6 +4,7 @@ Credentials and file permissions: test_config_secrets.py."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -366,3 +367,53 @@ def test_max_response_bytes(text: str, size: int) -> None:
 def test_bad_max_response_bytes(text: str) -> None:
     (problem,) = problems(MINIMAL + f"poll:\n  max_response_bytes: {text}\n")
     assert problem.startswith("poll.max_response_bytes: ")
+
+
+def test_teams_on_accounts_jobs_pairs_and_discovery_rules() -> None:
+    config = parse(
+        """
+        accounts:
+          - name: a
+            team: ml-platform
+            jobs: [job-plain, {id: job-owned, team: nlp}, {id: job-nobody, team: ""}]
+            tasks:
+              - {task_id: 1, job_id: 2, team: vision.cv:eu}
+              - {task_id: 3, job_id: 4}
+            discover: true
+            discovery:
+              teams: [{match: '^nlp-', team: nlp}, {match: 'cv', team: vision}]
+          - name: b
+            jobs: [job-b]
+        """
+    )
+    a, b = config.accounts
+    assert (a.team, b.team) == ("ml-platform", "")
+    # The long form is the same job id as the plain one: sharding and labels see the id.
+    assert a.jobs == ("job-plain", "job-owned", "job-nobody")
+    assert [getattr(job, "team", None) for job in a.jobs] == [None, "nlp", ""]
+    assert [pair.team for pair in a.tasks] == ["vision.cv:eu", None]
+    assert a.tasks[0] == V1Target(1, 2)  # the owner is not part of the pair's identity
+    assert a.discovery.team_of("nlp-summarise") == "nlp"
+    assert a.discovery.team_of("my-cv-nlp-") == "vision"
+    assert a.discovery.team_of("ranking") is None
+
+
+@pytest.mark.parametrize("team", ["nlp team", "x" * 65, "nlp/vision", "团队", 7])
+def test_bad_team_values_are_refused_by_path(team: object) -> None:
+    (problem,) = problems(f"accounts: [{{name: a, jobs: [{{id: job-x, team: {team!r}}}]}}]")
+    assert problem.startswith("accounts[0].jobs[0].team: must be")
+
+
+def test_the_examples_team_lines_are_valid_once_uncommented() -> None:
+    """config.example.yaml shows the team settings commented out; as written there they
+    must pass the checks."""
+    example = (Path(__file__).parent.parent / "config.example.yaml").read_text("utf-8")
+    text = re.sub(r"(?m)^(\s*)# (team: |- \{id: |- \{task_id: |discovery:|\s+teams:|\s+- \{match)",
+                  r"\1\2", example)
+    assert text.count("team") > example.count("\n# team")  # something was uncommented
+    config = parse_config(text, {"QIANFAN_ACCESS_KEY": AK, "QIANFAN_SECRET_KEY": SK})
+    (account,) = config.accounts
+    assert account.team == "ml-platform"
+    assert [getattr(job, "team", None) for job in account.jobs] == [None, "nlp"]
+    assert [pair.team for pair in account.tasks] == [None, "speech"]
+    assert account.discovery.team_of("nlp-chat") == "nlp"

@@ -53,7 +53,7 @@ def test_the_keys_are_the_declared_fields_and_their_alternatives() -> None:
     assert keys_of(Poll) == {f.name for f in fields(Poll)}
     assert keys_of(Discovery) == {f.name for f in fields(Discovery)}
     assert keys_of(Account) == {f.name for f in fields(Account)} | {"secret_key_file"}
-    assert keys_of(V1Target) == {"task_id", "job_id"}
+    assert keys_of(V1Target) == {"task_id", "job_id", "team"}
     assert keys_of(Config) == {"accounts", "poll"}
 
 

@@ -212,7 +212,7 @@ def test_landing_page_lists_every_target_down_with_bounded_messages() -> None:
 def test_render_health_exposition() -> None:
     targets = {
         ("v1", "10250/6205"): TargetState(api="v1", name="10250/6205", up=True,
-                                          last_success=1700000000.5),
+                                          last_success=1700000000.5, team="nlp"),
         ("v2", 'job-"q"'): TargetState(api="v2", name='job-"q"', up=False,
                                        error="no such job", reason="client"),
         ("v2", "job-b"): TargetState(api="v2", name="job-b", up=False, reason="server",
@@ -226,16 +226,17 @@ def test_render_health_exposition() -> None:
     assert lines == [
         'qianfan_up{account="later"} 0',
         'qianfan_up{account="team"} 1',
-        'qianfan_target_up{account="team",api="v1",target="10250/6205"} 1',
-        'qianfan_target_up{account="team",api="v2",target="job-\\"q\\""} 0',
-        'qianfan_target_up{account="team",api="v2",target="job-b"} 0',
+        'qianfan_target_up{account="team",api="v1",target="10250/6205",team="nlp"} 1',
+        'qianfan_target_up{account="team",api="v2",target="job-\\"q\\"",team=""} 0',
+        'qianfan_target_up{account="team",api="v2",target="job-b",team=""} 0',
         'qianfan_target_last_success_timestamp_seconds{account="team",api="v1",'
-        'target="10250/6205"} 1700000000.5',
+        'target="10250/6205",team="nlp"} 1700000000.5',
         'qianfan_target_last_success_timestamp_seconds{account="team",api="v2",'
-        'target="job-b"} 1699999000.0',
-        'qianfan_target_error_info{account="team",api="v2",target="job-\\"q\\"",'
+        'target="job-b",team=""} 1699999000.0',
+        'qianfan_target_error_info{account="team",api="v2",target="job-\\"q\\"",team="",'
         'reason="client"} 1',
-        'qianfan_target_error_info{account="team",api="v2",target="job-b",reason="server"} 1',
+        'qianfan_target_error_info{account="team",api="v2",target="job-b",team="",'
+        'reason="server"} 1',
         'qianfan_last_successful_poll_timestamp_seconds{account="team"} 1700000001.0',
         'qianfan_poll_duration_seconds{account="team"} 0.25',
     ]

@@ -23,6 +23,7 @@ import yaml
 from qf_exporter.app import Exporter
 from qf_exporter.config import Config, Poll
 from qf_exporter.simulator import QianfanSimulator, World, demo_world
+from tests.deploy.files import RUNBOOK_BASE
 from tests.helpers import (
     ACCESS_KEY,
     REPO,
@@ -167,7 +168,8 @@ def test_each_signal_fires_for_its_run_and_only_for_it(stack: dict[str, Any]) ->
         labels = alert["labels"]
         assert labels["job_name"] == "ml signals" and labels["account"] == "main"
         assert "instance" not in labels  # aggregated by run: one alert per run
-        assert alert["annotations"]["runbook_url"].startswith("README.md#")
+        assert alert["annotations"]["runbook_url"] == (
+            f"{RUNBOOK_BASE}#{labels['alertname'].lower()}")
         assert labels["severity"] == (
             "critical" if labels["alertname"] == "QianfanRunLossNotFinite" else "warning")
     waiting = next(a for a in ours if a["labels"]["alertname"] == "QianfanRunWaitingTooLong")
@@ -247,5 +249,5 @@ def test_each_new_alert_has_a_runbook_in_the_readme() -> None:
              for r in g["rules"] if "alert" in r}
     for name in EXPECTED:
         url = rules[name]["annotations"]["runbook_url"]
-        assert url == f"README.md#{name.lower()}", name
+        assert url == f"{RUNBOOK_BASE}#{name.lower()}", name
         assert name.lower() in anchors, f"README has no section for {name}"

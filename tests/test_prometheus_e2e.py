@@ -11,6 +11,9 @@ on the name). Then:
 - every rule evaluates without error, and the failed and stopped runs raise exactly one
   QianfanRunFailed / QianfanRunStopped alert per run, not one per replica;
 - no alert about the exporter's own health is pending or has fired while both run;
+- a failed run's alert names its owner (`team`, from the configuration: "nlp" for the
+  job the account "main" owns, none for the same job read by "broken") and links the
+  run's page in the Qianfan console;
 - stopping one exporter process fires QianfanExporterDown for that instance only
   (the last test: it leaves the stack with one replica).
 
@@ -63,9 +66,11 @@ def exporter_config(simulator: QianfanSimulator) -> dict[str, Any]:
 
     return {
         # One account reads everything; the other cannot read one of its jobs, so the
-        # health panels have something to show.
+        # health panels have something to show. The team nlp owns job-fleet in "main";
+        # nobody owns it in "broken".
         "accounts": [
-            account("main", jobs=["job-fleet"], tasks=[{"task_id": 10250, "job_id": 6205}]),
+            account("main", jobs=[{"id": "job-fleet", "team": "nlp"}],
+                    tasks=[{"task_id": 10250, "job_id": 6205}]),
             account("broken", jobs=["job-fleet", "job-missing"]),
         ],
         "poll": {"interval": "2s", "finished_interval": "60s", "stale_after": "60s",
@@ -296,6 +301,34 @@ def test_failed_run_alert_fires(stack: dict[str, Any]) -> None:
     quiet = {a["labels"].get("task_id") for a in alerts(stack["api"])
              if a["labels"]["alertname"] in RUN_ALERTS}
     assert not quiet & {"task-done", "task-running", "task-waiting"}
+
+
+def test_a_failed_runs_alert_names_its_team_and_links_the_console(
+    stack: dict[str, Any]
+) -> None:
+    """What Alertmanager routes by, and where the on-call person clicks, with two
+    replicas: one alert per account, team="nlp" where nlp owns the job, team="" (no
+    label) where nobody does; both link the run's training log."""
+    wanted = {"main", "broken"}
+
+    def firing() -> dict[str, dict[str, Any]]:
+        found = {a["labels"]["account"]: a for a in alerts(stack["api"])
+                 if a["labels"]["alertname"] == "QianfanRunFailed"
+                 and a["labels"].get("task_id") == "task-failed" and a["state"] == "firing"}
+        return found if set(found) == wanted else {}
+
+    failed = wait_for("QianfanRunFailed for task-failed in both accounts", firing, timeout=60)
+    assert failed["main"]["labels"]["team"] == "nlp"
+    assert failed["broken"]["labels"].get("team", "") == ""
+    for alert in failed.values():
+        assert alert["annotations"]["console_url"] == (
+            "https://console.bce.baidu.com/qianfan/train/sft/job-fleet/task-failed/detail/"
+            "traininglog")
+        assert alert["annotations"]["runbook_url"].startswith("https://")
+    # The target's health says who owns it too.
+    owners = {(r["metric"]["account"], r["metric"].get("team", ""))
+              for r in promql(stack["api"], 'qianfan_target_up{target="job-fleet"}')}
+    assert owners == {("main", "nlp"), ("broken", "")}
 
 
 def test_identical_replicas_alert_once_per_run(stack: dict[str, Any]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import os
 from pathlib import Path
@@ -25,7 +26,11 @@ GOLDEN = Path(__file__).parent / "golden" / "runs.prom"
 def sample_runs() -> list[Run]:
     read = 1_705_400_000.25
     runs = [
-        parse_v2_run(V2_EXAMPLE, account="team-a", job_id="job-ftp4icwebtnc", read_at=read),
+        # An owned run (SPEC §3, "Ownership"): the team comes from the configuration.
+        dataclasses.replace(
+            parse_v2_run(V2_EXAMPLE, account="team-a", job_id="job-ftp4icwebtnc", read_at=read),
+            team="nlp",
+        ),
         parse_v2_run(
             {
                 "taskId": "task-run-2", "jobName": 'quote " back \\ slash\nnewline',
@@ -67,8 +72,6 @@ def test_fast_and_generic_paths_parse_to_the_same_samples() -> None:
 
 def test_pieces_do_not_change_the_text(monkeypatch: pytest.MonkeyPatch) -> None:
     """The text is built in pieces of ``_CHUNK`` runs: where they are cut must not show."""
-    import dataclasses
-
     runs = [
         dataclasses.replace(run, job_id=f"job-{i:04d}")
         for i in range(211)

@@ -6,6 +6,11 @@ alerts.yml is the one source of the alert rules; this wraps its `groups:` unchan
 
     python3 deploy/kubernetes/make-prometheusrule.py           # rewrite prometheusrule.yaml
     python3 deploy/kubernetes/make-prometheusrule.py --check   # exit 1 if it is out of date
+    python3 deploy/kubernetes/make-prometheusrule.py --runbook-base=https://wiki.example.com/qf \
+        --output=-                                             # your runbooks, to stdout
+
+--runbook-base replaces the one runbook base literal of alerts.yml (every runbook_url
+is that base, "#" and the alert's name in lower case) by your own.
 
 Only the standard library is used. tests/deploy/test_kubernetes.py runs the check.
 """
@@ -13,6 +18,7 @@ Only the standard library is used. tests/deploy/test_kubernetes.py runs the chec
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -37,8 +43,21 @@ spec:
 """
 
 
-def render(alerts_text: str) -> str:
-    """The PrometheusRule text for the given alerts.yml text."""
+_RUNBOOK = re.compile(r"runbook_url: '([^'#]+)#")
+
+
+def runbook_base(alerts_text: str) -> str:
+    """The runbook base literal of an alerts.yml text (the same in every runbook_url)."""
+    bases = set(_RUNBOOK.findall(alerts_text))
+    if len(bases) != 1:
+        raise SystemExit(f"{ALERTS}: expected one runbook base in runbook_url, found {bases}")
+    return bases.pop()
+
+
+def render(alerts_text: str, base: str | None = None) -> str:
+    """The PrometheusRule text for the given alerts.yml text (runbooks under ``base``)."""
+    if base is not None:
+        alerts_text = alerts_text.replace(runbook_base(alerts_text), base.rstrip("#"))
     lines = alerts_text.splitlines()
     # Drop the file's leading comment block (it describes alerts.yml itself); keep
     # everything from the top-level `groups:` key on, indented under `spec:`.
@@ -57,15 +76,26 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="do not write; exit 1 if prometheusrule.yaml is out of date",
     )
+    parser.add_argument(
+        "--runbook-base", metavar="URL",
+        help="where the runbooks are (replaces the base of every runbook_url)",
+    )
+    parser.add_argument(
+        "--output", metavar="FILE", default=str(OUTPUT), help="where to write ('-': stdout)"
+    )
     args = parser.parse_args(argv)
-    wanted = render(ALERTS.read_text(encoding="utf-8"))
+    wanted = render(ALERTS.read_text(encoding="utf-8"), args.runbook_base)
+    if args.output == "-":
+        sys.stdout.write(wanted)
+        return 0
     if args.check:
-        current = OUTPUT.read_text(encoding="utf-8") if OUTPUT.exists() else ""
+        out = Path(args.output)
+        current = out.read_text(encoding="utf-8") if out.exists() else ""
         if current != wanted:
-            print(f"{OUTPUT} is out of date: run {Path(__file__).name}", file=sys.stderr)
+            print(f"{out} is out of date: run {Path(__file__).name}", file=sys.stderr)
             return 1
         return 0
-    OUTPUT.write_text(wanted, encoding="utf-8")
+    Path(args.output).write_text(wanted, encoding="utf-8")
     return 0
 
 

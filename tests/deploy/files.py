@@ -151,6 +151,13 @@ def package_version() -> str:
     return version
 
 
+# Where every alert's runbook_url points: this release's runbook page (one literal in
+# alerts.yml that users replace), then "#" and the alert's name in lower case.
+RUNBOOK_BASE = (
+    f"https://github.com/qf-exporter/qf-exporter/blob/v{package_version()}/docs/alerts.md"
+)
+
+
 def dockerfile_labels() -> dict[str, str]:
     labels: dict[str, str] = {}
     for word, rest in dockerfile_instructions():

@@ -61,3 +61,23 @@ def test_alertmanager_groups_run_alerts_per_run_not_per_instance() -> None:
         assert "instance" not in group_by and "pod" not in group_by, name
         if "qianfan_finetune_run_" in rule["expr"]:
             assert {"alertname", "account", "job_id", "task_id"} <= set(group_by), name
+
+
+def test_alertmanager_routes_a_teams_alerts_to_that_team() -> None:
+    """Run and target alerts carry `team`: an owned one goes to its team's receiver, an
+    unowned one (team="" is no label at all) to the default; both stay grouped per run
+    or target."""
+    config = load_yaml(DEPLOY / "alertmanager" / "alertmanager.yml")
+    receivers = {r["name"] for r in config["receivers"]}
+    owned = [r["alert"] for r in alert_rules()
+             if re.search(r"qianfan_(finetune_run|target)_", r["expr"])]
+    assert len(owned) >= 7
+    for name in owned:
+        for team, receiver in (("nlp", "team-nlp"), ("vision", "team-vision"),
+                               ("", "qianfan"), ("someone-else", "qianfan")):
+            labels = {"alertname": name, "team": team} if team else {"alertname": name}
+            route = _route_for(config["route"], labels)
+            assert route.get("receiver", config["route"]["receiver"]) == receiver, (name, team)
+            assert receiver in receivers
+            assert "instance" not in route["group_by"], name
+            assert {"alertname", "account"} <= set(route["group_by"]), name

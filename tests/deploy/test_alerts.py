@@ -1,15 +1,21 @@
 """The alert rules: promtool accepts them and their unit tests, each alert has its
-labels, annotations, firing and silent tests, known metrics and a README runbook."""
+labels, annotations, firing and silent tests, known metrics, an absolute runbook link
+and a README runbook; run and target alerts carry the owning team."""
 
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 
 import pytest
+import yaml
 
 from tests.deploy.files import (
     ALERTS,
     ALERTS_TEST,
+    KUBERNETES,
+    RUNBOOK_BASE,
     alert_rules,
     known,
     load_yaml,
@@ -61,8 +67,8 @@ def test_run_alerts_name_the_job_and_run() -> None:
     # export it once each and may briefly disagree on its other labels (upstream_status),
     # never make the join fail.
     join = re.compile(
-        r"\*\s*on\(account, api, job_id, task_id\)\s*group_left\(job_name, task_name\)\s*"
-        r"topk by \(account, api, job_id, task_id\) \(1,\s*qianfan_finetune_run_info\)"
+        r"\*\s*on\(account, api, job_id, task_id\)\s*group_left\(job_name, task_name, team\)"
+        r"\s*topk by \(account, api, job_id, task_id\) \(1,\s*qianfan_finetune_run_info\)"
     )
     for rule in alert_rules():
         if "qianfan_finetune_run_" not in rule["expr"]:
@@ -70,6 +76,27 @@ def test_run_alerts_name_the_job_and_run() -> None:
         assert join.search(rule["expr"]), rule["alert"]
         text = rule["annotations"]["summary"] + rule["annotations"]["description"]
         assert "$labels.job_name" in text and "$labels.task_id" in text, rule["alert"]
+
+
+def test_run_and_target_alerts_carry_the_team_and_run_alerts_link_the_console() -> None:
+    """SPEC §4: every run and target alert has the owner's `team` label, for routing; a
+    run alert's console_url annotation is its info series' console_url label."""
+    console = re.compile(
+        r"query \(printf \"topk\(1, qianfan_finetune_run_info\{account=%q,api=%q,job_id=%q,"
+        r"task_id=%q\}\)\" \$labels\.account \$labels\.api \$labels\.job_id \$labels\.task_id\)"
+        r".*label \"console_url\""
+    )
+    run_alerts = target_alerts = 0
+    for rule in alert_rules():
+        expr, name = rule["expr"], rule["alert"]
+        if "qianfan_finetune_run_" in expr:
+            run_alerts += 1
+            assert "group_left(job_name, task_name, team)" in expr, name
+            assert console.search(rule["annotations"]["console_url"]), name
+        elif "qianfan_target_" in expr:
+            target_alerts += 1
+            assert "by (account, api, target, team)" in expr, name
+    assert run_alerts >= 6 and target_alerts >= 1
 
 
 def test_alert_metric_names_are_known(known_metrics: set[str]) -> None:
@@ -134,9 +161,40 @@ def readme_sections() -> dict[str, tuple[str, str]]:
     }
 
 
+def test_every_runbook_url_is_absolute_under_one_base() -> None:
+    """A notification (Slack, e-mail, pager) can only open an absolute link. The base is
+    this release's runbook page, one literal in alerts.yml that a user (or a chart)
+    replaces; the anchor is the alert's name."""
+    text = ALERTS.read_text(encoding="utf-8")
+    for rule in alert_rules():
+        name = rule["alert"]
+        assert rule["annotations"]["runbook_url"] == f"{RUNBOOK_BASE}#{name.lower()}", name
+    # Outside comments, the base appears only in runbook links: replacing it changes
+    # nothing else.
+    uses = [line.strip() for line in text.splitlines()
+            if RUNBOOK_BASE in line and not line.lstrip().startswith("#")]
+    assert len(uses) == len(alert_rules())
+    assert all(line.startswith(f"runbook_url: '{RUNBOOK_BASE}#") for line in uses), uses
+    assert "README.md#" not in text
+
+
+def test_the_rule_generator_puts_the_runbooks_elsewhere() -> None:
+    mine = "https://wiki.example.com/qf-exporter/alerts"
+    result = subprocess.run(
+        [sys.executable, str(KUBERNETES / "make-prometheusrule.py"), f"--runbook-base={mine}",
+         "--output=-"], capture_output=True, text=True, timeout=60, check=True,
+    )
+    groups = yaml.safe_load(result.stdout)["spec"]["groups"]
+    rules = [r for g in groups for r in g["rules"] if "alert" in r]
+    assert {r["annotations"]["runbook_url"] for r in rules} == {
+        f"{mine}#{r['alert'].lower()}" for r in alert_rules()
+    }
+    assert RUNBOOK_BASE not in result.stdout
+
+
 def test_every_alert_has_a_runbook_in_the_readme() -> None:
-    """runbook_url: README.md#<anchor> (relative to the repository) of the alert's own
-    section under "Runbooks", which says what the alert means and what to do."""
+    """Each alert has its own section under "Runbooks", which says what the alert means
+    and what to do; the anchor of its runbook_url is that section's."""
     sections = readme_sections()
     assert "runbooks" in sections
     readme = (REPO / "README.md").read_text(encoding="utf-8")
@@ -145,8 +203,8 @@ def test_every_alert_has_a_runbook_in_the_readme() -> None:
     for rule in alert_rules():
         name = rule["alert"]
         url = rule["annotations"]["runbook_url"]
-        assert url == f"README.md#{name.lower()}", name
         anchor = url.partition("#")[2]
+        assert anchor == name.lower(), name
         assert anchor in sections, f"{name}: no README heading for #{anchor}"
         heading, text = sections[anchor]
         assert heading == f"#### {name}" and f"\n{heading}\n" in runbooks, name

@@ -51,7 +51,7 @@ def test_dashboard_variables(path: Path) -> None:
     # "prometheus" is the plugin type: it resolves to whatever Prometheus data source
     # exists, with file provisioning too (where __inputs are not replaced).
     assert datasource["query"] == "prometheus"
-    expected = {"account": "account", "job": "job_id", "run": "task_id"}
+    expected = {"account": "account", "team": "team", "job": "job_id", "run": "task_id"}
     for name, label in expected.items():
         var = variables[name]
         assert var["type"] == "query"
@@ -86,7 +86,7 @@ def test_run_queries_use_multi_value_matchers(path: Path) -> None:
     for panel in query_panels(load_dashboard(path)):
         for target in panel["targets"]:
             expr = target["expr"]
-            for var in ("account", "job", "run"):
+            for var in ("account", "team", "job", "run"):
                 for match in re.finditer(rf"(\w+)\s*(=~|!~|=|!=)\s*\"\$\{{?{var}\b", expr):
                     assert match.group(2) == "=~", (panel["title"], expr)
 
@@ -210,6 +210,52 @@ def test_run_detail_content() -> None:
     assert any("vdl_link" in t["expr"] for p in panels for t in p["targets"])
 
 
+def _links(panel: dict[str, Any], field: str) -> list[dict[str, Any]]:
+    return [
+        link
+        for override in panel["fieldConfig"].get("overrides", [])
+        if override["matcher"]["options"] == field
+        for prop in override["properties"]
+        if prop["id"] == "links"
+        for link in prop["value"]
+    ]
+
+
+def test_run_detail_links_the_run_in_the_qianfan_console() -> None:
+    """The run table shows the run's console_url (from its info series) as a link, beside
+    the VisualDL link and the owning team."""
+    dashboard = load_dashboard(REPO / "grafana" / "qianfan-run-detail.json")
+    (table,) = [p for p in query_panels(dashboard) if _links(p, "console_url")]
+    assert _links(table, "console_url")[0]["url"] == "${__value.raw}"
+    assert _links(table, "vdl_link")
+    (target,) = table["targets"]
+    grouping = target["expr"].split(")", 1)[0]
+    assert "console_url" in grouping and "team" in grouping
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_run_and_target_panels_follow_the_team_variable(path: Path) -> None:
+    """Run series have no team label: each is kept only where its run's info series has
+    the chosen team. Target health series carry team themselves."""
+    owned = 'and on (account, api, job_id, task_id) qianfan_finetune_run_info{team=~"$team"}'
+    dashboard = load_dashboard(path)
+    for panel in query_panels(dashboard):
+        for target in panel["targets"]:
+            for m in re.finditer(r"(qianfan_(?:finetune_run|target)_\w+)\{([^}]*\$account[^}]*)\}"
+                                 r"(\s*and on \(account, api, job_id, task_id\) "
+                                 r"qianfan_finetune_run_info\{team=~\"\$team\"\})?",
+                                 target["expr"]):
+                name, matchers, joined = m.groups()
+                if name == "qianfan_finetune_run_info" or name.startswith("qianfan_target_"):
+                    assert 'team=~"$team"' in matchers, (panel["title"], name)
+                else:
+                    assert joined, (panel["title"], name)
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    for name in ("job", "run"):
+        assert 'team=~"$team"' in variables[name]["query"]["query"], name
+    assert owned in path.read_text(encoding="utf-8").replace('\\"', '"')
+
+
 def test_dashboard_links_point_at_shipped_dashboards() -> None:
     uids = {load_dashboard(p)["uid"] for p in DASHBOARDS}
     for path in DASHBOARDS:
@@ -252,6 +298,7 @@ def test_panel_queries_are_valid_promql(path: Path, tmp_path: Path) -> None:
     variables = {"account": "default", "job": "job-abc", "run": "task-123"}
     exprs = [expr for _, expr in panel_queries(path, variables)]
     dashboard = load_dashboard(path)
-    values = {"account": ".*", "job": ".*", "run": ".*", "scrape_job": ".*", "instance": ".*"}
+    values = {"account": ".*", "team": ".*", "job": ".*", "run": ".*", "scrape_job": ".*",
+              "instance": ".*"}
     exprs += [substitute(s, values) for s in variable_query_selectors(dashboard)]
     promtool_parses(exprs, tmp_path)

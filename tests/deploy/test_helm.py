@@ -154,6 +154,23 @@ def test_rules_are_alerts_yml() -> None:
     assert rule["spec"] == load_yaml(ALERTS)
 
 
+def test_runbook_base_is_a_value() -> None:
+    """prometheusRule.runbookBaseURL moves every runbook link, and nothing else, to the
+    user's own copy of the runbooks."""
+    mine = "https://wiki.example.org/qianfan/alerts"
+    rule = one(
+        render("everything-on", f"prometheusRule.runbookBaseURL={mine}"), "PrometheusRule"
+    )
+    shipped = load_yaml(ALERTS)
+    for group, ours in zip(shipped["groups"], rule["spec"]["groups"], strict=True):
+        for want, got in zip(group["rules"], ours["rules"], strict=True):
+            url = want.get("annotations", {}).get("runbook_url")
+            if url is not None:
+                want["annotations"]["runbook_url"] = f"{mine}#{url.rsplit('#', 1)[1]}"
+            assert got == want
+    assert "runbookBaseURL" in render_error("prometheusRule.runbookBaseURL=not a url")
+
+
 def test_dashboards_are_grafana_files_byte_for_byte() -> None:
     maps = [
         o for o in render("everything-on")

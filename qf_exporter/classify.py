@@ -33,12 +33,14 @@ def classify(
     """The answer's ``result``, or the error it is (returned, for the caller to raise)."""
     secrets = tuple(secrets)
     # Upstream text may echo the credentials (a run named after the access key, an
-    # error that quotes the request): scrub them before anything reads the answer.
+    # error that quotes the request): scrub them before anything reads the answer, as
+    # bytes and again once decoded (a JSON escape hides a key from the first).
     body = upstream.scrub_bytes(body if isinstance(body, bytearray) else bytearray(body),
                                 secrets)
     data: Any = None
     try:
-        data = None if upstream.is_blank(body) else upstream.parse_json(body)
+        data = None if upstream.is_blank(body) else upstream.parse_json(
+            body, upstream.scrubber(secrets))
     except ValueError:
         data = None
     request_id = None

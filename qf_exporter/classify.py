@@ -103,11 +103,13 @@ def _result(
 
 
 def scrub(text: str, secrets: Iterable[str]) -> str:
-    """Upstream messages may echo the access key; never let one through. They are
-    cut too: a multi-megabyte message must not be logged whole on every poll.
-    (Cut twice: a secret across the first cut is beyond the second.)"""
+    """Upstream messages may echo the access key, or a long piece of it (a header is
+    never JSON-decoded); never let one through. They are cut too: a multi-megabyte
+    message must not be logged whole on every poll. (Cut twice: a secret across the
+    first cut is beyond the second.)"""
+    secrets = tuple(secrets)
     head = text[: 2 * upstream.MAX_UPSTREAM_MESSAGE]
-    return upstream.cut_message(redact(head, secrets))
+    return upstream.cut_message(upstream.scrubber(secrets).text(redact(head, secrets)))
 
 
 def retry_after(value: str | None, now: float) -> float | None:

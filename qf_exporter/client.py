@@ -37,11 +37,11 @@ log = logging.getLogger(__name__)
 V1_JOB_DETAIL = "/wenxinworkshop/finetune/jobDetail"
 V2_FINETUNING = "/v2/finetuning"
 MAX_KEYS = 100  # the most one V2 page holds
-# One listing's bounds (with its ReadBudget's bytes and values): 10,000 runs of a job,
-# or jobs of an account, in 100 full pages. Past one, the listing is refused as an
+# One listing's bounds (with its ReadBudget's bytes and values): 5,000 runs of a job,
+# or jobs of an account, in 50 full pages. Past one, the listing is refused as an
 # invalid answer: a server whose markers never end cannot hold a poll or its memory.
-MAX_PAGES = 100
-MAX_LISTED = 10_000
+MAX_PAGES = 50
+MAX_LISTED = 5_000
 
 T = TypeVar("T")
 Item = Mapping[str, Any]
@@ -124,12 +124,17 @@ class QianfanClient:
                        budget: upstream.ReadBudget | None = None) -> list[Item]:
         """V2: every run of a job, all pages, as the answers hold them."""
         return self._list("DescribeFineTuningTasks", {"jobId": job_id}, "taskList", deadline,
-                          budget or upstream.ReadBudget())
+                          budget or self.read_budget())
 
     def describe_jobs(self, deadline: float | None = None) -> list[Item]:
         """V2: every fine-tuning job of the account, all pages, as the answers hold them."""
         return self._list("DescribeFineTuningJobs", {}, "jobList", deadline,
-                          upstream.ReadBudget())
+                          self.read_budget())
+
+    def read_budget(self) -> upstream.ReadBudget:
+        """The bounds of one read (``upstream.ReadBudget``): never less than one answer."""
+        return upstream.ReadBudget(max(upstream.MAX_READ_BYTES,
+                                       self.transport.max_response_bytes))
 
     def _list(self, action: str, body: dict[str, Any], list_key: str,
               deadline: float | None, budget: upstream.ReadBudget) -> list[Item]:
@@ -174,7 +179,7 @@ class QianfanClient:
         Every answer read (retries too) counts against ``budget``: the read this call
         is part of (by default, the call alone).
         """
-        budget = budget or upstream.ReadBudget()
+        budget = budget or self.read_budget()
         attempt = 0
         while True:
             try:

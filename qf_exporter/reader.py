@@ -144,7 +144,7 @@ class TargetReader:
         the account's budget and this read's deadline. A failed one keeps the run as
         the list has it and is returned, so that the target reads as down.
         """
-        budget = ReadBudget()  # the listing and the details, together
+        budget = self.client.read_budget()  # the listing and the details, together
         listed = v2_listing(self.client.describe_tasks(job_id, deadline, budget))
         read_at = self.clock()
         failure = self._add_details(listed, deadline, budget)

@@ -56,12 +56,13 @@ MAX_JSON_DEPTH = 64  # far deeper than any documented answer (at most 4 levels)
 # cut to this many characters: a 5 MB error message is not logged whole every poll.
 MAX_UPSTREAM_MESSAGE = 300
 MAX_WAIT = 3600.0  # the watchdog wakes at least this often, whatever the deadlines
-# One read's bounds, whatever its pages (see ReadBudget). A value costs at most about
-# 200 bytes parsed (a one-key object in a list, and its Fields view), so these keep
-# one read's parsed answers near 200 MB at the very worst, and real reads far below:
-# a job of 10,000 runs with 20 fields each is 200,000 values and about 10 MB.
-MAX_READ_BYTES = 64 * 1024 * 1024
-MAX_READ_VALUES = 1_000_000
+# One read's bounds, whatever its pages (see ReadBudget). Parsed, a value costs at
+# most about 230 bytes (a listed item of two fields, with its Fields view), so one
+# read's parsed answers stay under about 70 MB at the very worst; a real job of 1,000
+# runs of 20 fields and 40 checkpoints each is 180,000 values. The bytes bound is
+# poll.max_response_bytes when that is larger: one answer may always be that large.
+MAX_READ_BYTES = 32 * 1024 * 1024
+MAX_READ_VALUES = 300_000
 # A key's characters this many in a row, or more, are redacted from decoded strings:
 # long enough that ordinary text never matches by chance (keys are random), short
 # enough that a key split across fields leaves no field with much of it.

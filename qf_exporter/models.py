@@ -172,15 +172,24 @@ class Fields:
         return None
 
     def text(self, *names: str, limit: int = MAX_LABEL_LENGTH) -> str:
-        value = self.get(*names)
-        if value is None or isinstance(value, dict | list):
-            return ""
-        if isinstance(value, bool):
-            return "true" if value else "false"
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
         # Job names, models, statuses repeat across runs: one string each, not one per run.
-        return sys.intern(cut(str(value), limit))
+        return sys.intern(cut(_string(self.get(*names)), limit))
+
+    def ident(self, name: str) -> str:
+        """An id (a run's, a job's): a label value like ``text``, but two ids that
+        differ only past the cut or in lone surrogates stay two (``distinct_label``)."""
+        return distinct_label(_string(self.get(name)))
+
+
+def _string(value: Any) -> str:
+    """A JSON scalar as text ("" for null, objects and arrays)."""
+    if value is None or isinstance(value, dict | list):
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def cut(text: str, limit: int) -> str:
@@ -396,7 +405,7 @@ def v2_listing(items: Iterable[Mapping[str, Any]]) -> dict[str, Fields]:
     listed: dict[str, Fields] = {}
     for item in items:
         f = Fields(item)
-        task_id = f.text("taskId")
+        task_id = f.ident("taskId")
         if task_id:
             listed[task_id] = f
     return listed
@@ -427,7 +436,7 @@ def parse_v2_run(
         account=account,
         api="v2",
         job_id=job_id,
-        task_id=f.text("taskId"),
+        task_id=f.ident("taskId"),
         status=status,
         upstream_status=raw_status,
         job_name=f.text("jobName"),
@@ -523,7 +532,7 @@ def _checkpoints(raw: Any) -> list[Checkpoint]:
 
 def parse_job(raw: Mapping[str, Any]) -> Job | None:
     f = Fields(raw)
-    job_id = f.text("jobId")
+    job_id = f.ident("jobId")
     if not job_id:
         return None
     return Job(

@@ -18,7 +18,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 import pytest
-import requests
 
 from qf_exporter.app import Exporter
 from qf_exporter.config import Poll
@@ -30,6 +29,7 @@ from tests.helpers import (
     ManualClock,
     account,
     parse_samples,
+    polled_without_keys,
     scrape,
     value,
 )
@@ -167,17 +167,8 @@ def test_a_run_named_after_the_access_key_never_shows_it(
                      duration=6000)
     a = account(sim, name="a", jobs=("job-leak",), tasks=((102, 202),))
     exporter = make_exporter(a, poll=POLL)
-    exporter.serve("127.0.0.1", 0, "/metrics", None)
-    caplog.set_level(logging.DEBUG)
     sim.add_fault("huge_error", target="job-good")  # an error echoing the key, too
-    exporter.poller.poll_all()
-    assert exporter.server is not None
-    base = f"http://127.0.0.1:{exporter.server.port}"
-    metrics = requests.get(base + "/metrics", timeout=10).text
-    landing = requests.get(base + "/", timeout=10).text
-    for text in (metrics, landing, caplog.text):
-        assert ACCESS_KEY not in text and SECRET_KEY not in text
-    samples = parse_samples(metrics)
+    samples = polled_without_keys(exporter, caplog)
     assert value(samples, "qianfan_finetune_run_info", task_id="task-leak",
                  job_name="team <redacted> job") == 1
     assert value(samples, "qianfan_finetune_run_error_info", task_id="task-leak",

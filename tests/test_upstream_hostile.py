@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import logging
 import random
 import threading
 import tracemalloc
@@ -21,7 +20,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-import requests
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
@@ -33,15 +31,16 @@ from qf_exporter.config import Account, Poll, Secret
 from qf_exporter.errors import InvalidResponse
 from qf_exporter.models import MAX_EVALUATION_METRICS, MAX_LABEL_LENGTH, parse_v2_run
 from qf_exporter.secrets import REDACTED
-from qf_exporter.simulator import QianfanSimulator, World
+from qf_exporter.simulator import QianfanSimulator
 from qf_exporter.simulator.faults import escaped
 from qf_exporter.telemetry import ApiMetrics
+from tests import test_bad_day
 from tests.helpers import (
     ACCESS_KEY,
     SECRET_KEY,
     ManualClock,
     account,
-    parse_samples,
+    polled_without_keys,
     scrape,
     value,
 )
@@ -50,6 +49,9 @@ POLL = Poll(interval=60, finished_interval=600, stale_after=600, timeout=10, con
             retries=0)
 KEYS = (ACCESS_KEY, SECRET_KEY)
 MIB = 1024 * 1024
+# The bad day's world (jobs "job-bad" and "job-good", V1 pair 101/201) and simulator.
+world = test_bad_day.world
+sim = test_bad_day.sim
 
 
 def fragments(text: str, keys: tuple[str, ...] = KEYS) -> list[str]:
@@ -57,22 +59,6 @@ def fragments(text: str, keys: tuple[str, ...] = KEYS) -> list[str]:
     n = upstream.FRAGMENT
     return [key[i : i + n] for key in keys for i in range(len(key) - n + 1)
             if key[i : i + n] in text]
-
-
-@pytest.fixture
-def world(clock: ManualClock) -> World:
-    world = World(clock)
-    for job in ("job-bad", "job-good"):
-        world.add_job(job, created=clock() - 3600)
-        world.add_run(job, f"task-{job}", created=clock() - 600, wait=0, duration=6000)
-    world.add_v1_run(101, 201, created=clock() - 600, wait=0, duration=6000)
-    return world
-
-
-@pytest.fixture
-def sim(world: World, clock: ManualClock) -> Iterator[QianfanSimulator]:
-    with QianfanSimulator(world, {ACCESS_KEY: SECRET_KEY}, wall_clock=clock) as simulator:
-        yield simulator
 
 
 # --- credentials after decoding ------------------------------------------------------------
@@ -85,37 +71,29 @@ def test_escaped_keys_never_reach_the_metrics_the_page_or_the_logs(
     a = account(sim, name="a", jobs=("job-bad", "job-good"), tasks=((101, 201),),
                 discover=True)
     exporter = make_exporter(a, poll=POLL)
-    exporter.serve("127.0.0.1", 0, "/metrics", None)
-    caplog.set_level(logging.DEBUG)
     for action in ("DescribeFineTuningJobs", "DescribeFineTuningTasks", "jobDetail"):
         sim.add_fault("escaped_keys", action=action, target=None if "Jobs" in action
                       else ("job-bad" if "Tasks" in action else "101/201"))
     sim.add_fault("escaped_error", target="job-good")
-    exporter.poller.poll_all()
-    assert exporter.server is not None
-    base = f"http://127.0.0.1:{exporter.server.port}"
-    metrics = requests.get(base + "/metrics", timeout=10).text
-    landing = requests.get(base + "/", timeout=10).text
-    for text in (metrics, landing, caplog.text):
-        assert ACCESS_KEY not in text and SECRET_KEY not in text
-    samples = parse_samples(metrics)
-    # The escaped runs were read, their names scrubbed: a label, never a key.
-    assert value(samples, "qianfan_finetune_run_info", task_id="task-<redacted>",
-                 job_name="team <redacted>") == 1
-    assert value(samples, "qianfan_finetune_run_evaluation_ratio", task_id="task-<redacted>",
-                 metric="<redacted>") == 0.5
-    assert value(samples, "qianfan_finetune_run_info", task_id="101",
-                 task_name="<redacted>") == 1
-    assert value(samples, "qianfan_target_up", target="job-good") == 0  # the escaped error
+    samples = polled_without_keys(exporter, caplog)
+    # The escaped runs were read, their names scrubbed: a label, never a key; the
+    # escaped error downs its target.
+    for name, labels, want in [
+        ("run_info", {"task_id": "task-<redacted>", "job_name": "team <redacted>"}, 1),
+        ("run_evaluation_ratio", {"task_id": "task-<redacted>", "metric": "<redacted>"}, 0.5),
+        ("run_info", {"task_id": "101", "task_name": "<redacted>"}, 1),
+        ("run_info", {"task_id": "task-split", "train_mode": "<redacted>",
+                      "parameter_scale": "<redacted>"}, 1),
+    ]:
+        assert value(samples, f"qianfan_finetune_{name}", **labels) == want, (name, labels)
+    assert value(samples, "qianfan_target_up", target="job-good") == 0
     state = exporter.poller.snapshot.accounts["a"].targets[("v2", "job-good")]
     assert "<redacted>" in state.error
     # No label value holds a long piece of a key: a key split in halves across two
     # fields leaves each field at most its half, which the secret key's halves exceed.
-    for labels in samples:
-        for _, label_value in labels[1]:
+    for _, label_set in samples:
+        for _, label_value in label_set:
             assert not fragments(label_value), label_value
-    assert value(samples, "qianfan_finetune_run_info", task_id="task-split",
-                 train_mode="<redacted>", parameter_scale="<redacted>") == 1
 
 
 @settings(max_examples=300, deadline=None)

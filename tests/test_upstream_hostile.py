@@ -134,6 +134,24 @@ def test_a_key_split_across_fields_leaves_no_long_piece_in_any(
         assert kept == (piece if len(piece) < upstream.FRAGMENT else REDACTED)
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-32-be", "utf-8-sig"])
+def test_an_answer_in_another_unicode_encoding_is_scrubbed_too(encoding: str) -> None:
+    """JSON in UTF-16 or UTF-32 (which the parser detects) hides the key from a scan
+    of the bytes: the decoded strings are still scrubbed."""
+    body = json.dumps({"taskName": f"run {ACCESS_KEY}", SECRET_KEY: 1}).encode(encoding)
+    decoded = upstream.parse_json(upstream.scrub_bytes(bytearray(body), KEYS),
+                                  upstream.scrubber(KEYS))
+    assert decoded == {"taskName": "run <redacted>", "<redacted>": 1}
+
+
+def test_a_plain_answer_is_checked_with_one_scan_of_its_bytes() -> None:
+    scrub = upstream.scrubber(KEYS)
+    assert scrub.clean(b'{"taskName": "\xe8\xae\xad\xe7\xbb\x83 run", "n": "a\\nb"}')
+    assert not scrub.clean(b'{"taskName": "\\u8bad"}')  # an escape: decoded and walked
+    assert not scrub.clean(b'{"taskName": "x0123456789aby"}')  # a piece: walked
+    assert not upstream.scrubber(("key/with/slash-0123456789",)).clean(b"{}")
+
+
 def test_lone_surrogates_and_long_texts_are_scrubbed_too() -> None:
     scrub = upstream.scrubber(KEYS)
     assert scrub.text("\ud800" + ACCESS_KEY + "\udfff") == "\ud800<redacted>\udfff"

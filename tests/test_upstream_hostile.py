@@ -150,6 +150,7 @@ def test_a_plain_answer_is_checked_with_one_scan_of_its_bytes() -> None:
     assert not scrub.clean(b'{"taskName": "\\u8bad"}')  # an escape: decoded and walked
     assert not scrub.clean(b'{"taskName": "x0123456789aby"}')  # a piece: walked
     assert not upstream.scrubber(("key/with/slash-0123456789",)).clean(b"{}")
+    assert upstream.scrubber(()).clean(b'{"a": "\\u0041"}')  # no keys: nothing to find
 
 
 def test_lone_surrogates_and_long_texts_are_scrubbed_too() -> None:

@@ -7,6 +7,7 @@ Fixtures that build these live in ``tests/conftest.py``.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -195,3 +196,21 @@ def polled_without_keys(exporter: Exporter, logs: pytest.LogCaptureFixture,
         for key in keys:
             assert key not in text
     return parse_samples(metrics)
+
+
+def status_bytes(field: str) -> int:
+    """A memory figure of this process from /proc/self/status (``VmRSS``, ``VmHWM``)."""
+    with open("/proc/self/status") as status:
+        match = re.search(rf"^{field}:\s+(\d+) kB", status.read(), re.M)
+    assert match, field
+    return int(match.group(1)) * 1024
+
+
+def reset_peak_rss() -> bool:
+    """Reset the process's peak RSS (VmHWM) to its current RSS (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+    except OSError:
+        return False
+    return True

@@ -41,7 +41,9 @@ from tests.helpers import (
     ManualClock,
     account,
     polled_without_keys,
+    reset_peak_rss,
     scrape,
+    status_bytes,
     value,
 )
 
@@ -173,14 +175,19 @@ def test_an_endless_listing_downs_its_own_target_within_bounded_memory(
     a = account(sim, name="a", jobs=("job-bad", "job-good"), tasks=((101, 201),))
     exporter = make_exporter(a, poll=POLL)
     sim.add_fault(kind, action="DescribeFineTuningTasks", target="job-bad")
+    resettable = reset_peak_rss()
+    before = status_bytes("VmRSS")
     tracemalloc.start()
     try:
         exporter.poller.poll_all()
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    print(f"MEASURED {kind}: traced peak {peak / MIB:.1f} MiB")
+    grown = status_bytes("VmHWM") - before
+    print(f"MEASURED {kind}: traced peak {peak / MIB:.1f} MiB, peak RSS +{grown / MIB:.1f} MiB")
     assert peak < 150 * MIB  # (a 400 MB process would be far past this)
+    if resettable:
+        assert grown < 150 * MIB
     samples = scrape(exporter)
     assert value(samples, "qianfan_target_up", target="job-bad") == 0
     assert value(samples, "qianfan_target_up", target="job-good") == 1

@@ -33,12 +33,14 @@ def classify(
     """The answer's ``result``, or the error it is (returned, for the caller to raise)."""
     secrets = tuple(secrets)
     # Upstream text may echo the credentials (a run named after the access key, an
-    # error that quotes the request): scrub them before anything reads the answer.
+    # error that quotes the request): scrub them before anything reads the answer, as
+    # bytes and again once decoded (a JSON escape hides a key from the first).
     body = upstream.scrub_bytes(body if isinstance(body, bytearray) else bytearray(body),
                                 secrets)
     data: Any = None
     try:
-        data = None if upstream.is_blank(body) else upstream.parse_json(body)
+        data = None if upstream.is_blank(body) else upstream.parse_json(
+            body, upstream.scrubber(secrets))
     except ValueError:
         data = None
     request_id = None
@@ -101,11 +103,13 @@ def _result(
 
 
 def scrub(text: str, secrets: Iterable[str]) -> str:
-    """Upstream messages may echo the access key; never let one through. They are
-    cut too: a multi-megabyte message must not be logged whole on every poll.
-    (Cut twice: a secret across the first cut is beyond the second.)"""
+    """Upstream messages may echo the access key, or a long piece of it (a header is
+    never JSON-decoded); never let one through. They are cut too: a multi-megabyte
+    message must not be logged whole on every poll. (Cut twice: a secret across the
+    first cut is beyond the second.)"""
+    secrets = tuple(secrets)
     head = text[: 2 * upstream.MAX_UPSTREAM_MESSAGE]
-    return upstream.cut_message(redact(head, secrets))
+    return upstream.cut_message(upstream.scrubber(secrets).text(redact(head, secrets)))
 
 
 def retry_after(value: str | None, now: float) -> float | None:

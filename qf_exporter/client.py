@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
-from qf_exporter import errors
+from qf_exporter import errors, upstream
 from qf_exporter.auth import BceAuth
 from qf_exporter.backoff import Backoff
 from qf_exporter.classify import classify
@@ -37,7 +37,11 @@ log = logging.getLogger(__name__)
 V1_JOB_DETAIL = "/wenxinworkshop/finetune/jobDetail"
 V2_FINETUNING = "/v2/finetuning"
 MAX_KEYS = 100  # the most one V2 page holds
-MAX_PAGES = 10_000  # a guard against a server whose markers never end
+# One listing's bounds (with its ReadBudget's bytes and values): 5,000 runs of a job,
+# or jobs of an account, in 50 full pages. Past one, the listing is refused as an
+# invalid answer: a server whose markers never end cannot hold a poll or its memory.
+MAX_PAGES = 50
+MAX_LISTED = 5_000
 
 T = TypeVar("T")
 Item = Mapping[str, Any]
@@ -109,38 +113,49 @@ class QianfanClient:
         body = {"taskId": pair.task_id, "jobId": pair.job_id}
         return self.call("jobDetail", V1_JOB_DETAIL, None, body, deadline, parse=read)
 
-    def describe_task(self, task_id: str, deadline: float | None = None) -> Item:
+    def describe_task(self, task_id: str, deadline: float | None = None,
+                      budget: upstream.ReadBudget | None = None) -> Item:
         """V2: one run's detail (``result`` object); the only answer with ``runProgress``."""
         action = "DescribeFineTuningTask"
         return self.call(action, V2_FINETUNING, {"Action": action}, {"taskId": task_id},
-                         deadline, parse=lambda result: _object(result, action))
+                         deadline, parse=lambda result: _object(result, action), budget=budget)
 
-    def describe_tasks(self, job_id: str, deadline: float | None = None) -> list[Item]:
+    def describe_tasks(self, job_id: str, deadline: float | None = None,
+                       budget: upstream.ReadBudget | None = None) -> list[Item]:
         """V2: every run of a job, all pages, as the answers hold them."""
-        return self._list("DescribeFineTuningTasks", {"jobId": job_id}, "taskList", deadline)
+        return self._list("DescribeFineTuningTasks", {"jobId": job_id}, "taskList", deadline,
+                          budget or self.read_budget())
 
     def describe_jobs(self, deadline: float | None = None) -> list[Item]:
         """V2: every fine-tuning job of the account, all pages, as the answers hold them."""
-        return self._list("DescribeFineTuningJobs", {}, "jobList", deadline)
+        return self._list("DescribeFineTuningJobs", {}, "jobList", deadline,
+                          self.read_budget())
+
+    def read_budget(self) -> upstream.ReadBudget:
+        """The bounds of one read (``upstream.ReadBudget``): never less than one answer."""
+        return upstream.ReadBudget(max(upstream.MAX_READ_BYTES,
+                                       self.transport.max_response_bytes))
 
     def _list(self, action: str, body: dict[str, Any], list_key: str,
-              deadline: float | None) -> list[Item]:
+              deadline: float | None, budget: upstream.ReadBudget) -> list[Item]:
         items: list[Item] = []
-        for page in self._pages(action, body, list_key, deadline):
+        for page in self._pages(action, body, list_key, deadline, budget):
             items.extend(page.items)
         return items
 
     def _pages(
-        self, action: str, body: dict[str, Any], list_key: str, deadline: float | None
+        self, action: str, body: dict[str, Any], list_key: str, deadline: float | None,
+        budget: upstream.ReadBudget,
     ) -> Iterator[Page]:
         marker: str | None = None
         seen: set[str] = set()
-        for _ in range(MAX_PAGES):
+        listing = _Listing(action, list_key)
+        while True:
             request = dict(body, maxKeys=MAX_KEYS)
             if marker:
                 request["marker"] = marker
             page = self.call(action, V2_FINETUNING, {"Action": action}, request, deadline,
-                             parse=lambda result: parse_page(result, list_key))
+                             parse=listing.page, budget=budget)
             yield page
             if not page.truncated:
                 return
@@ -151,22 +166,24 @@ class QianfanClient:
                 raise InvalidResponse(f"{action}: isTruncated without a new nextMarker")
             seen.add(next_marker)
             marker = next_marker
-        raise InvalidResponse(f"{action}: more than {MAX_PAGES} pages")
 
     # --- one call, with retries --------------------------------------------------------
 
     def call(self, action: str, path: str, query: dict[str, str] | None, body: dict[str, Any],
              deadline: float | None = None, parse: Callable[[Any], T] = lambda result: result,
-             ) -> T:
+             budget: upstream.ReadBudget | None = None) -> T:
         """Send one API call, retrying what can be retried; returns ``parse(result)``.
 
         ``parse`` checks the answer's shape inside the retry loop, so an answer of the
         wrong shape is counted as ``invalid_response`` and retried like any other.
+        Every answer read (retries too) counts against ``budget``: the read this call
+        is part of (by default, the call alone).
         """
+        budget = budget or self.read_budget()
         attempt = 0
         while True:
             try:
-                return parse(self._attempt(action, path, query, body, deadline))
+                return parse(self._attempt(action, path, query, body, deadline, budget))
             except QianfanError as exc:
                 self.metrics.failures.labels(self.account.name, action, exc.reason).inc()
                 if isinstance(exc, errors.RateLimited):
@@ -195,7 +212,8 @@ class QianfanClient:
         return delay
 
     def _attempt(self, action: str, path: str, query: dict[str, str] | None,
-                 body: dict[str, Any], deadline: float | None) -> Any:
+                 body: dict[str, Any], deadline: float | None,
+                 budget: upstream.ReadBudget) -> Any:
         """One request: wait for budget, send, read, classify."""
         self._wait_for_budget(action, deadline)
         payload = json.dumps(body, separators=(",", ":")).encode()
@@ -217,6 +235,7 @@ class QianfanClient:
             self.metrics.duration.labels(self.account.name, action).observe(elapsed)
             if self._closed:  # closed meanwhile: do not leave this connection pooled
                 self.transport.drop_connections()
+        budget.charge(action, content)  # before parsing: what it would cost is bounded
         answer = classify(status, headers, content, action=action,
                           secrets=self.account.secrets(), now=self.clock())
         if isinstance(answer, QianfanError):
@@ -238,6 +257,28 @@ class QianfanClient:
             err = errors.Timeout(f"{action}: no request budget left before the poll deadline")
             err.retryable = False
             raise err
+
+
+class _Listing:
+    """The pages of one listing so far; a page past MAX_PAGES or MAX_LISTED is refused
+    (inside the call, so that it is counted as the invalid answer it is)."""
+
+    def __init__(self, action: str, list_key: str) -> None:
+        self.action = action
+        self.list_key = list_key
+        self.pages = 0
+        self.items = 0
+
+    def page(self, result: Any) -> Page:
+        page = parse_page(result, self.list_key)
+        self.pages += 1
+        self.items += len(page.items)
+        if self.pages > MAX_PAGES:
+            raise upstream.final(f"{self.action}: more than {MAX_PAGES} pages (MAX_PAGES)")
+        if self.items > MAX_LISTED:
+            raise upstream.final(f"{self.action}: more than {MAX_LISTED} items listed "
+                                 "(MAX_LISTED)")
+        return page
 
 
 def _object(result: Any, action: str) -> Item:

@@ -10,6 +10,7 @@ field that cannot be read is absent from the model. Only an answer of the wrong
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 import sys
@@ -43,6 +44,14 @@ MAX_ERROR_MESSAGE_LENGTH = 200
 # qianfan_finetune_run_training_loss_recent_min is the lowest loss of this many latest
 # checkpoints: above 1.5x the run's best, the loss has diverged for that many checkpoints.
 RECENT_CHECKPOINTS = 3
+# Per-run fan-outs an upstream answer cannot widen: one run exports at most this many
+# evaluation series (the first by name), and its loss health is read from at most this
+# many checkpoints (the last in the list, which the API keeps in the order it saved
+# them); qianfan_finetune_run_checkpoints still counts them all.
+MAX_EVALUATION_METRICS = 100
+MAX_CHECKPOINTS = 10_000
+# Times outside 1970-01-01 .. 9999-12-31 are unreadable, like any other odd value.
+LATEST_TIME = 253402300799.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,15 +179,24 @@ class Fields:
         return None
 
     def text(self, *names: str, limit: int = MAX_LABEL_LENGTH) -> str:
-        value = self.get(*names)
-        if value is None or isinstance(value, dict | list):
-            return ""
-        if isinstance(value, bool):
-            return "true" if value else "false"
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
         # Job names, models, statuses repeat across runs: one string each, not one per run.
-        return sys.intern(cut(str(value), limit))
+        return sys.intern(cut(_string(self.get(*names)), limit))
+
+    def ident(self, name: str) -> str:
+        """An id (a run's, a job's): a label value like ``text``, but two ids that
+        differ only past the cut or in lone surrogates stay two (``distinct_label``)."""
+        return distinct_label(_string(self.get(name)))
+
+
+def _string(value: Any) -> str:
+    """A JSON scalar as text ("" for null, objects and arrays)."""
+    if value is None or isinstance(value, dict | list):
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def cut(text: str, limit: int) -> str:
@@ -195,18 +213,29 @@ def cut(text: str, limit: int) -> str:
     return text
 
 
+def distinct_label(text: str, limit: int = MAX_LABEL_LENGTH) -> str:
+    """``cut(text, limit)``, but two texts that differ only past the cut, or only in
+    lone surrogates, still give two values: an altered text ends in ``~`` and 8 hex
+    digits of its hash, so that one series does not overwrite another."""
+    value = cut(text, limit)
+    if value == text:
+        return value
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return cut(text, limit - 9) + "~" + digest
+
+
 def number(value: Any) -> float | None:
     """A finite number from an int, float or numeric string; otherwise ``None``."""
     if isinstance(value, bool) or value is None:
         return None
-    if isinstance(value, int | float):
-        result = float(value)
-    elif isinstance(value, str):
-        try:
+    try:
+        if isinstance(value, int | float):
+            result = float(value)  # an int of 309 digits or more: OverflowError
+        elif isinstance(value, str):
             result = float(value.strip())
-        except ValueError:
+        else:
             return None
-    else:
+    except (ValueError, OverflowError):
         return None
     return result if math.isfinite(result) else None
 
@@ -253,14 +282,18 @@ def timestamp(value: Any, naive_zone: timezone) -> float | None:
     the V1 API writes local times, and a V2 time without ``Z`` would be the same).
     Numbers are epoch seconds (milliseconds when they are that large).
     """
-    if value is None or isinstance(value, bool):
+    if isinstance(value, str):
+        seconds = _time_text(value, naive_zone)
+    else:
+        seconds = number(value)  # bools, huge ints and non-numbers: None
+        if seconds is not None and seconds > 1e11:
+            seconds /= 1000.0
+    if seconds is None or not 0 < seconds <= LATEST_TIME:
         return None
-    if isinstance(value, int | float):
-        if not math.isfinite(value) or value <= 0:
-            return None
-        return float(value) / 1000.0 if value > 1e11 else float(value)
-    if not isinstance(value, str):
-        return None
+    return seconds
+
+
+def _time_text(value: str, naive_zone: timezone) -> float | None:
     text = value.strip()
     if not text or _SENTINEL.match(text):
         return None
@@ -268,11 +301,11 @@ def timestamp(value: Any, naive_zone: timezone) -> float | None:
         text = text[:-1] + "+00:00"
     try:
         parsed = datetime.fromisoformat(text)
-    except ValueError:
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=naive_zone)
+        return parsed.timestamp()
+    except (ValueError, OverflowError):  # (year 1 or 9999 shifted out of range by a zone)
         return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=naive_zone)
-    return parsed.timestamp()
 
 
 def map_status(raw: str, api: str) -> str:
@@ -379,7 +412,7 @@ def v2_listing(items: Iterable[Mapping[str, Any]]) -> dict[str, Fields]:
     listed: dict[str, Fields] = {}
     for item in items:
         f = Fields(item)
-        task_id = f.text("taskId")
+        task_id = f.ident("taskId")
         if task_id:
             listed[task_id] = f
     return listed
@@ -410,7 +443,7 @@ def parse_v2_run(
         account=account,
         api="v2",
         job_id=job_id,
-        task_id=f.text("taskId"),
+        task_id=f.ident("taskId"),
         status=status,
         upstream_status=raw_status,
         job_name=f.text("jobName"),
@@ -427,13 +460,14 @@ def parse_v2_run(
         error_code=f.text("errorCode"),
         error_message=f.text("errorMessage", limit=MAX_ERROR_MESSAGE_LENGTH),
         last_read=read_at,
-        **_checkpoint_fields(_checkpoints(f.get("checkpointList"))),
+        **_checkpoint_fields(f.get("checkpointList")),
     )
 
 
-def _checkpoint_fields(checkpoints: list[Checkpoint]) -> dict[str, Any]:
-    """The ``Run`` fields read from a V2 run's ``checkpointList``: the latest
-    checkpoint's (by step), and the loss health over all of them."""
+def _checkpoint_fields(raw: Any) -> dict[str, Any]:
+    """The ``Run`` fields read from a V2 run's ``checkpointList``: how many, the latest
+    checkpoint's (by step), and the loss health over those read (MAX_CHECKPOINTS)."""
+    checkpoints = _checkpoints(raw)
     latest = max(
         (c for c in checkpoints if c.step is not None),
         key=lambda c: c.step or 0.0,
@@ -441,7 +475,8 @@ def _checkpoint_fields(checkpoints: list[Checkpoint]) -> dict[str, Any]:
     )
     min_loss, recent_min = _loss_minima(checkpoints)
     return {
-        "checkpoints": len(checkpoints),
+        "checkpoints": sum(isinstance(c, Mapping) for c in raw) if isinstance(raw, list)
+        else 0,
         "checkpoint_step": None if latest is None else latest.step,
         "training_loss": None if latest is None else latest.training_loss,
         "perplexity": None if latest is None else latest.perplexity,
@@ -468,21 +503,24 @@ def _loss_minima(checkpoints: list[Checkpoint]) -> tuple[float | None, float | N
 
 
 def _evaluation(raw: Any) -> tuple[tuple[str, float], ...]:
+    """The run's evaluation scores as ratios, by name: at most MAX_EVALUATION_METRICS,
+    each name a distinct label value, and only ratios in 0..1 (a score outside them is
+    not a percentage the API means, and is dropped like one that is not a number)."""
     if not isinstance(raw, Mapping):
         return ()
-    scores = []
+    scores: dict[str, float] = {}
     for name, value in raw.items():
         ratio = percent(value)
-        if ratio is not None and str(name):
-            scores.append((cut(str(name), MAX_LABEL_LENGTH), ratio))
-    return tuple(sorted(scores))
+        if ratio is not None and 0.0 <= ratio <= 1.0 and str(name):
+            scores.setdefault(distinct_label(str(name)), ratio)
+    return tuple(sorted(scores.items())[:MAX_EVALUATION_METRICS])
 
 
 def _checkpoints(raw: Any) -> list[Checkpoint]:
     if not isinstance(raw, list):
         return []
     result = []
-    for item in raw:
+    for item in raw[-MAX_CHECKPOINTS:]:
         if not isinstance(item, Mapping):
             continue
         f = Fields(item)
@@ -501,7 +539,7 @@ def _checkpoints(raw: Any) -> list[Checkpoint]:
 
 def parse_job(raw: Mapping[str, Any]) -> Job | None:
     f = Fields(raw)
-    job_id = f.text("jobId")
+    job_id = f.ident("jobId")
     if not job_id:
         return None
     return Job(

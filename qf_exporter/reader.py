@@ -21,6 +21,7 @@ from qf_exporter.errors import InvalidResponse, NotFound, QianfanError
 from qf_exporter.estimate import with_estimates
 from qf_exporter.models import Fields, Run, parse_v1_run, parse_v2_run, running, v2_listing
 from qf_exporter.snapshot import TargetState
+from qf_exporter.upstream import ReadBudget
 
 log = logging.getLogger(__name__)
 
@@ -148,23 +149,25 @@ class TargetReader:
         the account's budget and this read's deadline. A failed one keeps the run as
         the list has it and is returned, so that the target reads as down.
         """
-        listed = v2_listing(self.client.describe_tasks(job_id, deadline))
+        budget = self.client.read_budget()  # the listing and the details, together
+        listed = v2_listing(self.client.describe_tasks(job_id, deadline, budget))
         read_at = self.clock()
-        failure = self._add_details(listed, deadline)
+        failure = self._add_details(listed, deadline, budget)
         runs = tuple(
             parse_v2_run(fields, account=self.account, job_id=job_id, read_at=read_at)
             for fields in listed.values()
         )
         return _V2Runs(_keep_vdl_links(runs, previous), read_at, failure)
 
-    def _add_details(self, listed: dict[str, Fields], deadline: float) -> QianfanError | None:
+    def _add_details(self, listed: dict[str, Fields], deadline: float,
+                     budget: ReadBudget) -> QianfanError | None:
         """Add each running run's detail to its listed fields; the first failure stops
         the rest (they keep their list fields: the budget is likely gone)."""
         for task_id, fields in listed.items():
             if not running(fields):
                 continue
             try:
-                detail = self.client.describe_task(task_id, deadline)
+                detail = self.client.describe_task(task_id, deadline, budget)
             except QianfanError as exc:
                 return exc
             listed[task_id] = fields.with_detail(detail)

@@ -13,13 +13,25 @@ the headers and the whole body, and a body is read in a loop that stops
 
 Parsing is bounded too: JSON that opens with more than ``MAX_JSON_DEPTH`` nested
 arrays or objects, or nests deep enough anywhere for the parser to raise
-``RecursionError``, is an ``InvalidResponse``, never an unclassified exception. The
-account's credentials are scrubbed from the body before it is parsed, so no upstream
-string that echoes them reaches a label, a page or a log.
+``RecursionError``, is an ``InvalidResponse``, never an unclassified exception. An
+integer too long for Python's int parser (over 4,300 digits) is kept as its digits
+(a text, so no number), not a reason to refuse the answer.
+
+One *read* (a listing's pages, or a target's listing and details) is bounded as a
+whole by a ``ReadBudget``: at most ``MAX_READ_BYTES`` decoded bytes and, before each
+answer is parsed, at most ``MAX_READ_VALUES`` JSON values in all (counted from the
+bytes, so the parsed size is bounded before it exists).
+
+The account's credentials are scrubbed twice: from the body's bytes before it is
+parsed, and (``Scrubber``) from every decoded string, key or value, after, whatever
+escapes carried them (``"\\u0041K..."``). There a key and any run of
+``FRAGMENT`` or more of its characters become ``<redacted>``, so no upstream string
+that echoes a key, or a long piece of one, reaches a label, a page or a log.
 """
 
 from __future__ import annotations
 
+import functools
 import heapq
 import json
 import logging
@@ -34,7 +46,9 @@ from typing import Any
 
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from qf_exporter import patterns
 from qf_exporter.errors import InvalidResponse
+from qf_exporter.secrets import REDACTED
 
 CHUNK = 64 * 1024  # bytes read from the socket at a time
 INFLATE_STEP = 1024 * 1024  # the most one inflate step adds (its temporary copy)
@@ -42,8 +56,19 @@ MAX_JSON_DEPTH = 64  # far deeper than any documented answer (at most 4 levels)
 # Upstream messages put into exceptions (and so into logs and the landing page) are
 # cut to this many characters: a 5 MB error message is not logged whole every poll.
 MAX_UPSTREAM_MESSAGE = 300
-REDACTED = "<redacted>"
 MAX_WAIT = 3600.0  # the watchdog wakes at least this often, whatever the deadlines
+# One read's bounds, whatever its pages (see ReadBudget). Parsed, a value costs at
+# most about 230 bytes (a listed item of two fields, with its Fields view), so one
+# read's parsed answers stay under about 70 MB at the very worst; a real job of 1,000
+# runs of 20 fields and 40 checkpoints each is 180,000 values. The bytes bound is
+# poll.max_response_bytes when that is larger: one answer may always be that large.
+MAX_READ_BYTES = 32 * 1024 * 1024
+MAX_READ_VALUES = 300_000
+# A key's characters this many in a row, or more, are redacted from decoded strings:
+# long enough that ordinary text never matches by chance (keys are random), short
+# enough that a key split across fields leaves no field with much of it.
+FRAGMENT = 12
+MAX_INT_DIGITS = 4000  # below Python's int parsing limit (4,300 digits)
 
 log = logging.getLogger(__name__)
 
@@ -299,14 +324,148 @@ def is_blank(body: bytes | bytearray) -> bool:
     return not body or body.isspace()
 
 
-def parse_json(body: bytes | bytearray) -> Any:
-    """The JSON value of ``body``; ``ValueError`` when it is not JSON (or too deep)."""
+def parse_json(body: bytes | bytearray, scrubber: Scrubber | None = None) -> Any:
+    """The JSON value of ``body`` (its strings scrubbed by ``scrubber``); ``ValueError``
+    when it is not JSON (or too deep)."""
     if too_deep(body):
         raise ValueError("nested too deeply")
     try:
-        return json.loads(body)
+        try:
+            data = json.loads(body)
+        except ValueError as exc:
+            if "integer string conversion" not in str(exc):
+                raise
+            # Only an answer with such an integer pays for parsing integers in Python.
+            data = json.loads(body, parse_int=_integer)
+        if scrubber is None or scrubber.clean(body):
+            return data
+        return scrubber.value(data)
     except RecursionError:
         raise ValueError("nested too deeply") from None
+
+
+def _integer(digits: str) -> int | str:
+    """A JSON integer; past MAX_INT_DIGITS its digits as text (no number reads it)."""
+    return int(digits) if len(digits) <= MAX_INT_DIGITS else digits
+
+
+def json_values(body: bytes | bytearray) -> int:
+    """At least as many as the JSON values in ``body`` (members of arrays and objects,
+    and the top value), counted without parsing it."""
+    return body.count(b",") + body.count(b"[") + body.count(b"{") + 1
+
+
+class ReadBudget:
+    """What the answers of one read may add up to: bytes, and JSON values."""
+
+    def __init__(self, max_bytes: int = MAX_READ_BYTES,
+                 max_values: int = MAX_READ_VALUES) -> None:
+        self.max_bytes = max_bytes
+        self.max_values = max_values
+        self.bytes = 0
+        self.values = 0
+
+    def charge(self, action: str, body: bytes | bytearray) -> None:
+        """Count one answer (before it is parsed); ``InvalidResponse`` past a bound.
+
+        Not retryable: reading the same answer again cannot bring the read back under.
+        """
+        self.bytes += len(body)
+        if self.bytes > self.max_bytes:
+            raise final(f"{action}: one read's answers are larger than "
+                         f"{self.max_bytes} bytes in all (MAX_READ_BYTES)")
+        self.values += json_values(body)
+        if self.values > self.max_values:
+            raise final(f"{action}: one read's answers hold more than "
+                         f"{self.max_values} JSON values in all (MAX_READ_VALUES)")
+
+
+def final(message: str) -> InvalidResponse:
+    """An invalid answer that a retry cannot help: a bound of the read is passed."""
+    err = InvalidResponse(message)
+    err.retryable = False
+    return err
+
+
+class Scrubber:
+    """Finds the account's keys, and runs of FRAGMENT or more of their characters, in
+    decoded text, and replaces each whole run with ``<redacted>``."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        self._keys = sorted({s for s in secrets if s}, key=len, reverse=True)
+        pieces = {key[i : i + FRAGMENT] for key in self._keys
+                  for i in range(max(len(key) - FRAGMENT, 0) + 1)}
+        # Python's re, not RE2: decoded JSON may hold lone surrogates, which RE2 (UTF-8
+        # only) refuses; every piece is a literal, so matching stays linear.
+        self._pattern = re.compile("|".join(
+            re.escape(piece) for piece in sorted(pieces, key=len, reverse=True)
+        )) if pieces else None
+        # A key without a character JSON may write as a short escape (\" \\ \/ \n ...)
+        # reads the same in the raw UTF-8 bytes as decoded, unless a \u escape is used.
+        plain = pieces and not any(set(key) & _SHORT_ESCAPED for key in self._keys)
+        self._raw = patterns.any_of(p.encode() for p in pieces) if plain else None
+
+    def clean(self, body: bytes | bytearray) -> bool:
+        """True when ``body`` (the answer's bytes) cannot hold a key or a piece of one
+        once decoded, so that its decoded value need not be walked: UTF-8, no ``\\u``
+        escape, and no piece in its bytes (one linear scan, milliseconds a megabyte)."""
+        if not self._keys:
+            return True
+        return (self._raw is not None and b"\\u" not in body
+                and json.detect_encoding(body[:4]) in ("utf-8", "utf-8-sig")
+                and self._raw.search(body) is None)
+
+    def text(self, text: str) -> str:
+        """``text`` scrubbed; the same object when there was nothing to scrub."""
+        match = self._pattern.search(text) if self._pattern is not None else None
+        if match is None:
+            return text
+        out = []
+        start = 0
+        while match is not None:
+            end = self._extend(text, match.start(), match.end())
+            out += [text[start : match.start()], REDACTED]
+            start = end
+            match = self._pattern.search(text, end)  # type: ignore[union-attr]
+        out.append(text[start:])
+        return "".join(out)
+
+    def _extend(self, text: str, begin: int, end: int) -> int:
+        """The end of the longest run from ``begin`` that is still part of a key."""
+        while end < len(text) and any(text[begin : end + 1] in key for key in self._keys):
+            end += 1
+        return end
+
+    def value(self, data: Any) -> Any:
+        """Decoded JSON with every string (keys too) scrubbed, changed in place: the
+        parsed answer is this reader's own, and a copy would double its size."""
+        if isinstance(data, str):
+            return self.text(data)
+        if isinstance(data, list):
+            for i, item in enumerate(data):
+                new = self.value(item)
+                if new is not item:
+                    data[i] = new
+        elif isinstance(data, dict):
+            renamed = []
+            for key, item in data.items():
+                new = self.value(item)
+                if new is not item:
+                    data[key] = new  # (a value replaced, no key added: iteration holds)
+                if self.text(key) is not key:
+                    renamed.append(key)
+            for key in renamed:
+                data[self.text(key)] = data.pop(key)
+        return data
+
+
+_SHORT_ESCAPED = frozenset('"\\/\b\f\n\r\t')
+
+
+@functools.lru_cache(maxsize=64)
+def scrubber(secrets: tuple[str, ...]) -> Scrubber:
+    """The ``Scrubber`` of one account's keys (built once per set of keys)."""
+    return Scrubber(secrets)
 
 
 def cut_message(text: str, limit: int = MAX_UPSTREAM_MESSAGE) -> str:

@@ -7,6 +7,7 @@ Fixtures that build these live in ``tests/conftest.py``.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -178,3 +179,38 @@ def promql(api: str, expr: str) -> list[dict[str, Any]]:
     assert answer["status"] == "success", f"{expr}: {answer}"
     result = answer["data"]["result"]
     return result if isinstance(result, list) else [result]
+
+
+def polled_without_keys(exporter: Exporter, logs: pytest.LogCaptureFixture,
+                        keys: tuple[str, ...] = (ACCESS_KEY, SECRET_KEY)) -> Samples:
+    """Poll once, then check that no key reaches ``/metrics``, ``/`` or the logs
+    (the exporter serving on a free port); the samples of ``/metrics``."""
+    exporter.serve("127.0.0.1", 0, "/metrics", None)
+    logs.set_level("DEBUG")
+    exporter.poller.poll_all()
+    assert exporter.server is not None
+    base = f"http://127.0.0.1:{exporter.server.port}"
+    metrics = requests.get(base + "/metrics", timeout=10).text
+    landing = requests.get(base + "/", timeout=10).text
+    for text in (metrics, landing, logs.text):
+        for key in keys:
+            assert key not in text
+    return parse_samples(metrics)
+
+
+def status_bytes(field: str) -> int:
+    """A memory figure of this process from /proc/self/status (``VmRSS``, ``VmHWM``)."""
+    with open("/proc/self/status") as status:
+        match = re.search(rf"^{field}:\s+(\d+) kB", status.read(), re.M)
+    assert match, field
+    return int(match.group(1)) * 1024
+
+
+def reset_peak_rss() -> bool:
+    """Reset the process's peak RSS (VmHWM) to its current RSS (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+    except OSError:
+        return False
+    return True

@@ -12,13 +12,11 @@ grows by less than the default size cap (32 MiB; the gzip bomb alone would infla
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 import pytest
-import requests
 
 from qf_exporter.app import Exporter
 from qf_exporter.config import Poll
@@ -30,7 +28,10 @@ from tests.helpers import (
     ManualClock,
     account,
     parse_samples,
+    polled_without_keys,
+    reset_peak_rss,
     scrape,
+    status_bytes,
     value,
 )
 
@@ -48,23 +49,6 @@ BAD = {
     "deep_json": "invalid_response",
     "huge_error": "server",
 }
-
-
-def _kib(field: str) -> int:
-    with open("/proc/self/status") as status:
-        match = re.search(rf"^{field}:\s+(\d+) kB", status.read(), re.M)
-    assert match, field
-    return int(match.group(1)) * 1024
-
-
-def _reset_peak() -> bool:
-    """Reset the process's peak RSS (VmHWM) to its current RSS (Linux >= 4.0)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as refs:
-            refs.write("5")
-    except OSError:
-        return False
-    return True
 
 
 @pytest.fixture
@@ -103,8 +87,8 @@ def test_a_bad_answer_downs_one_target_and_nothing_else(
     sim.add_fault(kind, action="DescribeFineTuningTasks", target="job-bad",
                   access_key=ACCESS_KEY, seconds=1.0)
     caplog.set_level(logging.DEBUG)
-    resettable = _reset_peak()
-    before = _kib("VmRSS")
+    resettable = reset_peak_rss()
+    before = status_bytes("VmRSS")
     polling = threading.Thread(target=exporter.poller.poll_all)
     polling.start()
     # /metrics answers while the bad answer is being read.
@@ -112,7 +96,7 @@ def test_a_bad_answer_downs_one_target_and_nothing_else(
     assert value(during, "qianfan_target_up", account="a", target="job-good") == 1
     polling.join(timeout=60)
     assert not polling.is_alive()
-    grown = _kib("VmHWM") - before
+    grown = status_bytes("VmHWM") - before
     print(f"MEASURED {kind}: peak RSS +{grown / 2**20:.1f} MiB")
     samples = scrape(exporter)
 
@@ -167,17 +151,8 @@ def test_a_run_named_after_the_access_key_never_shows_it(
                      duration=6000)
     a = account(sim, name="a", jobs=("job-leak",), tasks=((102, 202),))
     exporter = make_exporter(a, poll=POLL)
-    exporter.serve("127.0.0.1", 0, "/metrics", None)
-    caplog.set_level(logging.DEBUG)
     sim.add_fault("huge_error", target="job-good")  # an error echoing the key, too
-    exporter.poller.poll_all()
-    assert exporter.server is not None
-    base = f"http://127.0.0.1:{exporter.server.port}"
-    metrics = requests.get(base + "/metrics", timeout=10).text
-    landing = requests.get(base + "/", timeout=10).text
-    for text in (metrics, landing, caplog.text):
-        assert ACCESS_KEY not in text and SECRET_KEY not in text
-    samples = parse_samples(metrics)
+    samples = polled_without_keys(exporter, caplog)
     assert value(samples, "qianfan_finetune_run_info", task_id="task-leak",
                  job_name="team <redacted> job") == 1
     assert value(samples, "qianfan_finetune_run_error_info", task_id="task-leak",

@@ -316,3 +316,60 @@ def test_a_missing_or_unreadable_loss_is_unknown_not_non_finite(loss: object) ->
 def test_an_older_non_finite_loss_is_not_flagged_once_a_finite_one_follows() -> None:
     run = v2(checkpoints(2.0, "NaN", 1.5))
     assert (run.loss_not_finite, run.training_loss, run.training_loss_min) == (0, 1.5, 1.5)
+
+
+# --- odd values stay local --------------------------------------------------------------
+
+HUGE = 10**400  # 401 digits: float() of it raises OverflowError
+
+
+@pytest.mark.parametrize(
+    "value",
+    [HUGE, -HUGE, 1e300, 253402300800_000, "9999-12-31T23:59:59-23:00",
+     "0001-01-01T00:00:00+08:00",
+     "0001-01-01T00:00:00", -5, float("nan"), True, [1], {"t": 1}],
+)
+def test_times_that_cannot_be_read_or_are_out_of_range_are_missing(value: object) -> None:
+    assert timestamp(value, BEIJING) is None
+
+
+def test_a_huge_integer_drops_one_field_and_keeps_the_run() -> None:
+    run = v2(dict(V2_EXAMPLE, createTime=HUGE, finishTime=HUGE, runProgress=HUGE,
+                  metrics={"BLEU-4": HUGE, "ROUGE-1": "50%"},
+                  checkpointList=[{"step": HUGE, "trainingLoss": 0.5},
+                                  {"step": 10, "trainingLoss": HUGE, "perplexity": HUGE}]))
+    assert run.task_id == V2_EXAMPLE["taskId"] and run.status == "succeeded"
+    assert run.start_time is None and run.finish_time is None and run.duration is None
+    assert run.progress is None
+    assert run.evaluation == (("ROUGE-1", 0.5),)
+    assert run.checkpoints == 2 and run.checkpoint_step == 10
+    assert run.training_loss is None and run.perplexity is None
+    one = v1(dict(V1_SDK_EXAMPLE, runTime=HUGE, startTime=HUGE, progress=-HUGE))
+    assert one.duration is None and one.start_time is None and one.progress is None
+    job = parse_job({"jobId": "job-1", "createDate": HUGE})
+    assert job is not None and job.create_time is None
+
+
+def test_ids_that_differ_past_the_cut_or_in_surrogates_stay_distinct() -> None:
+    from qf_exporter.models import MAX_LABEL_LENGTH, v2_listing
+
+    long = "t" * MAX_LABEL_LENGTH
+    ids = [long + "1", long + "2", "t\ud800", "t\udbff", "t\ufffd", "task-1"]
+    listed = v2_listing([{"taskId": i, "runStatus": "Done"} for i in ids])
+    assert len(listed) == len(ids)
+    assert "task-1" in listed and "t\ufffd" in listed  # ordinary ids as they are
+    for key in listed:
+        assert len(key) <= MAX_LABEL_LENGTH and key.encode("utf-8")
+        assert v2(listed[key].raw).task_id == key
+    jobs = {parse_job({"jobId": i}).job_id for i in ids}  # type: ignore[union-attr]
+    assert len(jobs) == len(ids)
+
+
+def test_checkpoints_read_are_bounded_and_all_are_counted() -> None:
+    from qf_exporter.models import MAX_CHECKPOINTS
+
+    many = [{"step": k, "trainingLoss": 1.0 / k} for k in range(1, MAX_CHECKPOINTS + 501)]
+    run = v2(dict(V2_EXAMPLE, checkpointList=many))
+    assert run.checkpoints == MAX_CHECKPOINTS + 500
+    assert run.checkpoint_step == MAX_CHECKPOINTS + 500
+    assert run.training_loss_min == pytest.approx(1.0 / (MAX_CHECKPOINTS + 500))

@@ -199,7 +199,8 @@ def test_every_fault_kind_answers_without_a_socket(kind: str) -> None:
     fault.released.set()  # slow kinds (delay, stall, drip, endless body) end at once
     reply = Recorded()
     after = fault.answer(reply, Call("DescribeFineTuningTasks", AK))
-    follows = {"delay": After.ANSWER, "odd_fields": After.ODD_ANSWER}
+    follows = {"delay": After.ANSWER, "odd_fields": After.ODD_ANSWER,
+               "huge_numbers": After.HUGE_NUMBERS}
     assert after is follows.get(kind, After.NOTHING)
     assert bool(reply.sent) == (after is After.NOTHING)  # an answer, or the normal one
 

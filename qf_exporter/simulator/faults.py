@@ -55,6 +55,7 @@ class After(enum.Enum):
     NOTHING = "nothing"  # the fault was the answer
     ANSWER = "answer"  # the normal answer
     ODD_ANSWER = "odd answer"  # the normal answer, its runs' fields of the wrong types
+    HUGE_NUMBERS = "huge numbers"  # the normal answer, its times and steps 401 digits long
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ class Call:
 
     action: str
     access_key: str
+    secret_key: str = ""  # the account's, for answers that echo it
 
     @property
     def v1(self) -> bool:
@@ -190,6 +192,119 @@ def _odd_fields(reply: Reply, fault: Fault, call: Call) -> After:
     return After.ODD_ANSWER
 
 
+def _huge_numbers(reply: Reply, fault: Fault, call: Call) -> After:
+    return After.HUGE_NUMBERS
+
+
+# --- hostile answers ------------------------------------------------------------------------
+
+
+def _escaped_keys(reply: Reply, fault: Fault, call: Call) -> After:
+    """A well-formed answer whose strings hold the account's keys written with JSON
+    escapes (``"\\u0041K..."``, all or every other character), and split in halves
+    across two fields."""
+    ak, sk = call.access_key, call.secret_key
+    half = len(ak) // 2
+    run = {"taskId": "task-@AKU@", "jobName": "team @AKM@", "taskName": "@SKU@",
+           "model": "@SKM@", "runStatus": "Failed", "errorCode": "500001",
+           "errorMessage": "signed by @AKM@ with @SKU@",
+           "metrics": {"@AKU@": "50%", "BLEU-4": "17.03%"}}
+    split = {"taskId": "task-split", "taskName": ak[:half], "jobName": ak[half:],
+             "trainMode": sk[: len(sk) // 2], "parameterScale": sk[len(sk) // 2 :],
+             "runStatus": "Failed"}
+    result: dict[str, Any]
+    if call.v1:
+        result = {"trainStatus": "FAIL", "taskName": "@AKU@", "version": "@SKM@",
+                  "trainType": "@AKM@"}
+    elif call.action == "DescribeFineTuningTask":
+        result = run
+    elif call.action == "DescribeFineTuningJobs":
+        result = {"jobList": [{"jobId": "job-@AKM@", "name": "@SKU@"}],
+                  "pageInfo": {"isTruncated": False}}
+    else:
+        result = {"taskList": [run, split], "pageInfo": {"isTruncated": False}}
+    body = json.dumps({"requestId": request_id(), "log_id": request_id(), "result": result})
+    for token, text in (("@AKU@", escaped(ak)), ("@AKM@", escaped(ak, every=2)),
+                        ("@SKU@", escaped(sk)), ("@SKM@", escaped(sk, every=2))):
+        body = body.replace(token, text)
+    reply.answer_raw(200, body.encode())
+    return After.NOTHING
+
+
+def _escaped_error(reply: Reply, fault: Fault, call: Call) -> After:
+    """An error whose message holds both keys, JSON-escaped."""
+    message = f"request signed by @AKU@ with @SKM@ ({call.action})"
+    if call.v1:
+        data: dict[str, Any] = {"error_code": 336100, "error_msg": message,
+                                "log_id": request_id()}
+    else:
+        data = {"requestId": request_id(), "code": "InternalError", "message": message}
+    body = json.dumps(data).replace("@AKU@", escaped(call.access_key))
+    body = body.replace("@SKM@", escaped(call.secret_key, every=2))
+    reply.answer_raw(200 if call.v1 else 500, body.encode())
+    return After.NOTHING
+
+
+def escaped(text: str, every: int = 1) -> str:
+    """``text`` as the inside of a JSON string, every ``every``-th character written as
+    a ``\\u`` escape (upper-case hex for odd ones, which JSON allows too)."""
+    out = []
+    for i, char in enumerate(text):
+        if i % every:
+            out.append(json.dumps(char)[1:-1])
+        else:
+            out.append(f"\\u{ord(char):04x}" if i % 2 == 0 else f"\\u{ord(char):04X}")
+    return "".join(out)
+
+
+@dataclass(frozen=True)
+class EndlessListing:
+    """A listing whose every page says there is another: ``items`` items a page (far
+    past the 100 that ``maxKeys`` allows, when a gateway in between ignores it), each
+    page with a fresh ``nextMarker``."""
+
+    items: int
+
+    def __call__(self, reply: Reply, fault: Fault, call: Call) -> After:
+        jobs = call.action == "DescribeFineTuningJobs"
+        key, id_key = ("jobList", "jobId") if jobs else ("taskList", "taskId")
+        base = uuid.uuid4().hex
+        items = ",".join(
+            json.dumps({id_key: f"{base}-{i}", "runStatus": "Done", "taskName": f"run {i}",
+                        "jobName": "endless", "model": "ERNIE-Speed",
+                        "createTime": "2024-05-01T10:00:00Z"}, separators=(",", ":"))
+            for i in range(self.items)
+        )
+        body = json.dumps({"requestId": request_id(), "result": {
+            key: ["@ITEMS@"],
+            "pageInfo": {"isTruncated": True, "nextMarker": f"{base}-next",
+                         "maxKeys": self.items}}}).replace('"@ITEMS@"', items)
+        reply.answer_raw(200, body.encode())
+        return After.NOTHING
+
+
+HUGE = 10**400  # 401 digits: no float holds it
+
+
+def huge_numbers(result: Any) -> Any:
+    """``result`` with every time, duration and checkpoint step 401 digits long, and
+    the value of its first evaluation metric too (the "huge_numbers" fault)."""
+    if isinstance(result, list):
+        return [huge_numbers(item) for item in result]
+    if not isinstance(result, dict):
+        return result
+    out = {key: HUGE if key in _HUGE_FIELDS else huge_numbers(value)
+           for key, value in result.items()}
+    metrics = out.get("metrics")
+    if isinstance(metrics, dict) and metrics:
+        out["metrics"] = dict(metrics, **{min(metrics): HUGE})
+    return out
+
+
+_HUGE_FIELDS = frozenset({"createTime", "createDate", "startTime", "finishTime",
+                          "finishDate", "runTime", "trainTime", "step"})
+
+
 # --- slow and dropped answers -------------------------------------------------------------
 
 
@@ -276,6 +391,11 @@ KINDS: dict[str, FaultAnswer] = {
     "list_not_list": _list_not_list,  # taskList / jobList is not a list
     "wrong_types": _wrong_types,  # a result whose fields have the wrong types
     "odd_fields": _odd_fields,  # well-formed runs whose fields have the wrong types (200)
+    "huge_numbers": _huge_numbers,  # the runs' times and steps, a metric: 401-digit integers
+    "escaped_keys": _escaped_keys,  # names holding the account's keys as JSON \u escapes
+    "escaped_error": _escaped_error,  # an error message quoting the keys, \u-escaped
+    "endless_listing": EndlessListing(100),  # every page says there is another
+    "endless_wide_listing": EndlessListing(20_000),  # the same, 20,000 items a page
     "delay": _delay,  # answer after ``seconds``
     "stall_body": _stall_body,  # headers and half the body, then nothing for ``seconds``
     "close": _close,  # close the connection without an answer

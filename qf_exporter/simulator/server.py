@@ -28,8 +28,15 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from qf_exporter.simulator import actions
-from qf_exporter.simulator.actions import Ask, Failure
-from qf_exporter.simulator.faults import FAULT_KINDS, After, Call, Fault, request_id
+from qf_exporter.simulator.actions import Ask, Failure, Result
+from qf_exporter.simulator.faults import (
+    FAULT_KINDS,
+    After,
+    Call,
+    Fault,
+    huge_numbers,
+    request_id,
+)
 from qf_exporter.simulator.gateway import Budget, Denied, Signed, authenticate
 from qf_exporter.simulator.scenario import World
 
@@ -266,10 +273,15 @@ class QianfanSimulator:
                     return fault
         return None
 
-    def answer(self, action: str, body: dict[str, Any], odd: bool = False) -> actions.Answer:
-        """What ``action`` answers to ``body`` now (``odd``: runs' fields mistyped)."""
+    def answer(self, action: str, body: dict[str, Any], odd: bool = False,
+               huge: bool = False) -> actions.Answer:
+        """What ``action`` answers to ``body`` now (``odd``: runs' fields mistyped;
+        ``huge``: their times and steps too large for a float)."""
         ask = Ask(body, self.world.clock(), odd=odd, next_marker=self.send_next_marker)
-        return actions.ACTIONS[action](self.world, ask)
+        answer = actions.ACTIONS[action](self.world, ask)
+        if huge and isinstance(answer, Result):
+            return Result(huge_numbers(answer.value))
+        return answer
 
     def record(self, entry: Logged) -> None:
         """Count and log a request (before its answer goes out)."""
@@ -360,10 +372,12 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(self.sim.latency)
         fault = self.sim.take_fault(entry.action, entry.target, entry.access_key)
         after = After.ANSWER if fault is None else fault.answer(
-            self, Call(entry.action, entry.access_key))
+            self, Call(entry.action, entry.access_key,
+                       self.sim.credentials.get(entry.access_key, "")))
         if after is After.NOTHING:
             return
-        answer = self.sim.answer(entry.action, body, odd=after is After.ODD_ANSWER)
+        answer = self.sim.answer(entry.action, body, odd=after is After.ODD_ANSWER,
+                                 huge=after is After.HUGE_NUMBERS)
         if isinstance(answer, Failure):
             self.answer_error(v1, answer.status, answer.code, answer.number, answer.message)
         elif v1:

@@ -54,6 +54,10 @@ REASON = {
     "gzip_bomb": "invalid_response",
     "deep_json": "invalid_response",
     "huge_error": "server",
+    # hostile answers: an error quoting the keys in JSON escapes, listings without end
+    "escaped_error": "server",
+    "endless_listing": "invalid_response",  # V1: a listing is no run's detail
+    "endless_wide_listing": "invalid_response",
 }
 NOT_RETRIED = ("code_14", "auth_403", "code_500001", "unknown")
 SLOW = ("delay", "stall_body", "drip")  # these need a short request timeout

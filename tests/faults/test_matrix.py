@@ -42,8 +42,10 @@ from tests.helpers import (
 
 
 def test_the_matrix_covers_every_fault_the_simulator_has() -> None:
-    # "odd_fields" is no failure: see test_odd_field_types_are_absorbed_not_fatal.
-    assert set(REASON) | {"odd_fields"} == set(FAULT_KINDS)
+    # "odd_fields" and "huge_numbers" are no failure: see
+    # test_odd_field_types_are_absorbed_not_fatal and test_huge_numbers_lose_no_run;
+    # nor is "escaped_keys" (tests/test_upstream_hostile.py).
+    assert set(REASON) | {"odd_fields", "huge_numbers", "escaped_keys"} == set(FAULT_KINDS)
 
 
 
@@ -262,3 +264,36 @@ def test_odd_field_types_are_absorbed_not_fatal(
                  status=run.status(clock())) == 1
     assert job.runs and value(samples, "qianfan_finetune_run_progress_ratio",
                               task_id="task-odd") is not None
+
+
+def test_huge_numbers_lose_no_run(
+    fleet: Fleet, make_exporter: Callable[..., Exporter], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Times, steps and a metric value 401 digits long (no float holds them): those
+    fields are left out as missing ones would be; the runs, the targets and discovery
+    stay, and nothing is logged as an error (no traceback)."""
+    world, clock, sim = fleet.world, fleet.clock, fleet.sim
+    world.add_job("job-huge", created=clock() - 3600)
+    world.add_run("job-huge", "task-huge", created=clock() - 900, wait=0, duration=600,
+                  outcome="succeeded")
+    world.add_v1_run(104, 204, created=clock() - 600, wait=0, duration=6000)
+    a = account(sim, name="a", jobs=("job-huge",), tasks=((104, 204),), discover=True)
+    exporter = make_exporter(a, poll=POLL)
+    sim.add_fault("huge_numbers")
+    exporter.poller.poll_all()
+    samples = scrape(exporter)
+    assert value(samples, "qianfan_up", account="a") == 1  # discovery read the listing
+    for target in ("job-huge", "104/204"):
+        assert value(samples, "qianfan_target_up", target=target) == 1
+    assert value(samples, "qianfan_finetune_run_status", task_id="task-huge",
+                 status="succeeded") == 1
+    assert value(samples, "qianfan_finetune_run_status", task_id="104", status="running") == 1
+    for task in ("task-huge", "104"):
+        assert value(samples, "qianfan_finetune_run_start_timestamp_seconds",
+                     task_id=task) is None
+    assert value(samples, "qianfan_finetune_run_checkpoint_step", task_id="task-huge") is None
+    assert (value(samples, "qianfan_finetune_run_checkpoints", task_id="task-huge") or 0) > 0
+    scores = series(samples, "qianfan_finetune_run_evaluation_ratio")
+    assert scores and all(0 <= score <= 1 for score in scores.values())
+    assert failures(samples, "a") == 0
+    assert not [r for r in caplog.records if r.levelno >= 40 or r.exc_info]

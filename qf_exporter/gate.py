@@ -158,8 +158,8 @@ class Gate:
         self.checking: set[str] = set()  # addresses with a bcrypt check waiting or running
         self.checks_started = 0
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+    def close(self, *, wait: bool = False) -> None:
+        self._pool.shutdown(wait=wait, cancel_futures=True)
 
     async def admit(self, config: WebConfig, request: Request) -> Response | None:
         """None when the request is to be served, else the answer that refuses it."""

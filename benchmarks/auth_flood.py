@@ -7,7 +7,9 @@ A ``--demo`` exporter with basic auth (a bcrypt hash of cost 10, as
 keep-alive connections send a fresh wrong password on every request, as fast as
 they are answered, from another process, while the correct client scrapes again
 for ``--seconds``, ``--pause`` seconds apart. With ``--rate-limit`` the web config also sets
-``rate_limit: {interval: 100ms, burst: 20}``. Printed: how many of the correct
+``rate_limit: {interval: 100ms, burst: 20}``; with ``--addresses N`` the attackers
+come from N other loopback addresses; with ``--cold`` the correct password was not
+checked before the flood. Printed: how many of the correct
 client's scrapes were answered 200, their median and p95, what the attackers got
 (by status), and the exporter's CPU seconds over the flood.
 """
@@ -58,8 +60,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def _attacker(port: int, n: int, stop: float, seen: Counter[int]) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+def _source(n: int, addresses: int) -> tuple[str, int]:
+    """127.0.0.1 (the correct client's address), or one of ``addresses`` others."""
+    return (f"127.0.0.{2 + n % addresses}" if addresses else "127.0.0.1", 0)
+
+
+async def _attacker(port: int, n: int, stop: float, seen: Counter[int], addresses: int) -> None:
+    source = _source(n, addresses)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=source)
     i = 0
     while time.monotonic() < stop:
         i += 1
@@ -73,22 +81,24 @@ async def _attacker(port: int, n: int, stop: float, seen: Counter[int]) -> None:
         seen[status] += 1
         if b"connection: close" in head.lower():
             writer.close()
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            reader, writer = await asyncio.open_connection("127.0.0.1", port,
+                                                           local_addr=source)
     writer.close()
 
 
-async def _attack(port: int, attackers: int, seconds: float) -> Counter[int]:
+async def _attack(port: int, attackers: int, seconds: float, addresses: int) -> Counter[int]:
     seen: Counter[int] = Counter()
     stop = time.monotonic() + seconds
     results = await asyncio.gather(
-        *(_attacker(port, n, stop, seen) for n in range(attackers)), return_exceptions=True
+        *(_attacker(port, n, stop, seen, addresses) for n in range(attackers)),
+        return_exceptions=True,
     )
     seen[0] += sum(isinstance(r, BaseException) for r in results)  # 0: a connection lost
     return seen
 
 
-def attack_child(port: int, attackers: int, seconds: float) -> None:
-    seen = asyncio.run(_attack(port, attackers, seconds))
+def attack_child(port: int, attackers: int, seconds: float, addresses: int) -> None:
+    seen = asyncio.run(_attack(port, attackers, seconds, addresses))
     print(" ".join(f"{status}:{count}" for status, count in sorted(seen.items())))
 
 
@@ -111,7 +121,8 @@ def scrape(port: int, seconds: float, pause: float) -> tuple[list[float], Counte
     return times, codes
 
 
-def run(attackers: int, seconds: float, rate_limit: bool, pause: float) -> None:
+def run(a: argparse.Namespace) -> None:
+    attackers, seconds, rate_limit, pause = a.attackers, a.seconds, a.rate_limit, a.pause
     hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=10)).decode()
     with tempfile.TemporaryDirectory() as directory:
         web = Path(directory) / "web.yml"
@@ -121,11 +132,12 @@ def run(attackers: int, seconds: float, rate_limit: bool, pause: float) -> None:
         web.write_text(text)
         proc, port = start_exporter(web)
         try:
-            idle, _ = scrape(port, 3.0, pause)  # the first check runs bcrypt; the rest are cached
+            # The first check runs bcrypt, the rest are cached; --cold starts with the flood.
+            idle = [] if a.cold else scrape(port, 3.0, pause)[0]
             cpu = cpu_seconds(proc.pid)
             child = subprocess.Popen(
                 [sys.executable, "-m", "benchmarks.auth_flood", "--attack-child",
-                 str(port), str(attackers), str(seconds + 1)],
+                 str(port), str(attackers), str(seconds + 1), str(a.addresses)],
                 cwd=ROOT, stdout=subprocess.PIPE, text=True,
                 env=dict(os.environ, PYTHONPATH=str(ROOT)),
             )
@@ -136,11 +148,13 @@ def run(attackers: int, seconds: float, rate_limit: bool, pause: float) -> None:
         finally:
             proc.terminate()
             proc.wait(timeout=30)
-    report(attackers, rate_limit, idle, times, codes, flood.strip(), cpu, seconds)
+    print(f"attackers={attackers} addresses={a.addresses or 'shared'} rate_limit={rate_limit} "
+          f"cold={a.cold}")
+    report(idle, times, codes, flood.strip(), cpu, seconds)
 
 
-def report(attackers: int, rate_limit: bool, idle: list[float], times: list[float],
-           codes: Counter[int], flood: str, cpu: float, seconds: float) -> None:
+def report(idle: list[float], times: list[float], codes: Counter[int], flood: str,
+           cpu: float, seconds: float) -> None:
     total = sum(codes.values())
 
     def ms(values: list[float], q: float) -> str:
@@ -149,8 +163,8 @@ def report(attackers: int, rate_limit: bool, idle: list[float], times: list[floa
         ordered = sorted(values)
         return f"{ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000:.1f}"
 
-    print(f"attackers={attackers} rate_limit={rate_limit}")
-    print(f"  idle: median {statistics.median(idle) * 1000:.1f} ms over {len(idle)} scrapes")
+    if idle:
+        print(f"  idle: median {statistics.median(idle) * 1000:.1f} ms, {len(idle)} scrapes")
     print(f"  correct client: {codes[200]}/{total} answered 200 ({dict(codes)}), "
           f"median {ms(times, 0.5)} ms, p95 {ms(times, 0.95)} ms")
     print(f"  attackers' answers (status:count): {flood}")
@@ -164,13 +178,17 @@ def main() -> None:
     p.add_argument("--rate-limit", action="store_true")
     p.add_argument("--pause", type=float, default=0.05,
                    help="seconds between the correct client's scrapes (0.2 is under the limit)")
-    p.add_argument("--attack-child", nargs=3, metavar=("PORT", "N", "SECONDS"))
+    p.add_argument("--addresses", type=int, default=0,
+                   help="attack from this many other loopback addresses (0: the client's)")
+    p.add_argument("--cold", action="store_true",
+                   help="the correct password is not checked before the flood starts")
+    p.add_argument("--attack-child", nargs=4, metavar=("PORT", "N", "SECONDS", "ADDRESSES"))
     a = p.parse_args()
     if a.attack_child:
-        port, n, seconds = a.attack_child
-        attack_child(int(port), int(n), float(seconds))
+        port, n, seconds, addresses = a.attack_child
+        attack_child(int(port), int(n), float(seconds), int(addresses))
     else:
-        run(a.attackers, a.seconds, a.rate_limit, a.pause)
+        run(a)
 
 
 if __name__ == "__main__":

@@ -11,10 +11,13 @@ For every request, before anything else is done:
 3. A password not in the cache costs a bcrypt run (tens of milliseconds), and while it
    waits its request holds a request slot. These checks have a bounded share: at most
    ``max_checks`` waiting or running in all (so at most that many slots), one at a time
-   per address (so one address has at most one of the two bcrypt threads), and
-   ``check_burst`` per address, refilled at one per ``check_interval`` seconds (a check
-   that succeeds is given back). A request beyond any of these is answered 429 at once,
-   without a bcrypt run.
+   per address (so one address has at most one of the two bcrypt threads), and, on
+   connections that have failed a check before, ``check_burst`` per address, refilled
+   at one per ``check_interval`` seconds (a check that succeeds is given back). A
+   request beyond any of these is answered 429 at once, without a bcrypt run. So a
+   keep-alive flood of wrong passwords gets one check per connection, then one a
+   second for its address, and a scraper whose password is not cached yet, on a
+   connection of its own at the same address, finds the address's check free.
 
 The tables of clients hold at most ``max_clients`` entries each, the least recently
 used dropped first: a dropped bucket was full again or nearly, and a new one is full,
@@ -31,9 +34,10 @@ import concurrent.futures
 import contextlib
 import ipaddress
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from qf_exporter.server import Request, Response
 from qf_exporter.webconfig import RateLimit, WebConfig
@@ -156,6 +160,7 @@ class Gate:
             max_clients, lambda: TokenBucket(budget, clock)
         )
         self.checking: set[str] = set()  # addresses with a bcrypt check waiting or running
+        self._failed: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()  # connections
         self.checks_started = 0
 
     def close(self, *, wait: bool = False) -> None:
@@ -192,8 +197,12 @@ class Gate:
     ) -> Response | None:
         if len(self.checking) >= self.max_checks or client in self.checking:
             return too_many("Too many password checks waiting, try again later\n")
+        # A connection's requests are handled one after another in its own task
+        # (server.py), so the task stands for the connection.
+        connection = asyncio.current_task()
+        failed_before = connection is None or connection in self._failed
         budget = self.budgets.get(client)
-        if not budget.allow():
+        if failed_before and not budget.allow():
             return too_many("Too many failed password checks from this address\n")
         loop = asyncio.get_running_loop()
         self.checking.add(client)
@@ -208,6 +217,9 @@ class Gate:
 
         future.add_done_callback(done)
         if await asyncio.wrap_future(future):
-            budget.give_back()
+            if failed_before:
+                budget.give_back()
             return None
+        if connection is not None:
+            self._failed.add(connection)
         return unauthorized()

@@ -146,13 +146,17 @@ def test_a_checked_password_is_served_while_60_wrong_ones_wait(
         assert fake.runs == 1
         fake.release()
         assert answers(attackers, 1) == {401: 1}
-        # A second round on the same connections: the address has 10 checks, then one a
-        # second; every other answer is a 429 without a bcrypt run.
+        # Each connection's first check is its own, one at a time for the address ...
+        for n, attacker in enumerate(attackers[1:]):
+            assert attacker.get(auth=("alice", f"first-{n}")) == 401
+        assert fake.runs == 60
+        # ... then connections that failed share the address's 10 checks and one a
+        # second: every other answer is a 429 without a bcrypt run.
         for n, attacker in enumerate(attackers):
             attacker.send(auth=("alice", f"again-{n}"))
-        second = answers(attackers, 60)
-        assert second[429] >= 45 and second[401] + second[429] == 60, second
-        assert fake.runs == 1 + second[401] <= 15
+        again = answers(attackers, 60)
+        assert again[429] >= 45 and again[401] + again[429] == 60, again
+        assert fake.runs == 60 + again[401]
         assert scraper.get(auth=RIGHT) == 200
     finally:
         fake.release()
@@ -218,6 +222,37 @@ def test_an_authorised_user_keeps_its_own_bucket_at_a_shared_address(
         flood.close()
 
 
+def test_a_scraper_not_yet_cached_is_checked_at_the_address_of_a_flood(
+    auth_server: Callable[..., ExporterHTTPServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = auth_server()
+    server.gate.close()
+    server.gate = Gate(check_burst=1, check_interval=3600.0)  # no refill during the test
+    fake = BlockedBcrypt()
+    fake.release()  # counts, does not block
+    monkeypatch.setattr(bcrypt, "checkpw", fake)
+    flood = [Client(server.port) for _ in range(20)]
+    try:
+        for n, attacker in enumerate(flood):  # each connection fails its own check
+            assert attacker.get(auth=("alice", f"first-{n}")) == 401
+        assert flood[0].get(auth=("alice", "second")) == 401  # the address's one check
+        for n, attacker in enumerate(flood):
+            attacker.send(auth=("alice", f"again-{n}"))
+        assert answers(flood, 20) == {429: 20}
+        assert fake.runs == 21
+        # The flood goes on; a scraper on a new connection is checked, then cached.
+        for n, attacker in enumerate(flood):
+            attacker.send(auth=("alice", f"more-{n}"))
+        scraper = Client(server.port)
+        assert [scraper.get(auth=RIGHT) for _ in range(3)] == [200, 200, 200]
+        assert answers(flood, 20) == {429: 20}
+        assert fake.runs == 22
+        scraper.close()
+    finally:
+        for client in flood:
+            client.close()
+
+
 # --- the gate on its own ---------------------------------------------------------------
 
 
@@ -238,6 +273,9 @@ def request(client: str, auth: tuple[str, str] | None = None) -> Request:
 
 
 def statuses(gate: Gate, config: WebConfig, requests: list[Request]) -> list[int]:
+    """The answers to ``requests`` sent one after another on one connection (one task,
+    as the server handles a connection)."""
+
     async def run() -> list[int]:
         out = []
         for one in requests:
@@ -253,21 +291,23 @@ def test_an_address_over_its_share_of_failed_checks_is_refused_without_bcrypt() 
     gate = Gate(check_burst=3, check_interval=1.0, clock=clock)
     config = WebConfig(users={"alice": hashpw("wonderland").encode()})
     try:
+        # One connection: its first check is its own, then the address's 3 apply.
         wrong = [request("10.0.0.1", ("alice", f"wrong-{n}")) for n in range(6)]
-        assert statuses(gate, config, wrong) == [401, 401, 401, 429, 429, 429]
-        assert gate.checks_started == 3
+        assert statuses(gate, config, wrong) == [401, 401, 401, 401, 429, 429]
+        assert gate.checks_started == 4
         # A wrong password checked before is answered from the cache, for free.
         assert statuses(gate, config, wrong[:1]) == [401]
         clock.now += 1.0  # one more check a second
-        assert statuses(gate, config, wrong[3:]) == [401, 429, 429]
-        assert gate.checks_started == 4
+        more = [request("10.0.0.1", ("alice", f"more-{n}")) for n in range(3)]
+        assert statuses(gate, config, more) == [401, 401, 429]  # a new connection's own
+        assert gate.checks_started == 6
         # Another address has a share of its own; a right password is given back.
         right = [request("10.0.0.2", RIGHT)]
-        right += [request("10.0.0.2", ("bob", f"x{n}")) for n in range(4)]
-        assert statuses(gate, config, right) == [200, 401, 401, 401, 429]
+        right += [request("10.0.0.2", ("bob", f"x{n}")) for n in range(5)]
+        assert statuses(gate, config, right) == [200, 401, 401, 401, 401, 429]
         # A password checked before passes even from an address over its share.
         assert statuses(gate, config, [request("10.0.0.1", RIGHT)]) == [200]
-        assert gate.checks_started == 8
+        assert gate.checks_started == 11
     finally:
         gate.close()
 

@@ -22,7 +22,8 @@ For every request, before anything else is done:
 The tables of clients hold at most ``max_clients`` entries each, the least recently
 used dropped first: a dropped bucket was full again or nearly, and a new one is full,
 so a spray of source addresses costs bounded memory and makes no real client's limit
-stricter.
+stricter. Connections that failed a check are held weakly (gone with the connection),
+so there are never more of them than connections.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The exporter's HTTP endpoints: /metrics, /-/healthy, /-/ready, /-/reload and `/`.
 
-Routing, basic auth, the rate limit and the lifecycle gate; the connection handling
-lives in ``server`` and the metrics answer in ``exposition``. A scrape never calls
+Routing and the lifecycle gate; basic auth and the rate limit are in ``gate``, the
+connection handling in ``server`` and the metrics answer in ``exposition``. A scrape never calls
 Qianfan: it serves run metrics the poller already rendered (plain, or as a ready gzip
 member) after the few families prometheus_client renders on the spot.
 """
@@ -9,50 +9,27 @@ member) after the few families prometheus_client renders on the spot.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import concurrent.futures
 import socket
 import ssl
 import threading
-import time
 from collections.abc import Callable, Sequence
 
 from prometheus_client import CollectorRegistry
 
 from qf_exporter.exposition import accepts_gzip, build, wants_openmetrics
+from qf_exporter.gate import Gate
 from qf_exporter.landing import landing_page
 from qf_exporter.server import HTTPServer, Limits, Request, Response
 from qf_exporter.snapshot import Snapshot
 from qf_exporter.store import Rendered
-from qf_exporter.webconfig import LiveWebConfig, RateLimit, WebConfig
+from qf_exporter.webconfig import LiveWebConfig, WebConfig
 
 ReloadResult = tuple[bool, str]
 LIFECYCLE_DISABLED = (
     "Lifecycle API is not enabled: start qf-exporter with --web.enable-lifecycle "
     "(or reload with SIGHUP)\n"
 )
-_UNAUTHORIZED_HEADERS = [("WWW-Authenticate", 'Basic realm="qf-exporter", charset="UTF-8"')]
-
-
-class TokenBucket:
-    """exporter-toolkit's rate_limit: one token per ``interval``, at most ``burst``."""
-
-    def __init__(self, limit: RateLimit, clock: Callable[[], float] = time.monotonic) -> None:
-        self.limit = limit
-        self._clock = clock
-        self._tokens = float(limit.burst)
-        self._at = clock()
-
-    def allow(self) -> bool:
-        now = self._clock()
-        rate = 1.0 / self.limit.interval
-        self._tokens = min(float(self.limit.burst), self._tokens + (now - self._at) * rate)
-        self._at = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return True
-        return False
 
 
 class ExporterHTTPServer:
@@ -84,10 +61,9 @@ class ExporterHTTPServer:
         self.reload = reload
         self.lifecycle = lifecycle
         self.version = version
-        self._bucket: TokenBucket | None = None
-        # bcrypt takes tens of milliseconds: never on the event loop, and at most two at a
-        # time, so a flood of wrong passwords costs at most two cores' worth.
-        self._auth_pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="auth")
+        # Password checks waiting for bcrypt hold at most a quarter of the request slots.
+        slots = (limits or Limits()).max_requests
+        self.gate = Gate(max_checks=max(1, min(4, slots // 4)))
         if sockets is None:
             from qf_exporter.listen import bind
 
@@ -117,7 +93,7 @@ class ExporterHTTPServer:
 
     def shutdown(self) -> None:
         self.http.stop()
-        self._auth_pool.shutdown(wait=False, cancel_futures=True)
+        self.gate.close()
 
     def server_close(self) -> None:
         """Kept for callers of the http.server API; ``shutdown`` closed everything."""
@@ -128,11 +104,9 @@ class ExporterHTTPServer:
         return self.web_config.current().ssl_context
 
     async def _handle(self, request: Request) -> Response:
-        config = self.web_config.current()
-        if not self._rate_allowed(config):
-            return Response.text(429, "Too many requests\n")
-        if config.users and not await self._authorized(config, request):
-            return Response.text(401, "Unauthorized\n", headers=list(_UNAUTHORIZED_HEADERS))
+        refused = await self.gate.admit(self.web_config.current(), request)
+        if refused is not None:  # basic auth and the rate limit, see gate.py
+            return refused
         if request.path == "/-/reload":
             return await self._reload(request)
         if request.method not in ("GET", "HEAD"):
@@ -151,28 +125,6 @@ class ExporterHTTPServer:
             )
             return Response(200, (page.encode(),), "text/html; charset=utf-8")
         return Response.text(404, "Not found\n")
-
-    def _rate_allowed(self, config: WebConfig) -> bool:
-        if config.rate_limit is None:
-            self._bucket = None
-            return True
-        if self._bucket is None or self._bucket.limit != config.rate_limit:
-            self._bucket = TokenBucket(config.rate_limit)
-        return self._bucket.allow()
-
-    async def _authorized(self, config: WebConfig, request: Request) -> bool:
-        scheme, _, credentials = request.headers.get("authorization", "").strip().partition(" ")
-        if scheme.lower() != "basic":  # the scheme is case-insensitive (RFC 7617)
-            return False
-        try:
-            decoded = base64.b64decode(credentials.strip(), validate=True).decode()
-        except (binascii.Error, UnicodeDecodeError):
-            return False
-        user, sep, password = decoded.partition(":")
-        if not sep:
-            return False
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._auth_pool, config.check, user, password)
 
     async def _reload(self, request: Request) -> Response:
         if request.method not in ("POST", "PUT"):

@@ -27,12 +27,14 @@ key (``tls_server_config.key_file: is required``); the caller adds the file's na
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import os
 import re
 import ssl
 import tempfile
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,6 +135,50 @@ class RateLimit:
     burst: int
 
 
+class CheckCache:
+    """The answers of earlier bcrypt checks, so that a scraper pays bcrypt's cost once.
+
+    Entries are keyed by an HMAC of (user, password, hash) under a key made at start, so
+    none holds a password or a plain digest of one. Successes and failures are kept
+    apart, each the most recently used first: a flood of fresh wrong passwords evicts
+    only other failures, never a password that was right (only a right password adds a
+    success, so that side cannot be flooded). A repeated wrong password (a scraper with
+    an old one) is answered from the failures without a bcrypt run.
+    """
+
+    def __init__(self, successes: int = 256, failures: int = 1024) -> None:
+        self._secret = os.urandom(32)
+        self._sizes = {True: successes, False: failures}
+        self._entries: dict[bool, OrderedDict[bytes, None]] = {True: OrderedDict(),
+                                                               False: OrderedDict()}
+        self._lock = threading.Lock()
+
+    def key(self, user: str, password: str, hashed: bytes | None) -> bytes:
+        parts = [user.encode(), password.encode(errors="surrogatepass"), hashed or b""]
+        message = b"".join(len(part).to_bytes(4, "big") + part for part in parts)
+        return hmac.new(self._secret, message, hashlib.sha256).digest()
+
+    def get(self, key: bytes) -> bool | None:
+        with self._lock:
+            for ok, entries in self._entries.items():
+                if key in entries:
+                    entries.move_to_end(key)
+                    return ok
+        return None
+
+    def put(self, key: bytes, ok: bool) -> None:
+        with self._lock:
+            entries = self._entries[ok]
+            entries[key] = None
+            entries.move_to_end(key)
+            while len(entries) > self._sizes[ok]:
+                entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return sum(len(entries) for entries in self._entries.values())
+
+
 @dataclass
 class WebConfig:
     ssl_context: ssl.SSLContext | None = None
@@ -141,33 +187,34 @@ class WebConfig:
     # Client certificates must name one of these (exact match on any SAN), if set.
     allowed_sans: frozenset[str] | None = None
     rate_limit: RateLimit | None = None
-    _cache: dict[bytes, bool] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    # Shared with the versions re-read after this one (LiveWebConfig): the hash is part
+    # of each key, so a changed or removed user never matches an old answer.
+    cache: CheckCache = field(default_factory=CheckCache, repr=False, compare=False)
+
+    def cached(self, user: str, password: str) -> bool | None:
+        """The answer of an earlier check of this user and password, or None: cheap
+        (an HMAC and a lookup), so it is asked on the event loop before any bcrypt."""
+        return self.cache.get(self.cache.key(user, password, self.users.get(user)))
 
     def check(self, user: str, password: str) -> bool:
-        """bcrypt check, cached by a keyed digest so a scrape does not pay bcrypt's cost.
+        """bcrypt check (tens of milliseconds: call it off the event loop), cached.
 
         An unknown user is checked against a configured hash too (and refused), so a
         wrong name costs as much as a wrong password.
         """
         hashed = self.users.get(user)
-        key = hashlib.sha256(
-            b"\x00".join([user.encode(), password.encode(), hashed or b""])
-        ).digest()
-        with self._lock:
-            cached = self._cache.get(key)
+        key = self.cache.key(user, password, hashed)
+        cached = self.cache.get(key)
         if cached is not None:
             return cached
         against = hashed or next(iter(self.users.values()), None) or _dummy_hash()
         try:
-            matches = bcrypt.checkpw(password.encode()[:BCRYPT_MAX_PASSWORD], against)
-        except ValueError:  # e.g. a NUL byte in the password
+            secret = password.encode()[:BCRYPT_MAX_PASSWORD]
+            matches = bcrypt.checkpw(secret, against)
+        except (ValueError, UnicodeEncodeError):  # a NUL byte; a lone surrogate
             matches = False
         ok = matches and hashed is not None
-        with self._lock:
-            if len(self._cache) > 1024:
-                self._cache.clear()
-            self._cache[key] = ok
+        self.cache.put(key, ok)
         return ok
 
     def san_allowed(self, peer_cert: dict[str, Any] | None) -> bool:
@@ -625,6 +672,7 @@ class LiveWebConfig:
                         extra={"file": self.path, "problem": problem},
                     )
                 return self._config
+            config.cache = self._config.cache
             self._config = config
             log.info("web config reloaded", extra={"file": self.path})
             return config

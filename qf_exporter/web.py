@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from prometheus_client import CollectorRegistry
 
 from qf_exporter.exposition import accepts_gzip, build, wants_openmetrics
-from qf_exporter.landing import landing_page
+from qf_exporter.landing import Landing
 from qf_exporter.server import HTTPServer, Limits, Request, Response
 from qf_exporter.snapshot import Snapshot
 from qf_exporter.store import Rendered
@@ -85,6 +85,7 @@ class ExporterHTTPServer:
         self.lifecycle = lifecycle
         self.version = version
         self._bucket: TokenBucket | None = None
+        self._landing = Landing(telemetry_path=telemetry_path, version=version)
         # bcrypt takes tens of milliseconds: never on the event loop, and at most two at a
         # time, so a flood of wrong passwords costs at most two cores' worth.
         self._auth_pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="auth")
@@ -146,10 +147,8 @@ class ExporterHTTPServer:
                 return Response.text(200, "Ready\n")
             return Response.text(503, "Not ready: the first poll has not finished\n")
         if request.path == "/":
-            page = landing_page(
-                self.snapshot(), telemetry_path=self.telemetry_path, version=self.version
-            )
-            return Response(200, (page.encode(),), "text/html; charset=utf-8")
+            page = self._landing.page(self.snapshot())
+            return Response(200, (page,), "text/html; charset=utf-8", length=len(page))
         return Response.text(404, "Not found\n")
 
     def _rate_allowed(self, config: WebConfig) -> bool:

@@ -36,6 +36,7 @@ tried again (it does not spin); the failure is one warning line a second.
 from __future__ import annotations
 
 import asyncio
+import asyncio.selector_events
 import asyncio.sslproto
 import concurrent.futures
 import contextlib
@@ -62,6 +63,10 @@ log = logging.getLogger(__name__)
 # zeros at once: 1,000 idle TLS connections held 336 MB. A TLS record is at most 16 KiB
 # and some bytes; two fit in this, and reading takes a few more calls at most.
 asyncio.sslproto.SSLProtocol.max_size = 32 << 10
+# And each read of a plain socket takes up to 256 KiB before the reader can pause it.
+asyncio.selector_events._SelectorTransport.max_size = 64 << 10  # type: ignore[attr-defined]
+# Bytes read ahead of the request being answered: reading pauses at twice this.
+_READ_AHEAD = 32 << 10
 
 
 @dataclass(frozen=True)
@@ -235,7 +240,7 @@ class HTTPServer:
             self.loop.create_task(self._adopt(conn))
 
     async def _adopt(self, conn: socket.socket) -> None:
-        reader = asyncio.StreamReader(limit=1 << 16, loop=self.loop)
+        reader = asyncio.StreamReader(limit=_READ_AHEAD, loop=self.loop)
         protocol = asyncio.StreamReaderProtocol(reader, self._connected, loop=self.loop)
         try:
             await self.loop.connect_accepted_socket(lambda: protocol, sock=conn)

@@ -58,12 +58,10 @@ def landing_page(snapshot: Snapshot, *, telemetry_path: str, version: str) -> st
     their reasons (and how many more there are)."""
     e = html.escape
     now = time.time()
-    rows = []
     down_rows: list[str] = []
     down = 0
     accounts = sorted(snapshot.accounts.items())
-    for name, state in accounts[:MAX_ACCOUNT_ROWS]:
-        rows.append(_account_row(name, state, now))
+    rows = [_account_row(name, state, now) for name, state in accounts[:MAX_ACCOUNT_ROWS]]
     for name, state in accounts:
         targets = state.targets_down
         down += len(targets)

@@ -331,7 +331,8 @@ class _Connection:
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
         deadline: float | None = loop.time() + self.limits.header_timeout
-        if not await self._handshake():
+        go_on, self.peer_cert = await _handshake(self.server, self.writer, self.client)
+        if not go_on:
             return
         half = self.limits.write_buffer // 2
         self.writer.transport.set_write_buffer_limits(high=half, low=half // 2)
@@ -355,7 +356,7 @@ class _Connection:
             # A body we did not read must not be read as the next request.
             await self._answer(conn, request, has_body)
             if has_body:
-                await self._linger()
+                await _linger(self.reader, self.writer, self.limits)
             if has_body or conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                 return
             conn.start_next_cycle()
@@ -386,43 +387,6 @@ class _Connection:
             await self._send(conn, response, close or response.close, head=head)
         finally:
             server.in_flight -= 1
-
-    async def _linger(self) -> None:
-        """Read and drop what the client still sends, up to a bound, before closing.
-
-        Closing a socket with unread bytes sends a reset, and a reset can destroy the
-        answer before the client has read it (RFC 9112 9.6, Apache's lingering close).
-        """
-        if self.writer.can_write_eof():
-            self.writer.write_eof()  # plain TCP: the client sees the end at once
-        left = self.limits.linger_bytes
-        with contextlib.suppress(TimeoutError, ConnectionError, ssl.SSLError):
-            async with asyncio.timeout(self.limits.linger_timeout):
-                while left > 0 and (data := await self.reader.read(min(left, 1 << 16))):
-                    left -= len(data)
-    async def _handshake(self) -> bool:
-        """TLS, when configured, and the client certificate's SAN; whether to go on."""
-        server, writer, client = self.server, self.writer, self.client
-        context = server.tls() if server.tls is not None else None
-        if context is None:
-            return True
-        # Called before any await: no byte of the ClientHello has been read yet.
-        try:
-            await writer.start_tls(context, ssl_handshake_timeout=self.limits.header_timeout)
-        except (OSError, TimeoutError, ssl.SSLError, ConnectionError) as exc:
-            log.debug(
-                "TLS handshake failed",
-                extra={"client": client, "error": _describe(exc)},
-            )
-            return False
-        self.peer_cert = writer.get_extra_info("peercert")
-        if server.peer_allowed is not None and not server.peer_allowed(self.peer_cert):
-            log.debug(
-                "TLS client refused: no allowed subject alternative name",
-                extra={"client": client},
-            )
-            return False
-        return True
 
     async def _next_event(self, conn: h11.Connection, deadline: float | None) -> Any:
         loop = asyncio.get_running_loop()
@@ -478,7 +442,8 @@ class _Connection:
         text = {400: "Bad request", 408: "Request timeout", 431: "Request header fields too large",
                 501: "Not implemented"}.get(status, "Bad request")
         await self._send(conn, Response.text(status, text + "\n"), True, head=False)
-        await self._linger()  # the rest of the head, or a body, may still be coming
+        # The rest of the head, or a body, may still be coming.
+        await _linger(self.reader, self.writer, self.limits)
 
     async def _send(
         self,
@@ -531,19 +496,9 @@ class _Connection:
         # Slices of the page's own blocks (views, not copies), each written once the
         # transport holds less than half of write_buffer: a client that does not read
         # holds at most write_buffer here, whatever the answer's size.
-        step = self.limits.write_buffer // 2
-        writer = self.writer
         async with asyncio.timeout(timeout):
-            for piece in _coalesce(pieces, step):
-                view = memoryview(piece)
-                for start in range(0, len(view), step):
-                    if writer.transport.is_closing():
-                        raise ConnectionResetError("the connection was closed")
-                    writer.write(view[start : start + step])
-                    if writer.transport.get_write_buffer_size():
-                        self.heavy = True
-                        await writer.drain()
-
+            if await _write_through(self.writer, pieces, self.limits.write_buffer // 2):
+                self.heavy = True
 
 class _HeadFields:
     """Counts a request head's header fields as its bytes arrive, so that a head of too
@@ -574,6 +529,61 @@ class _HeadFields:
 
 
 _BLANK_LINE = re.compile(rb"\n\r?\n")  # where h11 ends a head
+
+
+async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                  limits: Limits) -> None:
+    """Read and drop what the client still sends, up to a bound, before closing.
+
+    Closing a socket with unread bytes sends a reset, and a reset can destroy the
+    answer before the client has read it (RFC 9112 9.6, Apache's lingering close).
+    """
+    if writer.can_write_eof():
+        writer.write_eof()  # plain TCP: the client sees the end at once
+    left = limits.linger_bytes
+    with contextlib.suppress(TimeoutError, ConnectionError, ssl.SSLError):
+        async with asyncio.timeout(limits.linger_timeout):
+            while left > 0 and (data := await reader.read(min(left, 1 << 16))):
+                left -= len(data)
+
+
+async def _handshake(
+    server: HTTPServer, writer: asyncio.StreamWriter, client: str
+) -> tuple[bool, dict[str, Any] | None]:
+    """TLS, when configured, and the client certificate's SAN: whether to go on, and
+    the client's certificate."""
+    context = server.tls() if server.tls is not None else None
+    if context is None:
+        return True, None
+    # Called before any await: no byte of the ClientHello has been read yet.
+    try:
+        await writer.start_tls(context, ssl_handshake_timeout=server.limits.header_timeout)
+    except (OSError, TimeoutError, ssl.SSLError, ConnectionError) as exc:
+        log.debug("TLS handshake failed", extra={"client": client, "error": _describe(exc)})
+        return False, None
+    cert = writer.get_extra_info("peercert")
+    if server.peer_allowed is not None and not server.peer_allowed(cert):
+        log.debug("TLS client refused: no allowed subject alternative name",
+                  extra={"client": client})
+        return False, None
+    return True, cert
+
+
+async def _write_through(writer: asyncio.StreamWriter, pieces: Iterator[bytes],
+                         step: int) -> bool:
+    """Write ``pieces`` through the transport in slices of ``step``, each once it holds
+    less than ``step``; whether the client made it hold any (then it was slow)."""
+    held = False
+    for piece in _coalesce(pieces, step):
+        view = memoryview(piece)
+        for start in range(0, len(view), step):
+            if writer.transport.is_closing():
+                raise ConnectionResetError("the connection was closed")
+            writer.write(view[start : start + step])
+            if writer.transport.get_write_buffer_size():
+                held = True
+                await writer.drain()
+    return held
 
 
 class _Length:

@@ -524,7 +524,8 @@ class _HeadFields:
         self.count += text.count(b"\n", 0, end.start() if end else len(text))
         self.count -= self.last.count(b"\n")
         self.last = text[-2:]
-        if self.count > self.most:
+        # Until the blank line is seen, the last line end counted may be its start.
+        if self.count > self.most + (not self.done):
             raise h11.RemoteProtocolError("too many header fields", error_status_hint=431)
 
 

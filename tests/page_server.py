@@ -30,8 +30,9 @@ def page(runs: int) -> Rendered:
     )
 
 
-def main(argv: list[str]) -> int:
-    rendered = page(int(argv[0]))
+def serve_page(rendered: Rendered, **settings: object) -> ExporterHTTPServer:
+    """A started server of ``rendered`` on loopback, ready, with an empty snapshot and
+    registry (its other settings as keywords of ``ExporterHTTPServer``)."""
     ready = threading.Event()
     ready.set()
     server = ExporterHTTPServer(
@@ -41,11 +42,17 @@ def main(argv: list[str]) -> int:
         snapshot=Snapshot,
         ready=ready,
         version="test",
-        web_config=LiveWebConfig(argv[1]) if len(argv) > 1 else None,
+        **settings,  # type: ignore[arg-type]
     )
+    server.serve_in_thread()
+    return server
+
+
+def main(argv: list[str]) -> int:
+    web_config = LiveWebConfig(argv[1]) if len(argv) > 1 else None
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    server.serve_in_thread()
+    server = serve_page(page(int(argv[0])), web_config=web_config)
     scheme = "https" if len(argv) > 1 else "http"
     print(f"listening address={scheme}://127.0.0.1:{server.port}", file=sys.stderr, flush=True)
     stop.wait()

@@ -1,4 +1,10 @@
-"""The landing page at `/`: per account, reachability, targets and runs per status."""
+"""The landing page at `/`: per account, reachability, targets and runs per status.
+
+Built once per snapshot (``Landing``) and capped in size: with 10,000 targets down the
+page was 4.2 MB and 85 ms of the event loop per request. It lists the first
+``MAX_DOWN_ROWS`` targets that are down and counts the rest; ``qianfan_target_up``
+has them all.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +13,39 @@ import time
 from datetime import UTC, datetime
 
 from qf_exporter.models import STATUSES
-from qf_exporter.snapshot import AccountState, Snapshot
+from qf_exporter.snapshot import AccountState, Snapshot, TargetState
 
 
-def _when(ts: float | None) -> str:
+def _stamp(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _when(ts: float | None, now: float) -> str:
     if ts is None:
         return "never"
-    age = max(0, int(time.time() - ts))
-    stamp = datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    return f"{stamp} ({age}s ago)"
+    return f"{_stamp(ts)} ({max(0, int(now - ts))}s before)"
 
 
 MESSAGE_LIMIT = 300  # characters of one error message on the page
+MAX_DOWN_ROWS = 100  # targets down listed; the rest are counted
+MAX_ACCOUNT_ROWS = 500  # accounts listed; the rest are counted
+
+
+class Landing:
+    """The landing page's bytes, built at the first request for each snapshot."""
+
+    def __init__(self, *, telemetry_path: str, version: str) -> None:
+        self.telemetry_path = telemetry_path
+        self.version = version
+        self._built: tuple[Snapshot, bytes] | None = None
+
+    def page(self, snapshot: Snapshot) -> bytes:
+        built = self._built
+        if built is None or built[0] is not snapshot:
+            text = landing_page(snapshot, telemetry_path=self.telemetry_path,
+                                version=self.version)
+            built = self._built = (snapshot, text.encode())
+        return built[1]
 
 
 def _cut(text: str) -> str:
@@ -27,16 +54,24 @@ def _cut(text: str) -> str:
 
 def landing_page(snapshot: Snapshot, *, telemetry_path: str, version: str) -> str:
     """The HTML of `/`: per account, whether Qianfan is reachable with its credentials,
-    its runs per status, and every target that is down with its reason."""
+    its runs per status, and the first ``MAX_DOWN_ROWS`` targets that are down with
+    their reasons (and how many more there are)."""
     e = html.escape
-    rows = []
-    down_rows = []
-    for name, state in sorted(snapshot.accounts.items()):
-        rows.append(_account_row(name, state))
-        down_rows.extend(_down_rows(name, state))
+    now = time.time()
+    down_rows: list[str] = []
+    down = 0
+    accounts = sorted(snapshot.accounts.items())
+    rows = [_account_row(name, state, now) for name, state in accounts[:MAX_ACCOUNT_ROWS]]
+    for name, state in accounts:
+        targets = state.targets_down
+        down += len(targets)
+        down_rows.extend(_down_rows(name, targets[: MAX_DOWN_ROWS - len(down_rows)], now))
     if not rows:
         rows.append(f"<tr><td colspan={len(STATUSES) + 4}>waiting for the first poll…</td></tr>")
-    down_table = _down_table(down_rows)
+    if len(accounts) > MAX_ACCOUNT_ROWS:
+        rows.append(f"<tr><td colspan={len(STATUSES) + 4}>and "
+                    f"{len(accounts) - MAX_ACCOUNT_ROWS} more accounts</td></tr>")
+    down_table = _down_table(down_rows, down)
     heads = "".join(f"<th>{s}</th>" for s in STATUSES)
     path = e(telemetry_path)
     return f"""<!doctype html>
@@ -48,7 +83,8 @@ td.up {{ color: #1a7f37; }} td.down {{ color: #cf222e; font-weight: bold; }}
 </style></head>
 <body>
 <h1>qf-exporter</h1>
-<p>Prometheus exporter for Baidu Qianfan fine-tuning runs, version {e(version)}.</p>
+<p>Prometheus exporter for Baidu Qianfan fine-tuning runs, version {e(version)}.
+As of {_stamp(now)}.</p>
 <ul>
 <li><a href="{path}">Metrics</a></li>
 <li><a href="/-/healthy">Health</a></li>
@@ -67,7 +103,7 @@ td.up {{ color: #1a7f37; }} td.down {{ color: #cf222e; font-weight: bold; }}
 """
 
 
-def _account_row(name: str, state: AccountState) -> str:
+def _account_row(name: str, state: AccountState, now: float) -> str:
     e = html.escape
     counts = state.status_counts()
     down = state.targets_down
@@ -81,28 +117,33 @@ def _account_row(name: str, state: AccountState) -> str:
         f"{reach}"
         f"<td>{len(state.targets) - len(down)}/{len(state.targets)}</td>"
         + "".join(f"<td>{counts[s]}</td>" for s in STATUSES)
-        + f"<td>{e(_when(state.last_success))}</td>"
+        + f"<td>{e(_when(state.last_success, now))}</td>"
         "</tr>"
     )
 
 
-def _down_rows(name: str, state: AccountState) -> list[str]:
+def _down_rows(name: str, targets: list[TargetState], now: float) -> list[str]:
     e = html.escape
     return [
         "<tr>"
         f"<td>{e(name)}</td><td>{e(target.api)}</td><td>{e(target.name)}</td>"
         f"<td class=down>{e(target.reason or 'not read yet')}</td>"
         f"<td>{e(_cut(target.error))}</td>"
-        f"<td>{e(_when(target.last_success))}</td>"
+        f"<td>{e(_when(target.last_success, now))}</td>"
         "</tr>"
-        for target in state.targets_down
+        for target in targets
     ]
 
 
-def _down_table(down_rows: list[str]) -> str:
+def _down_table(down_rows: list[str], down: int) -> str:
     if not down_rows:
         return "<p>Every target was read by its latest poll.</p>"
+    more = ""
+    if down > len(down_rows):
+        more = (f"<p>and {down - len(down_rows)} more targets down (all {down} are in "
+                "<code>qianfan_target_up</code>).</p>\n")
     return (
         "<table>\n<tr><th>account</th><th>api</th><th>target</th><th>reason</th>"
-        "<th>message</th><th>last read</th></tr>\n" + "\n".join(down_rows) + "\n</table>"
+        "<th>message</th><th>last read</th></tr>\n" + "\n".join(down_rows) + "\n</table>\n"
+        + more
     )

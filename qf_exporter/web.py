@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from qf_exporter.exposition import accepts_gzip, build, wants_openmetrics
 from qf_exporter.gate import Gate
-from qf_exporter.landing import landing_page
+from qf_exporter.landing import Landing
 from qf_exporter.server import HTTPServer, Limits, Request, Response
 from qf_exporter.snapshot import Snapshot
 from qf_exporter.store import Rendered
@@ -64,6 +64,7 @@ class ExporterHTTPServer:
         # Password checks waiting for bcrypt hold at most a quarter of the request slots.
         slots = (limits or Limits()).max_requests
         self.gate = Gate(max_checks=max(1, min(4, slots // 4)))
+        self._landing = Landing(telemetry_path=telemetry_path, version=version)
         if sockets is None:
             from qf_exporter.listen import bind
 
@@ -120,10 +121,8 @@ class ExporterHTTPServer:
                 return Response.text(200, "Ready\n")
             return Response.text(503, "Not ready: the first poll has not finished\n")
         if request.path == "/":
-            page = landing_page(
-                self.snapshot(), telemetry_path=self.telemetry_path, version=self.version
-            )
-            return Response(200, (page.encode(),), "text/html; charset=utf-8")
+            page = self._landing.page(self.snapshot())
+            return Response(200, (page,), "text/html; charset=utf-8", length=len(page))
         return Response.text(404, "Not found\n")
 
     async def _reload(self, request: Request) -> Response:

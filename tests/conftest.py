@@ -5,19 +5,17 @@ Plain helpers (the clock itself, accounts, scraping, parsing) are in ``tests/hel
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
 
 import pytest
-from prometheus_client import CollectorRegistry
 
 from qf_exporter.app import Exporter
 from qf_exporter.config import Account, Config, Poll
 from qf_exporter.simulator import QianfanSimulator, World
-from qf_exporter.snapshot import Snapshot
 from qf_exporter.store import Rendered, render
 from qf_exporter.web import ExporterHTTPServer
 from tests.helpers import ACCESS_KEY, FAST_POLL, SECRET_KEY, ManualClock
+from tests.page_server import serve_page
 from tests.webconfig_fixtures import pki, users  # noqa: F401  (fixtures of the web tests)
 
 
@@ -66,18 +64,7 @@ def empty_server() -> Iterator[EmptyServer]:
     empty = render((), 0)
 
     def start(page: Rendered = empty, **settings: object) -> ExporterHTTPServer:
-        ready = threading.Event()
-        ready.set()
-        server = ExporterHTTPServer(
-            ("127.0.0.1", 0),
-            registry=CollectorRegistry(auto_describe=False),
-            rendered=lambda: page,
-            snapshot=Snapshot,
-            ready=ready,
-            version="test",
-            **settings,  # type: ignore[arg-type]
-        )
-        server.serve_in_thread()
+        server = serve_page(page, **settings)
         started.append(server)
         return server
 

@@ -17,13 +17,16 @@ LISTENING = re.compile(r"listening.*address=(https?)://(\S+):(\d+)")
 
 class Daemon:
     def __init__(
-        self, args: Sequence[str], preexec_fn: Callable[[], None] | None = None
+        self,
+        args: Sequence[str],
+        preexec_fn: Callable[[], None] | None = None,
+        module: str = "qf_exporter",
     ) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("QIANFAN_")}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         env["PYTHONFAULTHANDLER"] = "1"  # SIGABRT prints every thread's stack (see stop)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "qf_exporter", *args],
+            [sys.executable, "-m", module, *args],
             cwd=ROOT,
             env=env,
             stdin=subprocess.DEVNULL,

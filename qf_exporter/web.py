@@ -26,6 +26,7 @@ from qf_exporter.store import Rendered
 from qf_exporter.webconfig import LiveWebConfig, WebConfig
 
 ReloadResult = tuple[bool, str]
+_LIGHT_PATHS = frozenset({"/-/healthy", "/-/ready", "/"})
 LIFECYCLE_DISABLED = (
     "Lifecycle API is not enabled: start qf-exporter with --web.enable-lifecycle "
     "(or reload with SIGHUP)\n"
@@ -77,6 +78,7 @@ class ExporterHTTPServer:
             peer_allowed=lambda cert: self.web_config.current().san_allowed(cert),
             extra_headers=lambda: self.web_config.current().headers,
             limits=limits,
+            light=self._light,
         )
 
     # --- the old http.server-like surface, used by the app and the tests ----------------
@@ -100,6 +102,16 @@ class ExporterHTTPServer:
         """Kept for callers of the http.server API; ``shutdown`` closed everything."""
 
     # --- requests -----------------------------------------------------------------------
+
+    def _light(self, request: Request) -> bool:
+        """Whether the request takes one of the server's light slots: answers that are
+        small and built ahead (health, readiness, the landing page, built once per
+        snapshot and capped), so that probes never wait behind scrapes."""
+        return (
+            request.method in ("GET", "HEAD")
+            and request.path in _LIGHT_PATHS
+            and request.path != self.telemetry_path
+        )
 
     def _tls(self) -> ssl.SSLContext | None:
         return self.web_config.current().ssl_context

@@ -138,6 +138,8 @@ class Response:
 
 
 Handler = Callable[[Request], Awaitable[Response]]
+# Called before a request takes a slot: None admits it, a Response refuses it.
+Admit = Callable[[Request], Awaitable[Response | None]]
 _NEXT_CONNECTION = itertools.count(1)
 
 
@@ -154,10 +156,12 @@ class HTTPServer:
         extra_headers: Callable[[], Sequence[tuple[str, str]]] = lambda: (),
         limits: Limits | None = None,
         light: Callable[[Request], bool] = lambda request: False,
+        admit: Admit | None = None,
     ) -> None:
         self.sockets = list(sockets)
         self.handler = handler
         self.light = light  # whether a request takes a light slot, not a heavy one
+        self.admit = admit
         self.tls = tls
         self.peer_allowed = peer_allowed
         self.extra_headers = extra_headers
@@ -406,6 +410,10 @@ class _Connection:
         does not read holds its slot until the write deadline."""
         head = request.method == "HEAD"
         server = self.server
+        refused = await self._admit(request)
+        if refused is not None:
+            await self._send(conn, refused, close or refused.close, head=head)
+            return
         light = server.take_slot(request)
         if light is None:
             busy = "Too many requests in flight, try again later\n"
@@ -423,6 +431,18 @@ class _Connection:
             await self._send(conn, response, close or response.close, head=head)
         finally:
             server.give_slot(light)
+
+    async def _admit(self, request: Request) -> Response | None:
+        """The server's ``admit`` (basic auth): None, or the answer that refuses the
+        request. It runs before the request takes a slot, so a request waiting here
+        (for a password check) holds none."""
+        if self.server.admit is None:
+            return None
+        try:
+            return await self.server.admit(request)
+        except Exception as exc:
+            log.error("http admission failed", extra={"path": request.path, "error": repr(exc)})
+            return Response.text(500, "Internal server error\n")
 
     async def _next_event(self, conn: h11.Connection, deadline: float | None) -> Any:
         loop = asyncio.get_running_loop()

@@ -8,22 +8,27 @@ For every request, before anything else is done:
 2. ``rate_limit`` is a token bucket per client: per address (an IPv6 address by its
    /64, which one host can fill), and an authorised user at an address has a bucket of
    its own, so that a flood from a shared address (a NAT, loopback) cannot use it up.
-3. A password not in the cache costs a bcrypt run (tens of milliseconds), and while it
-   waits its request holds a request slot. These checks have a bounded share: at most
-   ``max_checks`` waiting or running in all (so at most that many slots), one at a time
-   per address (so one address has at most one of the two bcrypt threads), and, on
-   connections that have failed a check before, ``check_burst`` per address, refilled
-   at one per ``check_interval`` seconds (a check that succeeds is given back). A
-   request beyond any of these is answered 429 at once, without a bcrypt run. So a
-   keep-alive flood of wrong passwords gets one check per connection, then one a
-   second for its address, and a scraper whose password is not cached yet, on a
-   connection of its own at the same address, finds the address's check free.
+3. A password not in the cache costs a bcrypt run (tens of milliseconds). The gate runs
+   before the request takes a request slot (the server's ``admit``), so a check
+   waiting holds none. At most ``max_checks`` run or wait in the bcrypt pool, one at a
+   time per address (so one address has at most one of the two bcrypt threads).
+   - A connection's first check (``Request.connection``) waits its turn in a fair
+     queue: one line per address, the addresses served in turn, each line in order of
+     arrival. A connection has one request at a time, so the queue holds at most one
+     entry per connection (``--web.max-connections``). So a scraper whose password is
+     not cached yet is checked behind at most one check per other connection, even at
+     the address of a flood that opens a new connection for every request.
+   - A connection that has failed a check gets ``check_burst`` checks per address,
+     refilled at one per ``check_interval`` seconds (a check that succeeds is given
+     back), and only when no first check of its address waits; beyond that it is
+     answered 429 at once, without a bcrypt run. So a keep-alive flood of wrong
+     passwords gets one check per connection, then one a second for its address.
 
 The tables of clients hold at most ``max_clients`` entries each, the least recently
 used dropped first: a dropped bucket was full again or nearly, and a new one is full,
 so a spray of source addresses costs bounded memory and makes no real client's limit
-stricter. Connections that failed a check are held weakly (gone with the connection),
-so there are never more of them than connections.
+stricter. A connection dropped from the table of failed ones only gets one more
+queued check, as a new connection would.
 """
 
 from __future__ import annotations

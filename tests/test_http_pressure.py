@@ -178,6 +178,23 @@ def test_light_requests_have_a_bounded_reserve_of_their_own() -> None:
 GET_CLOSE = b"GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
 
 
+def test_each_request_names_its_connection() -> None:
+    async def handler(request: Request) -> Response:
+        return Response.text(200, f"{request.connection}\n")
+
+    server = HTTPServer([bind("127.0.0.1", 0)], handler)
+    server.start()
+    try:
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
+        with requests.Session() as one, requests.Session() as other:
+            first = [int(one.get(url, timeout=30).text) for _ in range(3)]
+            second = int(other.get(url, timeout=30).text)
+        assert first[0] > 0 and first == [first[0]] * 3  # one keep-alive connection
+        assert second not in (0, first[0])
+    finally:
+        server.stop()
+
+
 # --- heads of many lines -----------------------------------------------------------------
 
 

@@ -146,7 +146,8 @@ def test_a_checked_password_is_served_while_60_wrong_ones_wait(
             assert scraper.get(auth=RIGHT) == 200
         assert fake.runs == 1
         assert len(server.gate.queue) == 59
-        assert (server.http.in_flight, server.http.light_in_flight) == (0, 0)
+        # (The scraper's last slot may not be given back yet when its answer arrives.)
+        assert server.http.in_flight + server.http.light_in_flight <= 1
         fake.release()
         # Each connection's first check is its own, in turn for the address ...
         assert answers(attackers, 60) == {401: 60}
@@ -187,7 +188,8 @@ def test_checks_from_many_addresses_wait_their_turn_without_a_slot(
         anonymous.close()
         assert fake.runs == 2
         assert len(server.gate.queue) == 10
-        assert (server.http.in_flight, server.http.light_in_flight) == (0, 0)
+        # (The scraper's last slot may not be given back yet when its answer arrives.)
+        assert server.http.in_flight + server.http.light_in_flight <= 1
         fake.release()
         assert answers(attackers, 12) == {401: 12}
         assert fake.runs == 12

@@ -13,8 +13,9 @@ header size cap, and every policy a network-facing exporter needs is a few lines
   ``max_requests`` requests being answered, from the handler until the answer is sent
   (503 beyond); requests the ``light`` callable names (small answers built ahead:
   health, the landing page) have ``light_requests`` slots of their own instead, so
-  they never wait behind heavy ones, and flooding them is bounded too; one request
-  per connection per turn of the loop;
+  they never wait behind heavy ones, and flooding them is bounded too; an ``admit``
+  coroutine (basic auth) decides before any slot is taken, so a request it keeps
+  waiting holds none; one request per connection per turn of the loop;
 - request bodies are never read: a request that has one gets its answer and the
   connection is closed, so nothing in a body is ever taken for the next request; what
   the client still sends is read and dropped (up to ``linger_bytes``) before closing,

@@ -120,7 +120,8 @@ class Request:
     client: str
     peer_cert: dict[str, Any] | None = None
     # Which connection it came on: unique for the server's life, the same for every
-    # request of one connection.
+    # request of one connection; 0 for a request made outside a server (gate.py then
+    # treats it as a connection that failed before).
     connection: int = 0
 
 

@@ -412,7 +412,7 @@ class _Connection:
         does not read holds its slot until the write deadline."""
         head = request.method == "HEAD"
         server = self.server
-        refused = await self._admit(request)
+        refused = await _admitted(server, request)
         if refused is not None:
             await self._send(conn, refused, close or refused.close, head=head)
             return
@@ -433,18 +433,6 @@ class _Connection:
             await self._send(conn, response, close or response.close, head=head)
         finally:
             server.give_slot(light)
-
-    async def _admit(self, request: Request) -> Response | None:
-        """The server's ``admit`` (basic auth): None, or the answer that refuses the
-        request. It runs before the request takes a slot, so a request waiting here
-        (for a password check) holds none."""
-        if self.server.admit is None:
-            return None
-        try:
-            return await self.server.admit(request)
-        except Exception as exc:
-            log.error("http admission failed", extra={"path": request.path, "error": repr(exc)})
-            return Response.text(500, "Internal server error\n")
 
     async def _next_event(self, conn: h11.Connection, deadline: float | None) -> Any:
         loop = asyncio.get_running_loop()
@@ -557,6 +545,19 @@ class _Connection:
         async with asyncio.timeout(timeout):
             if await _write_through(self.writer, pieces, self.limits.write_buffer // 2):
                 self.heavy = True
+
+async def _admitted(server: HTTPServer, request: Request) -> Response | None:
+    """The server's ``admit`` (basic auth): None, or the answer that refuses the request.
+    It runs before the request takes a slot, so a request waiting here (for a password
+    check) holds none."""
+    if server.admit is None:
+        return None
+    try:
+        return await server.admit(request)
+    except Exception as exc:
+        log.error("http admission failed", extra={"path": request.path, "error": repr(exc)})
+        return Response.text(500, "Internal server error\n")
+
 
 class _HeadFields:
     """Counts a request head's header fields as its bytes arrive, so that a head of too

@@ -178,6 +178,27 @@ def test_light_requests_have_a_bounded_reserve_of_their_own() -> None:
 GET_CLOSE = b"GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
 
 
+def test_admission_decides_before_a_slot_and_a_failing_one_is_a_500() -> None:
+    async def handler(request: Request) -> Response:
+        return Response.text(200, "ok\n")
+
+    async def admit(request: Request) -> Response | None:
+        if request.path == "/broken":
+            raise RuntimeError("a bug")
+        return None if request.path == "/" else Response.text(401, "no\n")
+
+    server = HTTPServer([bind("127.0.0.1", 0)], handler, admit=admit,
+                        limits=Limits(max_requests=1))
+    server.start()
+    try:
+        port = server.sockets[0].getsockname()[1]
+        raw = b"GET /broken HTTP/1.1\r\nHost: x\r\n\r\nGET /x HTTP/1.1\r\nHost: x\r\n\r\n"
+        assert statuses(exchange(port, raw + GET_CLOSE % b"/")) == [500, 401, 200]
+        assert (server.in_flight, server.light_in_flight) == (0, 0)
+    finally:
+        server.stop()
+
+
 def test_each_request_names_its_connection() -> None:
     async def handler(request: Request) -> Response:
         return Response.text(200, f"{request.connection}\n")

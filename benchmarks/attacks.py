@@ -64,14 +64,15 @@ def not_reading(port: int, raw: bytes = GET_PLAIN,
     return sock
 
 
-def scrape_times(port: int, count: int, *, gzip: bool = True) -> tuple[list[float], list[int]]:
-    """Latencies in ms of ``count`` keep-alive scrapes, and their statuses."""
+def scrape_times(port: int, count: int, *, gzip: bool = True, path: str = "/metrics"
+                 ) -> tuple[list[float], list[int]]:
+    """Latencies in ms of ``count`` keep-alive scrapes (of ``path``), and their statuses."""
     session = requests.Session()
     headers = {} if gzip else {"Accept-Encoding": "identity"}
     times, codes = [], []
     for _ in range(count):
         start = time.perf_counter()
-        response = session.get(f"http://127.0.0.1:{port}/metrics", headers=headers, timeout=60)
+        response = session.get(f"http://127.0.0.1:{port}{path}", headers=headers, timeout=60)
         times.append((time.perf_counter() - start) * 1000)
         codes.append(response.status_code)
     return times, codes
@@ -214,6 +215,8 @@ def main() -> None:
             sock.recv(1, socket.MSG_PEEK)
         rows.append(("a plain scrape behind 40 clients that never read (6.9 MB page)",
                      summary(*scrape_times(big.port, 20, gzip=False))))
+        rows.append(("`/-/healthy` behind the same 40 (light slots of its own)",
+                     summary(*scrape_times(big.port, 20, path="/-/healthy"))))
         for sock in socks:
             sock.close()
     finally:

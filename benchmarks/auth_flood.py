@@ -9,9 +9,11 @@ they are answered, from another process, while the correct client scrapes again
 for ``--seconds``, ``--pause`` seconds apart. With ``--rate-limit`` the web config also sets
 ``rate_limit: {interval: 100ms, burst: 20}``; with ``--addresses N`` the attackers
 come from N other loopback addresses; with ``--cold`` the correct password was not
-checked before the flood. Printed: how many of the correct
-client's scrapes were answered 200, their median and p95, what the attackers got
-(by status), and the exporter's CPU seconds over the flood.
+checked before the flood (``--order flood-first``: the flood runs a second before the
+correct client's first scrape; ``client-first``: that scrape is sent as the flood
+starts); with ``--reconnect`` every attacker's request is on a new connection.
+Printed: how many of the correct client's scrapes were answered 200, their median and
+p95, what the attackers got (by status), and the exporter's CPU seconds over the flood.
 """
 
 from __future__ import annotations
@@ -65,7 +67,8 @@ def _source(n: int, addresses: int) -> tuple[str, int]:
     return (f"127.0.0.{2 + n % addresses}" if addresses else "127.0.0.1", 0)
 
 
-async def _attacker(port: int, n: int, stop: float, seen: Counter[int], addresses: int) -> None:
+async def _attacker(port: int, n: int, stop: float, seen: Counter[int], addresses: int,
+                    reconnect: bool) -> None:
     source = _source(n, addresses)
     reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=source)
     i = 0
@@ -79,26 +82,28 @@ async def _attacker(port: int, n: int, stop: float, seen: Counter[int], addresse
         length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
         await reader.readexactly(length)
         seen[status] += 1
-        if b"connection: close" in head.lower():
+        if reconnect or b"connection: close" in head.lower():
             writer.close()
             reader, writer = await asyncio.open_connection("127.0.0.1", port,
                                                            local_addr=source)
     writer.close()
 
 
-async def _attack(port: int, attackers: int, seconds: float, addresses: int) -> Counter[int]:
+async def _attack(port: int, attackers: int, seconds: float, addresses: int,
+                  reconnect: bool) -> Counter[int]:
     seen: Counter[int] = Counter()
     stop = time.monotonic() + seconds
     results = await asyncio.gather(
-        *(_attacker(port, n, stop, seen, addresses) for n in range(attackers)),
+        *(_attacker(port, n, stop, seen, addresses, reconnect) for n in range(attackers)),
         return_exceptions=True,
     )
     seen[0] += sum(isinstance(r, BaseException) for r in results)  # 0: a connection lost
     return seen
 
 
-def attack_child(port: int, attackers: int, seconds: float, addresses: int) -> None:
-    seen = asyncio.run(_attack(port, attackers, seconds, addresses))
+def attack_child(port: int, attackers: int, seconds: float, addresses: int,
+                 reconnect: bool) -> None:
+    seen = asyncio.run(_attack(port, attackers, seconds, addresses, reconnect))
     print(" ".join(f"{status}:{count}" for status, count in sorted(seen.items())))
 
 
@@ -137,11 +142,13 @@ def run(a: argparse.Namespace) -> None:
             cpu = cpu_seconds(proc.pid)
             child = subprocess.Popen(
                 [sys.executable, "-m", "benchmarks.auth_flood", "--attack-child",
-                 str(port), str(attackers), str(seconds + 1), str(a.addresses)],
+                 str(port), str(attackers), str(seconds + 1), str(a.addresses),
+                 str(int(a.reconnect))],
                 cwd=ROOT, stdout=subprocess.PIPE, text=True,
                 env=dict(os.environ, PYTHONPATH=str(ROOT)),
             )
-            time.sleep(1.0)  # let the flood build up before scraping
+            if a.order == "flood-first":
+                time.sleep(1.0)  # let the flood build up before scraping
             times, codes = scrape(port, seconds, pause)
             flood, _ = child.communicate(timeout=seconds + 60)
             cpu = cpu_seconds(proc.pid) - cpu
@@ -149,7 +156,7 @@ def run(a: argparse.Namespace) -> None:
             proc.terminate()
             proc.wait(timeout=30)
     print(f"attackers={attackers} addresses={a.addresses or 'shared'} rate_limit={rate_limit} "
-          f"cold={a.cold}")
+          f"cold={a.cold} order={a.order} reconnect={a.reconnect}")
     report(idle, times, codes, flood.strip(), cpu, seconds)
 
 
@@ -166,7 +173,8 @@ def report(idle: list[float], times: list[float], codes: Counter[int], flood: st
     if idle:
         print(f"  idle: median {statistics.median(idle) * 1000:.1f} ms, {len(idle)} scrapes")
     print(f"  correct client: {codes[200]}/{total} answered 200 ({dict(codes)}), "
-          f"median {ms(times, 0.5)} ms, p95 {ms(times, 0.95)} ms")
+          f"median {ms(times, 0.5)} ms, p95 {ms(times, 0.95)} ms, slowest {ms(times, 1.0)} ms "
+          f"(the first: {times[0] * 1000 if times else 0:.0f} ms)")
     print(f"  attackers' answers (status:count): {flood}")
     print(f"  exporter CPU: {cpu:.1f} s over {seconds + 1:.0f} s of flood")
 
@@ -182,11 +190,16 @@ def main() -> None:
                    help="attack from this many other loopback addresses (0: the client's)")
     p.add_argument("--cold", action="store_true",
                    help="the correct password is not checked before the flood starts")
-    p.add_argument("--attack-child", nargs=4, metavar=("PORT", "N", "SECONDS", "ADDRESSES"))
+    p.add_argument("--order", choices=("flood-first", "client-first"), default="flood-first",
+                   help="whether the flood runs a second before the correct client scrapes")
+    p.add_argument("--reconnect", action="store_true",
+                   help="attackers open a new connection for every request")
+    p.add_argument("--attack-child", nargs=5,
+                   metavar=("PORT", "N", "SECONDS", "ADDRESSES", "RECONNECT"))
     a = p.parse_args()
     if a.attack_child:
-        port, n, seconds, addresses = a.attack_child
-        attack_child(int(port), int(n), float(seconds), int(addresses))
+        port, n, seconds, addresses, reconnect = a.attack_child
+        attack_child(int(port), int(n), float(seconds), int(addresses), reconnect == "1")
     else:
         run(a)
 

@@ -8,22 +8,27 @@ For every request, before anything else is done:
 2. ``rate_limit`` is a token bucket per client: per address (an IPv6 address by its
    /64, which one host can fill), and an authorised user at an address has a bucket of
    its own, so that a flood from a shared address (a NAT, loopback) cannot use it up.
-3. A password not in the cache costs a bcrypt run (tens of milliseconds), and while it
-   waits its request holds a request slot. These checks have a bounded share: at most
-   ``max_checks`` waiting or running in all (so at most that many slots), one at a time
-   per address (so one address has at most one of the two bcrypt threads), and, on
-   connections that have failed a check before, ``check_burst`` per address, refilled
-   at one per ``check_interval`` seconds (a check that succeeds is given back). A
-   request beyond any of these is answered 429 at once, without a bcrypt run. So a
-   keep-alive flood of wrong passwords gets one check per connection, then one a
-   second for its address, and a scraper whose password is not cached yet, on a
-   connection of its own at the same address, finds the address's check free.
+3. A password not in the cache costs a bcrypt run (tens of milliseconds). The gate runs
+   before the request takes a request slot (the server's ``admit``), so a check
+   waiting holds none. At most ``max_checks`` run or wait in the bcrypt pool, one at a
+   time per address (so one address has at most one of the two bcrypt threads).
+   - A connection's first check (``Request.connection``) waits its turn in a fair
+     queue: one line per address, the addresses served in turn, each line in order of
+     arrival. A connection has one request at a time, so the queue holds at most one
+     entry per connection (``--web.max-connections``). So a scraper whose password is
+     not cached yet is checked behind at most one check per other connection, even at
+     the address of a flood that opens a new connection for every request.
+   - A connection that has failed a check gets ``check_burst`` checks per address,
+     refilled at one per ``check_interval`` seconds (a check that succeeds is given
+     back), and only when no first check of its address waits; beyond that it is
+     answered 429 at once, without a bcrypt run. So a keep-alive flood of wrong
+     passwords gets one check per connection, then one a second for its address.
 
 The tables of clients hold at most ``max_clients`` entries each, the least recently
 used dropped first: a dropped bucket was full again or nearly, and a new one is full,
 so a spray of source addresses costs bounded memory and makes no real client's limit
-stricter. Connections that failed a check are held weakly (gone with the connection),
-so there are never more of them than connections.
+stricter. A connection dropped from the table of failed ones only gets one more
+queued check, as a new connection would.
 """
 
 from __future__ import annotations
@@ -35,10 +40,9 @@ import concurrent.futures
 import contextlib
 import ipaddress
 import time
-import weakref
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from qf_exporter.server import Request, Response
 from qf_exporter.webconfig import RateLimit, WebConfig
@@ -93,6 +97,9 @@ class BoundedTable(Generic[K, V]):
 
     def clear(self) -> None:
         self._entries.clear()
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -161,7 +168,10 @@ class Gate:
             max_clients, lambda: TokenBucket(budget, clock)
         )
         self.checking: set[str] = set()  # addresses with a bcrypt check waiting or running
-        self._failed: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()  # connections
+        # Connections (Request.connection) that failed a check; a dropped one only gets
+        # one more queued check, as a new connection would.
+        self.failed: BoundedTable[int, bool] = BoundedTable(max_clients, lambda: True)
+        self.queue = _FairQueue()
         self.checks_started = 0
 
     def close(self, *, wait: bool = False) -> None:
@@ -179,7 +189,22 @@ class Gate:
             return None
         if given is None or known is False:
             return unauthorized()
-        return await self._check(config, client, given)
+        # 0: a request of no known connection, counted as one that failed before.
+        first = request.connection != 0 and request.connection not in self.failed
+        if first:
+            ok = await self._queued(config, client, given)
+        else:
+            refused, check = self._check_now(config, client, given)
+            if check is None:
+                return refused
+            ok = await asyncio.wrap_future(check)
+            if ok:
+                self.budgets.get(client).give_back()
+        if ok:
+            return None
+        if request.connection:
+            self.failed.get(request.connection)
+        return unauthorized()
 
     def _new_bucket(self) -> TokenBucket:
         assert self._rate_limit is not None
@@ -193,34 +218,98 @@ class Gate:
             return True
         return self.buckets.get(key).allow()
 
-    async def _check(
+    def _free(self, client: str) -> bool:
+        return len(self.checking) < self.max_checks and client not in self.checking
+
+    def _check_now(
         self, config: WebConfig, client: str, given: tuple[str, str]
-    ) -> Response | None:
-        if len(self.checking) >= self.max_checks or client in self.checking:
-            return too_many("Too many password checks waiting, try again later\n")
-        # A connection's requests are handled one after another in its own task
-        # (server.py), so the task stands for the connection.
-        connection = asyncio.current_task()
-        failed_before = connection is None or connection in self._failed
-        budget = self.budgets.get(client)
-        if failed_before and not budget.allow():
-            return too_many("Too many failed password checks from this address\n")
+    ) -> tuple[Response | None, concurrent.futures.Future[bool] | None]:
+        """A check for a connection that failed before: now, within the address's share,
+        or a refusal without a bcrypt run. Queued first checks go ahead of it."""
+        if not self._free(client) or self.queue.waiting(client):
+            return too_many("Too many password checks waiting, try again later\n"), None
+        if not self.budgets.get(client).allow():
+            return too_many("Too many failed password checks from this address\n"), None
+        return None, self._start(config, client, given)
+
+    async def _queued(self, config: WebConfig, client: str, given: tuple[str, str]) -> bool:
+        """A connection's first check: it waits its turn (one connection has at most
+        one request, so the queue holds at most one entry per connection)."""
+        turn: asyncio.Future[concurrent.futures.Future[bool]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self.queue.put(client, (turn, config, given))
+        self._dispatch()
+        # Cancelled while waiting (the client left): the entry is skipped. Once
+        # started, the check keeps its place until it ends.
+        return await asyncio.wrap_future(await turn)
+
+    def _dispatch(self) -> None:
+        """Start queued checks while there is room: addresses in turn, each address's
+        connections in order of arrival."""
+        while (entry := self.queue.take(self._free)) is not None:
+            turn, config, given, client = entry
+            turn.set_result(self._start(config, client, given))
+
+    def _start(
+        self, config: WebConfig, client: str, given: tuple[str, str]
+    ) -> concurrent.futures.Future[bool]:
         loop = asyncio.get_running_loop()
         self.checking.add(client)
         self.checks_started += 1
         future = self._pool.submit(config.check, *given)
 
+        def ended() -> None:
+            self.checking.discard(client)
+            self._dispatch()
+
         def done(_: concurrent.futures.Future[bool]) -> None:
             # When the check ends, not when its request does: a client that goes away
             # does not free the place of a check still queued or running.
             with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to free
-                loop.call_soon_threadsafe(self.checking.discard, client)
+                loop.call_soon_threadsafe(ended)
 
         future.add_done_callback(done)
-        if await asyncio.wrap_future(future):
-            if failed_before:
-                budget.give_back()
-            return None
-        if connection is not None:
-            self._failed.add(connection)
-        return unauthorized()
+        return future
+
+
+_Entry = tuple["asyncio.Future[concurrent.futures.Future[bool]]", WebConfig, tuple[str, str]]
+
+
+class _FairQueue:
+    """First checks waiting for bcrypt: one line per address, served in turn, so that
+    an address with many connections waiting does not starve another."""
+
+    def __init__(self) -> None:
+        self._lines: OrderedDict[str, deque[_Entry]] = OrderedDict()
+
+    def put(self, client: str, entry: _Entry) -> None:
+        self._lines.setdefault(client, deque()).append(entry)
+
+    def waiting(self, client: str) -> bool:
+        return bool(self._lines.get(client))
+
+    def __len__(self) -> int:
+        return sum(len(line) for line in self._lines.values())
+
+    def take(
+        self, free: Callable[[str], bool]
+    ) -> tuple[asyncio.Future[concurrent.futures.Future[bool]], WebConfig,
+               tuple[str, str], str] | None:
+        """The next entry whose address ``free`` allows, its address sent to the back of
+        the turn; entries whose client left are dropped on the way."""
+        for client in list(self._lines):
+            line = self._lines[client]
+            while line and line[0][0].done():
+                line.popleft()
+            if not line:
+                del self._lines[client]
+                continue
+            if not free(client):
+                continue
+            turn, config, given = line.popleft()
+            self._lines.move_to_end(client)
+            if not line:
+                del self._lines[client]
+            return turn, config, given, client
+        return None

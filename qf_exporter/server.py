@@ -11,7 +11,11 @@ header size cap, and every policy a network-facing exporter needs is a few lines
 - idle keep-alive connections end after ``idle_timeout``;
 - at most ``max_connections`` connections (more are closed at once) and at most
   ``max_requests`` requests being answered, from the handler until the answer is sent
-  (503 beyond); one request per connection per turn of the loop;
+  (503 beyond); requests the ``light`` callable names (small answers built ahead:
+  health, the landing page) have ``light_requests`` slots of their own instead, so
+  they never wait behind heavy ones, and flooding them is bounded too; an ``admit``
+  coroutine (basic auth) decides before any slot is taken, so a request it keeps
+  waiting holds none; one request per connection per turn of the loop;
 - request bodies are never read: a request that has one gets its answer and the
   connection is closed, so nothing in a body is ever taken for the next request; what
   the client still sends is read and dropped (up to ``linger_bytes``) before closing,
@@ -89,6 +93,9 @@ class Limits:
     write_timeout: float = 60.0
     max_connections: int = 512
     max_requests: int = 40  # as node_exporter's --web.max-requests
+    # Slots of their own for light requests (see HTTPServer's ``light``): a liveness
+    # probe is answered while clients that never read hold every heavy slot.
+    light_requests: int = 8
     # The most an answer through the event loop holds in its connection's buffers: it
     # is written in slices of half this, each once the buffer is below the other half.
     write_buffer: int = 64 << 10
@@ -112,6 +119,10 @@ class Request:
     headers: dict[str, str]  # lower-case names; a repeated header keeps its last value
     client: str
     peer_cert: dict[str, Any] | None = None
+    # Which connection it came on: unique for the server's life, the same for every
+    # request of one connection; 0 for a request made outside a server (gate.py then
+    # treats it as a connection that failed before).
+    connection: int = 0
 
 
 @dataclass
@@ -129,6 +140,9 @@ class Response:
 
 
 Handler = Callable[[Request], Awaitable[Response]]
+# Called before a request takes a slot: None admits it, a Response refuses it.
+Admit = Callable[[Request], Awaitable[Response | None]]
+_NEXT_CONNECTION = itertools.count(1)
 
 
 class HTTPServer:
@@ -143,15 +157,20 @@ class HTTPServer:
         peer_allowed: Callable[[dict[str, Any] | None], bool] | None = None,
         extra_headers: Callable[[], Sequence[tuple[str, str]]] = lambda: (),
         limits: Limits | None = None,
+        light: Callable[[Request], bool] = lambda request: False,
+        admit: Admit | None = None,
     ) -> None:
         self.sockets = list(sockets)
         self.handler = handler
+        self.light = light  # whether a request takes a light slot, not a heavy one
+        self.admit = admit
         self.tls = tls
         self.peer_allowed = peer_allowed
         self.extra_headers = extra_headers
         self.limits = limits or Limits()
         self.connections = 0
-        self.in_flight = 0
+        self.in_flight = 0  # heavy requests being answered
+        self.light_in_flight = 0
         self.head_bytes = 0  # bytes of large, unfinished request heads, all connections
         self.loop = asyncio.new_event_loop()
         self.loop.set_exception_handler(_exception_handler)
@@ -162,7 +181,8 @@ class HTTPServer:
         # One per request slot: a request holds its slot while its answer is sent, so a
         # send never waits here for a thread (its deadline could pass in the queue).
         self.senders = concurrent.futures.ThreadPoolExecutor(
-            self.limits.max_requests, thread_name_prefix="http-send"
+            self.limits.max_requests + self.limits.light_requests,
+            thread_name_prefix="http-send",
         )
         self._thread: threading.Thread | None = None
 
@@ -274,6 +294,25 @@ class HTTPServer:
                 if connection.heavy:
                     self._trim_soon()
 
+    def take_slot(self, request: Request) -> bool | None:
+        """A slot for ``request``: whether it is light (the key to give it back), or
+        None when every slot of its kind is taken."""
+        if self.light(request):
+            if self.light_in_flight >= self.limits.light_requests:
+                return None
+            self.light_in_flight += 1
+            return True
+        if self.in_flight >= self.limits.max_requests:
+            return None
+        self.in_flight += 1
+        return False
+
+    def give_slot(self, light: bool) -> None:
+        if light:
+            self.light_in_flight -= 1
+        else:
+            self.in_flight -= 1
+
     def _trim_soon(self) -> None:
         """Give the heap's free memory back to the system, at most once a second.
 
@@ -326,6 +365,7 @@ class _Connection:
         self.writer = writer
         self.client = client
         self.peer_cert: dict[str, Any] | None = None
+        self.id = next(_NEXT_CONNECTION)
         self.heavy = False  # it held more than a small answer or head: trim after it
 
     async def serve(self) -> None:
@@ -347,6 +387,7 @@ class _Connection:
             if not isinstance(event, h11.Request):
                 return  # closed, or the deadline passed
             request, problem, has_body = _request(event, self.client, self.peer_cert)
+            request.connection = self.id
             if not has_body:
                 # Take the request's end from h11 now, so that the connection can be reused.
                 conn.next_event()
@@ -367,15 +408,20 @@ class _Connection:
 
     async def _answer(self, conn: h11.Connection, request: Request, close: bool) -> None:
         """The handler's answer, sent while the request holds one of ``max_requests``
-        slots: a client that does not read holds its slot until the write deadline."""
+        slots (or of ``light_requests``, see ``HTTPServer.take_slot``): a client that
+        does not read holds its slot until the write deadline."""
         head = request.method == "HEAD"
         server = self.server
-        if server.in_flight >= self.limits.max_requests:
+        refused = await _admitted(server, request)
+        if refused is not None:
+            await self._send(conn, refused, close or refused.close, head=head)
+            return
+        light = server.take_slot(request)
+        if light is None:
             busy = "Too many requests in flight, try again later\n"
             await self._send(conn, Response.text(503, busy, headers=[("Retry-After", "1")]),
                              close, head=head)
             return
-        server.in_flight += 1
         try:
             try:
                 response = await server.handler(request)
@@ -386,7 +432,7 @@ class _Connection:
                 response = Response.text(500, "Internal server error\n")
             await self._send(conn, response, close or response.close, head=head)
         finally:
-            server.in_flight -= 1
+            server.give_slot(light)
 
     async def _next_event(self, conn: h11.Connection, deadline: float | None) -> Any:
         loop = asyncio.get_running_loop()
@@ -499,6 +545,19 @@ class _Connection:
         async with asyncio.timeout(timeout):
             if await _write_through(self.writer, pieces, self.limits.write_buffer // 2):
                 self.heavy = True
+
+async def _admitted(server: HTTPServer, request: Request) -> Response | None:
+    """The server's ``admit`` (basic auth): None, or the answer that refuses the request.
+    It runs before the request takes a slot, so a request waiting here (for a password
+    check) holds none."""
+    if server.admit is None:
+        return None
+    try:
+        return await server.admit(request)
+    except Exception as exc:
+        log.error("http admission failed", extra={"path": request.path, "error": repr(exc)})
+        return Response.text(500, "Internal server error\n")
+
 
 class _HeadFields:
     """Counts a request head's header fields as its bytes arrive, so that a head of too

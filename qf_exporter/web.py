@@ -26,6 +26,7 @@ from qf_exporter.store import Rendered
 from qf_exporter.webconfig import LiveWebConfig, WebConfig
 
 ReloadResult = tuple[bool, str]
+_LIGHT_PATHS = frozenset({"/-/healthy", "/-/ready", "/"})
 LIFECYCLE_DISABLED = (
     "Lifecycle API is not enabled: start qf-exporter with --web.enable-lifecycle "
     "(or reload with SIGHUP)\n"
@@ -61,7 +62,8 @@ class ExporterHTTPServer:
         self.reload = reload
         self.lifecycle = lifecycle
         self.version = version
-        # Password checks waiting for bcrypt hold at most a quarter of the request slots.
+        # Password checks waiting for bcrypt or running, at most a quarter of the
+        # request slots (though they hold none: they are admitted before a slot).
         slots = (limits or Limits()).max_requests
         self.gate = Gate(max_checks=max(1, min(4, slots // 4)))
         self._landing = Landing(telemetry_path=telemetry_path, version=version)
@@ -77,6 +79,8 @@ class ExporterHTTPServer:
             peer_allowed=lambda cert: self.web_config.current().san_allowed(cert),
             extra_headers=lambda: self.web_config.current().headers,
             limits=limits,
+            light=self._light,
+            admit=self._admit,
         )
 
     # --- the old http.server-like surface, used by the app and the tests ----------------
@@ -101,13 +105,25 @@ class ExporterHTTPServer:
 
     # --- requests -----------------------------------------------------------------------
 
+    async def _admit(self, request: Request) -> Response | None:
+        """Basic auth and the rate limit (see gate.py), before the request takes a slot:
+        a check waiting for bcrypt holds none."""
+        return await self.gate.admit(self.web_config.current(), request)
+
+    def _light(self, request: Request) -> bool:
+        """Whether the request takes one of the server's light slots: answers that are
+        small and built ahead (health, readiness, the landing page, built once per
+        snapshot and capped), so that probes never wait behind scrapes."""
+        return (
+            request.method in ("GET", "HEAD")
+            and request.path in _LIGHT_PATHS
+            and request.path != self.telemetry_path
+        )
+
     def _tls(self) -> ssl.SSLContext | None:
         return self.web_config.current().ssl_context
 
     async def _handle(self, request: Request) -> Response:
-        refused = await self.gate.admit(self.web_config.current(), request)
-        if refused is not None:  # basic auth and the rate limit, see gate.py
-            return refused
         if request.path == "/-/reload":
             return await self._reload(request)
         if request.method not in ("GET", "HEAD"):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import selectors
 import socket
 import threading
@@ -139,16 +140,17 @@ def test_a_checked_password_is_served_while_60_wrong_ones_wait(
         for n, attacker in enumerate(attackers):
             attacker.send(auth=("alice", f"wrong-{n}"))
         fake.wait_started(1)
-        # One check per address at a time: the other 59 are refused at once.
-        assert answers(attackers, 59) == {429: 59}
+        # One check per address at a time: the other 59 wait their turn, holding no
+        # request slot, while the cached password is answered.
         for _ in range(20):
             assert scraper.get(auth=RIGHT) == 200
         assert fake.runs == 1
+        assert len(server.gate.queue) == 59
+        # (The scraper's last slot may not be given back yet when its answer arrives.)
+        assert server.http.in_flight + server.http.light_in_flight <= 1
         fake.release()
-        assert answers(attackers, 1) == {401: 1}
-        # Each connection's first check is its own, one at a time for the address ...
-        for n, attacker in enumerate(attackers[1:]):
-            assert attacker.get(auth=("alice", f"first-{n}")) == 401
+        # Each connection's first check is its own, in turn for the address ...
+        assert answers(attackers, 60) == {401: 60}
         assert fake.runs == 60
         # ... then connections that failed share the address's 10 checks and one a
         # second: every other answer is a 429 without a bcrypt run.
@@ -164,10 +166,10 @@ def test_a_checked_password_is_served_while_60_wrong_ones_wait(
             client.close()
 
 
-def test_checks_from_many_addresses_hold_a_bounded_share_of_the_slots(
+def test_checks_from_many_addresses_wait_their_turn_without_a_slot(
     auth_server: Callable[..., ExporterHTTPServer], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # 8 request slots: checks waiting for bcrypt may hold 2 of them.
+    # 8 request slots: 2 checks at a time; 12 waiting hold none of the slots.
     server = auth_server(Limits(max_requests=8))
     assert server.gate.max_checks == 2
     scraper = Client(server.port)
@@ -179,16 +181,18 @@ def test_checks_from_many_addresses_hold_a_bounded_share_of_the_slots(
         for n, attacker in enumerate(attackers):
             attacker.send(auth=("alice", f"wrong-{n}"))
         fake.wait_started(2)
-        assert answers(attackers, 10) == {429: 10}
-        assert fake.runs == 2
         for path in ("/metrics", "/-/healthy", "/"):
             assert scraper.get(path, auth=RIGHT) == 200
         anonymous = Client(server.port, "127.0.0.2")
         assert anonymous.get() == 401  # no credentials: refused, no bcrypt run
         anonymous.close()
-        fake.release()
-        assert answers(attackers, 2) == {401: 2}
         assert fake.runs == 2
+        assert len(server.gate.queue) == 10
+        # (The scraper's last slot may not be given back yet when its answer arrives.)
+        assert server.http.in_flight + server.http.light_in_flight <= 1
+        fake.release()
+        assert answers(attackers, 12) == {401: 12}
+        assert fake.runs == 12
     finally:
         fake.release()
         for client in [scraper, *attackers]:
@@ -253,6 +257,63 @@ def test_a_scraper_not_yet_cached_is_checked_at_the_address_of_a_flood(
             client.close()
 
 
+def test_a_scraper_not_yet_cached_waits_its_turn_behind_a_reconnecting_flood(
+    auth_server: Callable[..., ExporterHTTPServer], blocked: BlockedBcrypt
+) -> None:
+    server = auth_server()
+    # Every request of the flood on a new connection: each is a first check.
+    flood = [Client(server.port) for _ in range(20)]
+    scraper = Client(server.port)
+    try:
+        for n, attacker in enumerate(flood):
+            attacker.send(auth=("alice", f"wrong-{n}"))
+        blocked.wait_started(1)
+        scraper.send(auth=RIGHT)
+        anonymous = Client(server.port)
+        assert anonymous.get() == 401  # no credentials: no wait, no bcrypt run
+        anonymous.close()
+        assert len(server.gate.queue) == 20  # 19 of the flood and the scraper
+        blocked.release()
+        assert scraper.status() == 200  # in its turn, not a 429
+        assert answers(flood, 20) == {401: 20}
+        assert blocked.runs == 21
+        # Cached now: the flood's new connections wait for bcrypt, the scraper does not.
+        for attacker in flood:
+            attacker.close()
+        flood = [Client(server.port) for _ in range(20)]
+        for n, attacker in enumerate(flood):
+            attacker.send(auth=("alice", f"more-{n}"))
+        assert [scraper.get(auth=RIGHT) for _ in range(3)] == [200, 200, 200]
+        assert answers(flood, 20) == {401: 20}
+    finally:
+        for client in [scraper, *flood]:
+            client.close()
+
+
+def test_connections_that_failed_are_refused_while_first_checks_wait(
+    auth_server: Callable[..., ExporterHTTPServer], blocked: BlockedBcrypt
+) -> None:
+    server = auth_server()
+    failed = Client(server.port)
+    blocked.release()
+    assert failed.get(auth=("alice", "wrong")) == 401  # its first check, now it failed
+    blocked.gate.clear()
+    waiting = [Client(server.port) for _ in range(3)]
+    try:
+        for n, client in enumerate(waiting):
+            client.send(auth=("alice", f"first-{n}"))
+        blocked.wait_started(2)  # the failed one's, then the first of the three
+        # The address's first checks wait; a connection that failed is refused at once.
+        assert failed.get(auth=("alice", "again")) == 429
+        assert blocked.runs == 2
+        blocked.release()
+        assert answers(waiting, 3) == {401: 3}
+        assert blocked.runs == 4
+    finally:
+        for client in [failed, *waiting]:
+            client.close()
+
+
 # --- the gate on its own ---------------------------------------------------------------
 
 
@@ -272,13 +333,17 @@ def request(client: str, auth: tuple[str, str] | None = None) -> Request:
     return Request("GET", "/metrics", "/metrics", headers, client)
 
 
+CONNECTIONS = itertools.count(1)
+
+
 def statuses(gate: Gate, config: WebConfig, requests: list[Request]) -> list[int]:
-    """The answers to ``requests`` sent one after another on one connection (one task,
-    as the server handles a connection)."""
+    """The answers to ``requests`` sent one after another on one new connection."""
+    connection = next(CONNECTIONS)
 
     async def run() -> list[int]:
         out = []
         for one in requests:
+            one.connection = connection
             refused = await gate.admit(config, one)
             out.append(200 if refused is None else refused.status)
         return out

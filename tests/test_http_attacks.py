@@ -202,9 +202,12 @@ def test_requests_beyond_the_bound_get_503(serve) -> None:  # type: ignore[no-un
         busy.sendall(b"POST /-/reload HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
         assert called.wait(10)
         # The reload is in flight (it waits for `pending`): the next request is refused.
-        response = requests.get(f"http://127.0.0.1:{server.port}/-/healthy", timeout=10)
+        response = requests.get(f"http://127.0.0.1:{server.port}/metrics", timeout=10)
         assert response.status_code == 503
         assert response.headers["Retry-After"] == "1"
+        # Health, readiness and the landing page have slots of their own.
+        for path in ("/-/healthy", "/-/ready", "/"):
+            assert requests.get(f"http://127.0.0.1:{server.port}{path}", timeout=10).ok
         pending.set_result((True, "configuration reloaded"))
         assert statuses(busy.recv(4096)) == [200]
     assert requests.get(f"http://127.0.0.1:{server.port}/-/healthy", timeout=10).ok

@@ -8,6 +8,7 @@ whether an answer arrived are exact. Timings are in the benchmark, not here.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import socket
@@ -23,7 +24,8 @@ import pytest
 import requests
 
 from qf_exporter.landing import MAX_DOWN_ROWS, Landing, landing_page
-from qf_exporter.server import Limits, _HeadFields
+from qf_exporter.listen import bind
+from qf_exporter.server import HTTPServer, Limits, Request, Response, _HeadFields
 from qf_exporter.snapshot import AccountState, Snapshot, TargetState
 from qf_exporter.webconfig import LiveWebConfig
 from tests.conftest import EmptyServer
@@ -117,8 +119,9 @@ def test_a_plain_scrape_behind_senders_that_never_read_is_refused_at_once(
         started(readers)
         refused = requests.get(url, headers={"Accept-Encoding": "identity"}, timeout=30)
         assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
-        health = requests.get(f"http://127.0.0.1:{server.port}/-/healthy", timeout=30)
-        assert health.status_code in (200, 503)
+        # Probes have slots of their own: a liveness probe passes during the attack.
+        for path in ("/-/healthy", "/-/ready", "/"):
+            assert requests.get(f"http://127.0.0.1:{server.port}{path}", timeout=30).ok
     finally:
         for sock in readers:
             sock.close()
@@ -136,6 +139,81 @@ def test_an_answer_not_taken_in_time_frees_its_slot(empty_server: EmptyServer) -
         assert scrape_until_served(url).ok
     finally:
         reader.close()
+
+
+def test_light_requests_have_a_bounded_reserve_of_their_own() -> None:
+    hold = asyncio.Event()
+    held = threading.Semaphore(0)
+
+    async def handler(request: Request) -> Response:
+        if request.path == "/hold":
+            held.release()
+            await hold.wait()
+        return Response.text(200, "ok\n")
+
+    light = {"/hold", "/-/healthy"}
+    limits = Limits(max_requests=1, light_requests=3)
+    server = HTTPServer([bind("127.0.0.1", 0)], handler, limits=limits,
+                        light=lambda request: request.path in light)
+    server.start()
+    port = server.sockets[0].getsockname()[1]
+    holders = [not_reading(port, b"GET /hold HTTP/1.1\r\nHost: x\r\n\r\n") for _ in range(3)]
+    try:
+        for _ in holders:  # each holder's request reached the handler
+            assert held.acquire(timeout=20)
+        # The light reserve is full: a light request beyond it is refused ...
+        assert statuses(exchange(port, GET_CLOSE % b"/-/healthy")) == [503]
+        # ... and a heavy one still has its own slot.
+        assert statuses(exchange(port, GET_CLOSE % b"/metrics")) == [200]
+        assert (server.in_flight, server.light_in_flight) == (0, 3)
+        server.loop.call_soon_threadsafe(hold.set)
+        started(holders)
+        assert statuses(exchange(port, GET_CLOSE % b"/-/healthy")) == [200]
+    finally:
+        for sock in holders:
+            sock.close()
+        server.stop()
+
+
+GET_CLOSE = b"GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+
+
+def test_admission_decides_before_a_slot_and_a_failing_one_is_a_500() -> None:
+    async def handler(request: Request) -> Response:
+        return Response.text(200, "ok\n")
+
+    async def admit(request: Request) -> Response | None:
+        if request.path == "/broken":
+            raise RuntimeError("a bug")
+        return None if request.path == "/" else Response.text(401, "no\n")
+
+    server = HTTPServer([bind("127.0.0.1", 0)], handler, admit=admit,
+                        limits=Limits(max_requests=1))
+    server.start()
+    try:
+        port = server.sockets[0].getsockname()[1]
+        raw = b"GET /broken HTTP/1.1\r\nHost: x\r\n\r\nGET /x HTTP/1.1\r\nHost: x\r\n\r\n"
+        assert statuses(exchange(port, raw + GET_CLOSE % b"/")) == [500, 401, 200]
+        assert (server.in_flight, server.light_in_flight) == (0, 0)
+    finally:
+        server.stop()
+
+
+def test_each_request_names_its_connection() -> None:
+    async def handler(request: Request) -> Response:
+        return Response.text(200, f"{request.connection}\n")
+
+    server = HTTPServer([bind("127.0.0.1", 0)], handler)
+    server.start()
+    try:
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
+        with requests.Session() as one, requests.Session() as other:
+            first = [int(one.get(url, timeout=30).text) for _ in range(3)]
+            second = int(other.get(url, timeout=30).text)
+        assert first[0] > 0 and first == [first[0]] * 3  # one keep-alive connection
+        assert second not in (0, first[0])
+    finally:
+        server.stop()
 
 
 # --- heads of many lines -----------------------------------------------------------------

@@ -285,3 +285,59 @@ def test_a_read_that_waits_long_for_budget_is_read_not_failed(
     assert sim.request_count() == 16 and failures(samples, "a") == 0
     assert (value(samples, "qianfan_poll_lag_seconds", account="a") or 0) >= 69
     assert len([r for r in caplog.records if "cannot hold" in r.getMessage()]) == 1
+
+
+def test_a_budget_short_of_a_cycle_reads_every_target_at_every_poll(
+    fleet: Fleet, make_exporter: Callable[..., Exporter]
+) -> None:
+    """A budget that holds about half of a cycle: every poll still reads every target,
+    longest ago first, and none is ever reported down; the polls are late, by the lag."""
+    clock, sim = fleet.clock, fleet.sim
+    a = account(sim, name="a", jobs=("job-1", "job-2"), tasks=((101, 201), (102, 202)),
+                qps=2)
+    # 8 requests a cycle at 2 a second: about 4 s, with an interval of 2 s
+    exporter = make_exporter(a, poll=replace(POLL, interval=2, timeout=1,
+                                             concurrency=1))
+    virtual_budget(exporter, clock)
+    orders = []
+    for _ in range(3):
+        since = len(sim.logged())
+        exporter.poller.poll_account("a")
+        orders.append([e.target for e in sim.logged()[since:]
+                       if e.action in ("jobDetail", "DescribeFineTuningTasks")])
+        samples = scrape(exporter)
+        assert set(series(samples, "qianfan_target_up", account="a").values()) == {1}
+        assert failures(samples, "a") == 0
+    assert all(sorted(order) == sorted(["job-1", "job-2", "101/201", "102/202"])
+               for order in orders)
+    # The same turn each time: a target read late in one poll is read late in the
+    # next, so each waits one poll period between reads, and none waits longer.
+    assert orders[0] == orders[1] == orders[2]
+    assert (value(samples, "qianfan_poll_lag_seconds", account="a") or 0) > 0
+
+
+def test_stopping_ends_every_wait_for_budget_at_once(
+    fleet: Fleet, make_exporter: Callable[..., Exporter]
+) -> None:
+    """One request per 100 s: the first read goes out, the others wait; stopping the
+    exporter ends their waits, sends nothing more and counts no failure."""
+    sim = fleet.sim
+    a = account(sim, name="a", jobs=("job-1", "job-2"), tasks=((101, 201), (102, 202)),
+                qps=0.01)
+    exporter = make_exporter(a, poll=replace(POLL, concurrency=1))
+    limiter = exporter.poller.accounts["a"].limiter
+    waiting, wait = threading.Event(), limiter.wait
+
+    def wait_for_turn(seconds: float) -> object:
+        waiting.set()  # the first read is done, the second waits for its turn
+        return wait(seconds)
+
+    limiter.wait = wait_for_turn
+    polling = threading.Thread(target=exporter.poller.poll_all)
+    polling.start()
+    assert waiting.wait(timeout=60)
+    exporter.poller.stop()
+    polling.join(timeout=60)  # the wait would otherwise last 100 s
+    assert not polling.is_alive()
+    assert sim.request_count() == 1
+    assert failures(scrape(exporter), "a") == 0

@@ -65,7 +65,11 @@ class RateLimiter:
         self.clock = clock
         self.wait = wait or time.sleep
         self.qps = qps
-        self._starts: deque[float] = deque(maxlen=self.capacity)
+        self._starts: deque[float] = deque(maxlen=self.capacity)  # booked slots
+        # When the latest callers actually went: a caller that woke late (a busy
+        # machine) started after its slot, and the one booked a window after it must
+        # not go before a whole window has passed since.
+        self._started: deque[float] = deque(maxlen=self.capacity)
         self._lock = threading.Lock()
         self.granted = 0  # requests let through so far (a poll counts what it needed)
 
@@ -86,9 +90,10 @@ class RateLimiter:
         """Go on from the starts of the limiter this one replaces (a reload), so that
         the requests it let through in the last window still count."""
         with previous._lock:
-            starts = list(previous._starts)
+            starts, started = list(previous._starts), list(previous._started)
         with self._lock:
             self._starts.extend(starts)
+            self._started.extend(started)
 
     def seconds_for(self, requests: int) -> float:
         """About how long ``requests`` take at this budget, margin included."""
@@ -111,5 +116,23 @@ class RateLimiter:
         slot = self.reserve(deadline)
         if slot is None:
             return False
-        delay = slot - self.clock()
-        return not (delay > 0 and self.wait(delay) is True)
+        while True:
+            delay = slot - self.clock()
+            if delay > 0 and self.wait(delay) is True:
+                return False
+            later = self._start()
+            if later is None:
+                return True
+            slot = later
+
+    def _start(self) -> float | None:
+        """Go now (None) if the last ``capacity`` starts all lie a window and the
+        margin back; else the time to try again."""
+        with self._lock:
+            now = self.clock()
+            if len(self._started) == self.capacity:
+                free = self._started[0] + self.window + self.margin
+                if now < free:
+                    return free
+            self._started.append(now)
+            return None

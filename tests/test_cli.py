@@ -244,3 +244,97 @@ def test_reload_by_sighup_and_http(tmp_path: Path, live_sim: QianfanSimulator) -
     assert code == 0
     assert "level=debug" in err  # debug logging was on...
     assert ACCESS_KEY not in err and SECRET_KEY not in err  # ...and still no credentials
+
+
+def tight_budget_config(tmp_path: Path, sim: QianfanSimulator, name: str,
+                        jobs: list[str], pairs: list[tuple[int, int]], qps: int) -> Path:
+    """A config with ``qps`` and ``interval: 2s``, and no timeout (it defaults)."""
+    path = tmp_path / name
+    tasks = "".join(f"\n      - {{task_id: {t}, job_id: {j}}}" for t, j in pairs)
+    path.write_text(
+        f"""
+accounts:
+  - name: team
+    endpoint: {sim.url}
+    access_key: ${{QIANFAN_ACCESS_KEY}}
+    secret_key: ${{QIANFAN_SECRET_KEY}}
+    qps: {qps}
+    jobs: [{", ".join(jobs)}]
+    tasks:{tasks}
+poll:
+  interval: 2s
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+def tight_world(jobs: list[str], pairs: list[tuple[int, int]]) -> World:
+    """A job of 130 runs (two pages) and one running run in every other job and pair."""
+    world = World(time.time)
+    now = time.time()
+    world.add_job("job-big", "big job", created=now - 100)
+    for i in range(130):
+        world.add_run("job-big", f"task-{i:03d}", created=now - 5000 + i, wait=0, duration=600)
+    for job in jobs[1:]:
+        world.add_job(job, created=now - 100)
+        world.add_run(job, f"task-{job}", created=now - 50, wait=0, duration=100_000)
+    for task, job_id in pairs:
+        world.add_v1_run(task, job_id, created=now - 100, wait=0, duration=100_000)
+    return world
+
+
+def test_once_waits_for_a_tight_budget_and_reads_everything(tmp_path: Path) -> None:
+    """The issue's account: interval 2s, qps 3, no timeout, about 10 requests a cycle
+    (so a cycle needs about 3 s): --config.check passes, and --once waits its turns,
+    reads every target, counts no failure and exits 0. The gateway enforces qps 3."""
+    jobs = ["job-big", "job-alpha", "job-beta"]
+    pairs = [(100 + k, 200 + k) for k in range(4)]
+    with QianfanSimulator(tight_world(jobs, pairs), {ACCESS_KEY: SECRET_KEY},
+                          qps=3) as sim:
+        config = tight_budget_config(tmp_path, sim, "tight.yaml", jobs, pairs, qps=3)
+        keys = env(QIANFAN_ACCESS_KEY=ACCESS_KEY, QIANFAN_SECRET_KEY=SECRET_KEY)
+        check = subprocess.run([*CMD, f"--config.file={config}", "--config.check"],
+                               capture_output=True, text=True, env=keys, timeout=60)
+        assert check.returncode == 0, check.stderr
+        out = subprocess.run([*CMD, f"--config.file={config}", "--once"],
+                             capture_output=True, env=keys, timeout=120)
+        assert out.returncode == 0, out.stderr.decode()
+        samples = parse_samples(out.stdout)
+        targets = [k for (n, k) in samples if n == "qianfan_target_up"]
+        assert len(targets) == 7
+        assert all(samples[("qianfan_target_up", k)] == 1 for k in targets)
+        failed = [v for (n, _), v in samples.items()
+                  if n == "qianfan_api_request_failures_total"]
+        assert failed and sum(failed) == 0
+        # two pages of job-big, a list and a detail for each other job, four V1 reads
+        assert sim.request_count() == 2 + 2 * 2 + 4
+        assert sim.stats.throttled == 0
+
+
+def test_two_shards_share_the_accounts_quota(tmp_path: Path) -> None:
+    """Two real processes, --total-shards=2, of an account whose quota is 4 a second at
+    one gateway: each uses 2 a second, so together they never go over and the gateway
+    refuses nothing."""
+    jobs = ["job-big", *(f"job-{k}" for k in range(6))]
+    pairs = [(100 + k, 200 + k) for k in range(8)]
+    with QianfanSimulator(tight_world(jobs, pairs), {ACCESS_KEY: SECRET_KEY},
+                          qps=4) as sim:
+        config = tight_budget_config(tmp_path, sim, "shards.yaml", jobs, pairs, qps=4)
+        keys = env(QIANFAN_ACCESS_KEY=ACCESS_KEY, QIANFAN_SECRET_KEY=SECRET_KEY)
+        shards = [
+            subprocess.Popen([*CMD, f"--config.file={config}", "--once", f"--shard={i}",
+                              "--total-shards=2"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, env=keys)
+            for i in range(2)
+        ]
+        outputs = [shard.communicate(timeout=120) for shard in shards]
+        read: list[str] = []
+        for shard, (stdout, stderr) in zip(shards, outputs, strict=True):
+            assert shard.returncode == 0, stderr.decode()
+            samples = parse_samples(stdout)
+            assert value(samples, "qianfan_rate_budget_qps", account="team") == 2
+            read += [dict(k)["target"] for (n, k) in samples if n == "qianfan_target_up"]
+        assert sorted(read) == sorted([*jobs, *(f"{t}/{j}" for t, j in pairs)])
+        assert sim.request_count() == 2 + 2 * 6 + 8
+        assert sim.stats.throttled == 0

@@ -31,9 +31,11 @@ def landing_page(snapshot: Snapshot, *, telemetry_path: str, version: str) -> st
     e = html.escape
     rows = []
     down_rows = []
+    behind = []
     for name, state in sorted(snapshot.accounts.items()):
         rows.append(_account_row(name, state))
         down_rows.extend(_down_rows(name, state))
+        behind.append(_budget_line(name, state))
     if not rows:
         rows.append(f"<tr><td colspan={len(STATUSES) + 4}>waiting for the first poll…</td></tr>")
     down_table = _down_table(down_rows)
@@ -44,7 +46,7 @@ def landing_page(snapshot: Snapshot, *, telemetry_path: str, version: str) -> st
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2em; }}
 table {{ border-collapse: collapse; }} th, td {{ border: 1px solid #ccc; padding: .3em .6em; }}
-td.up {{ color: #1a7f37; }} td.down {{ color: #cf222e; font-weight: bold; }}
+td.up {{ color: #1a7f37; }} td.down, p.down {{ color: #cf222e; font-weight: bold; }}
 </style></head>
 <body>
 <h1>qf-exporter</h1>
@@ -61,6 +63,7 @@ td.up {{ color: #1a7f37; }} td.down {{ color: #cf222e; font-weight: bold; }}
 <th>last good poll</th></tr>
 {"".join(rows)}
 </table>
+{"".join(behind)}
 <h2>Targets down</h2>
 {down_table}
 </body></html>
@@ -83,6 +86,18 @@ def _account_row(name: str, state: AccountState) -> str:
         + "".join(f"<td>{counts[s]}</td>" for s in STATUSES)
         + f"<td>{e(_when(state.last_success))}</td>"
         "</tr>"
+    )
+
+
+def _budget_line(name: str, state: AccountState) -> str:
+    """One line when the account's request budget cannot hold ``poll.interval``."""
+    budget = state.budget
+    if budget is None or budget.needs is None or budget.holds is None:
+        return ""
+    return (
+        f"<p class=down>{html.escape(name)}: the request budget ({budget.qps:g} requests/s) "
+        f"cannot hold poll.interval: a cycle needs {budget.needs} requests, about "
+        f"{budget.holds:.0f}s; targets are read up to {budget.lag:.0f}s late.</p>\n"
     )
 
 

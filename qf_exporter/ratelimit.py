@@ -71,7 +71,8 @@ class RateLimiter:
         # not go before a whole window has passed since.
         self._started: deque[float] = deque(maxlen=self.capacity)
         self._lock = threading.Lock()
-        self.granted = 0  # requests let through so far (a poll counts what it needed)
+        self.granted = 0  # slots booked so far (a poll counts what it needed)
+        self.started = 0  # callers let through so far
 
     def reserve(self, deadline: float | None = None) -> float | None:
         """Book the next start time; ``None`` when it would fall after ``deadline``."""
@@ -135,4 +136,5 @@ class RateLimiter:
                 if now < free:
                     return free
             self._started.append(now)
+            self.started += 1
             return None

@@ -20,6 +20,7 @@ from qf_exporter.app import Exporter
 from qf_exporter.classify import retry_after as _retry_after
 from qf_exporter.ratelimit import RateLimiter
 from qf_exporter.simulator import QianfanSimulator, World
+from tests.fake_time import LockstepBudget
 from tests.faults.fleet import (
     ACTION,
     NOT_RETRIED,
@@ -177,7 +178,10 @@ def test_budget_holds_with_many_targets_and_high_concurrency(
     with QianfanSimulator(world, {ACCESS_KEY: SECRET_KEY}, qps=qps, wall_clock=clock) as sim:
         acc = account(sim, name="a", jobs=jobs, tasks=pairs, qps=qps)
         exporter = make_exporter(acc, poll=replace(POLL, concurrency=16, retries=3))
-        waits = virtual_backoff(exporter, clock)
+        # in lock step on the test's clock, backoff included: the windows cannot
+        # depend on the load
+        lockstep = LockstepBudget(clock, sim, exporter.poller.accounts["a"].limiter)
+        waits = virtual_backoff(exporter, lockstep)
         # Retries spend the same budget.
         for target in ("job-03", "job-17", "1004/2004"):
             sim.add_fault("http_500", target=target, count=2)

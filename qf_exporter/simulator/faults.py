@@ -10,6 +10,7 @@ table; ``sim.add_fault(kind, ...)`` accepts exactly its names.
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import threading
 import uuid
@@ -249,9 +250,22 @@ def _gzip_bomb(reply: Reply, fault: Fault, call: Call) -> After:
 
 
 def _huge_error(reply: Reply, fault: Fault, call: Call) -> After:
-    message = "x" * HUGE_MESSAGE + f" (request signed by {call.access_key})"
-    reply.answer_error(call.v1, 500, "InternalError", 336100, message)
+    reply.answer_raw(*huge_error(call.v1, call.access_key))
     return After.NOTHING
+
+
+@functools.lru_cache(maxsize=4)
+def huge_error(v1: bool, access_key: str) -> tuple[int, bytes]:
+    """The status and body of an error 5 MB long that echoes ``access_key``.
+
+    Made once per access key and API: building it costs the simulator three times its
+    size, which a test of the exporter's memory calls for before it measures."""
+    message = "x" * HUGE_MESSAGE + f" (request signed by {access_key})"
+    if v1:  # the V1 API answers errors with HTTP 200
+        return 200, json.dumps({"error_code": 336100, "error_msg": message,
+                                "log_id": request_id()}, ensure_ascii=False).encode()
+    return 500, json.dumps({"requestId": request_id(), "code": "InternalError",
+                            "message": message}, ensure_ascii=False).encode()
 
 
 KINDS: dict[str, FaultAnswer] = {

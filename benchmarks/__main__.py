@@ -104,7 +104,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--fast-reps", type=int, default=None)
     p.add_argument("--generic-reps", type=int, default=None)
     p.add_argument("--duration", type=float, default=None,
-                   help="seconds of steady polling per encoding, item 7 (120; --quick 20)")
+                   help="seconds of steady polling per encoding, item 7, and of changes "
+                        "per row, item 9 (120; --quick 20)")
     p.add_argument("--output", default=str(ROOT / "benchmarks" / "results.md"))
     add_children(p)
     return p
@@ -157,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         sections.append(run.exposition_section(sizes_of(p, args, "10000"), groups, settings))
     if "regex" in groups:
         sections.append(run.regex_section(settings))
+    if "freshness" in groups:
+        sections.append(run.freshness_section(sizes_of(p, args, "1000"), settings))
     command = " ".join(["python -m benchmarks", *argv])
     text = report.document(command, when, code, time.perf_counter() - started, sections)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)

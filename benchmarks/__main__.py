@@ -56,6 +56,12 @@ def exposition_scrape_child(a: argparse.Namespace) -> None:
     exposition_memory.scraper_child(a.port, a.encoding, a.seconds)
 
 
+def freshness_watch_child(a: argparse.Namespace) -> None:
+    from benchmarks import freshness
+
+    freshness.watch(a.port)
+
+
 def add_children(parser: argparse.ArgumentParser) -> None:
     """The child processes, each a subcommand (internal: the groups start them)."""
     sub = parser.add_subparsers(dest="child", metavar="{child subcommand}")
@@ -87,6 +93,9 @@ def add_children(parser: argparse.ArgumentParser) -> None:
     c.add_argument("encoding")
     c.add_argument("seconds", type=float)
     c.set_defaults(run=exposition_scrape_child)
+    c = sub.add_parser("freshness-watch-child", help="(internal) item 9's /metrics watcher")
+    c.add_argument("port", type=int)
+    c.set_defaults(run=freshness_watch_child)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -27,13 +27,13 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import requests
 
-from benchmarks.common import ROOT, percentile
+from benchmarks.common import ROOT, emit, finish, percentile, read_json, spawn_child, tell
 
 if TYPE_CHECKING:
     from qf_exporter.simulator import QianfanSimulator, World
@@ -114,51 +114,70 @@ def write_config(directory: Path, url: str, jobs: int, qps: float) -> Path:
 
 
 class Watcher:
-    """Scrapes ``/metrics`` back to back and notes when each change first shows."""
+    """Scrapes ``/metrics`` back to back and notes when each change first shows.
+
+    It runs in a child process of its own (``watch``): in this one, decompressing and
+    searching a page of 10,000 runs would hold the GIL while the simulator stamps
+    arrivals, and the gateway would refuse requests that were on time.
+    """
 
     def __init__(self, port: int) -> None:
-        self.url = f"http://127.0.0.1:{port}/metrics"
-        self.pending: dict[bytes, float] = {}  # the failed series -> when it changed
+        self.proc = spawn_child("freshness-watch-child", str(port))
         self.delays: list[float] = []
         self.lags: list[float] = []
-        self.last = b""
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
 
     def changed(self, task_id: str, job_index: str, at: float) -> None:
         series = (f'qianfan_finetune_run_status{{account="{ACCOUNT}",api="v2",'
                   f'job_id="job-fresh{job_index}",task_id="{task_id}",status="failed"}} 1')
-        with self._lock:
-            self.pending[series.encode()] = at
+        tell(self.proc, f"{at!r} {series}")
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _watch(self) -> None:
-        with requests.Session() as session:
-            while not self._stop.is_set():
-                page = session.get(self.url, timeout=30).content
-                got = time.time()
-                self.last = page
-                # bytes.find only: the simulator shares this process, and a regular
-                # expression over megabytes would hold the GIL while it stamps arrivals.
-                at = page.find(LAG)
-                if at >= 0:
-                    start = at + len(LAG)
-                    self.lags.append(float(page[start:page.index(b"\n", start)]))
-                with self._lock:
-                    for series, at in list(self.pending.items()):
-                        if series in page:
-                            self.delays.append(got - at)
-                            del self.pending[series]
+    def stop(self, settle: float) -> None:
+        """Wait up to ``settle`` seconds for the changes not seen yet, then stop."""
+        tell(self.proc, f"settle {settle!r}")
+        answer = read_json(self.proc)
+        finish(self.proc)
+        self.delays, self.lags = answer["delays"], answer["lags"]
 
 
-def measured_lag(sim: QianfanSimulator, since: float, jobs: int) -> tuple[list[float], int]:
+def watch(port: int) -> None:
+    """The ``freshness-watch-child``: changes come in on stdin (``<at> <series>``),
+    ``settle <seconds>`` ends them; then one JSON line with the delays and lags."""
+    pending: dict[bytes, float] = {}
+    delays: list[float] = []
+    lags: list[float] = []
+    lock, settle = threading.Lock(), threading.Event()
+    until = [float("inf")]
+
+    def read_changes() -> None:
+        for line in sys.stdin:
+            head, _, rest = line.rstrip("\n").partition(" ")
+            with lock:
+                if head == "settle":
+                    until[0] = time.monotonic() + float(rest)
+                    settle.set()
+                    return
+                pending[rest.encode()] = float(head)
+
+    threading.Thread(target=read_changes, daemon=True).start()
+    url = f"http://127.0.0.1:{port}/metrics"
+    with requests.Session() as session:
+        while not (settle.is_set() and (not pending or time.monotonic() > until[0])):
+            page = session.get(url, timeout=30).content
+            got = time.time()
+            at = page.find(LAG)
+            if at >= 0:
+                start = at + len(LAG)
+                lags.append(float(page[start:page.index(b"\n", start)]))
+            with lock:
+                for series, changed in list(pending.items()):
+                    if series in page:
+                        delays.append(got - changed)
+                        del pending[series]
+    emit({"delays": delays, "lags": lags})
+    sys.stdin.readline()  # "quit"
+
+
+def measured_lag(sim: QianfanSimulator, since: float) -> tuple[list[float], int]:
     """Per job, how much later than the interval it was read again (every read after
     ``since``, monotonic), and how many jobs were read at all after ``since``."""
     reads: dict[str, list[float]] = {}
@@ -198,6 +217,20 @@ def wait_ready(port: int, proc: subprocess.Popen[bytes], limit: float = 600) -> 
     raise RuntimeError("the exporter was not ready in time")
 
 
+@dataclass
+class Observed:
+    """What one row saw: the changes made, the watcher's delays and exported lags, the
+    gateway's lags, the jobs it read, the last page and the exporter's log."""
+
+    changes: int = 0
+    delays: list[float] = field(default_factory=list)
+    exported: list[float] = field(default_factory=list)
+    gateway: list[float] = field(default_factory=list)
+    jobs_read: int = 0
+    page: bytes = b""
+    log: bytes = b""
+
+
 def measure(runs: int, share: float, duration: float, ak: str, sk: str) -> FreshnessRow:
     """One row: ``runs`` runs, a budget of ``share`` times what a cycle needs per
     interval, changes for ``duration`` seconds."""
@@ -210,38 +243,46 @@ def measure(runs: int, share: float, duration: float, ak: str, sk: str) -> Fresh
     rng = random.Random(runs * 1000 + int(share * 100))
     with QianfanSimulator(world, {ak: sk}, qps=qps) as sim, \
             tempfile.TemporaryDirectory() as tmp:
-        port, log = free_port(), Path(tmp) / "exporter.log"
-        proc = start_daemon(write_config(Path(tmp), sim.url, jobs, qps), port, log, ak, sk)
-        try:
-            wait_ready(port, proc)
-            time.sleep(INTERVAL)  # past the first poll, into the schedule
-            since = time.monotonic()
-            watcher = Watcher(port)
-            watcher.start()
-            changes = _change(world, rng, watcher, duration)
-            settle = time.monotonic() + 4 * INTERVAL / min(1.0, share)
-            while watcher.pending and time.monotonic() < settle:
-                time.sleep(0.2)
-            watcher.stop()
-            lags, jobs_read = measured_lag(sim, since, jobs)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=60)
-        page = watcher.last
-        delays, exported = sorted(watcher.delays), sorted(watcher.lags) or [0.0]
-        lags = sorted(lags) or [0.0]
-        ups = [float(v) for v in TARGET_UP.findall(page)]
-        return FreshnessRow(
-            runs=runs, qps=qps, cycle_requests=cycle, changes=changes, seen=len(delays),
-            p50=percentile(delays, 50) if delays else float("nan"),
-            p99=percentile(delays, 99) if delays else float("nan"),
-            exported_lag=(percentile(exported, 50), exported[-1]),
-            measured_lag=(percentile(lags, 50), lags[-1]),
-            jobs_read=(jobs_read, jobs), targets_up=(int(sum(ups)), len(ups)),
-            failures=sum(float(v) for v in FAILURES.findall(page)),
-            throttled=sim.stats.throttled,
-            behind_logged=b"cannot hold poll.interval" in log.read_bytes(),
-        )
+        config = write_config(Path(tmp), sim.url, jobs, qps)
+        seen = observe(sim, world, rng, config, duration, settle=4 * INTERVAL / min(1.0, share),
+                       ak=ak, sk=sk)
+        throttled = sim.stats.throttled
+    delays, exported = sorted(seen.delays), sorted(seen.exported) or [0.0]
+    lags = sorted(seen.gateway) or [0.0]
+    ups = [float(v) for v in TARGET_UP.findall(seen.page)]
+    return FreshnessRow(
+        runs=runs, qps=qps, cycle_requests=cycle, changes=seen.changes, seen=len(delays),
+        p50=percentile(delays, 50) if delays else float("nan"),
+        p99=percentile(delays, 99) if delays else float("nan"),
+        exported_lag=(percentile(exported, 50), exported[-1]),
+        measured_lag=(percentile(lags, 50), lags[-1]),
+        jobs_read=(seen.jobs_read, jobs), targets_up=(int(sum(ups)), len(ups)),
+        failures=sum(float(v) for v in FAILURES.findall(seen.page)),
+        throttled=throttled, behind_logged=b"cannot hold poll.interval" in seen.log,
+    )
+
+
+def observe(sim: QianfanSimulator, world: World, rng: random.Random, config: Path,
+            duration: float, *, settle: float, ak: str, sk: str) -> Observed:
+    """Run the daemon on ``config``, make the changes and watch them show."""
+    port, log = free_port(), config.parent / "exporter.log"
+    proc = start_daemon(config, port, log, ak, sk)
+    seen = Observed()
+    try:
+        wait_ready(port, proc)
+        time.sleep(INTERVAL)  # past the first poll, into the schedule
+        since = time.monotonic()
+        watcher = Watcher(port)
+        seen.changes = _change(world, rng, watcher, duration)
+        watcher.stop(settle=settle)
+        seen.delays, seen.exported = watcher.delays, watcher.lags
+        seen.gateway, seen.jobs_read = measured_lag(sim, since)
+        seen.page = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=60).content
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    seen.log = log.read_bytes()
+    return seen
 
 
 def _change(world: World, rng: random.Random, watcher: Watcher, duration: float) -> int:
@@ -283,6 +324,10 @@ def notes(rows: list[FreshnessRow]) -> list[str]:
         if short != r.behind_logged:
             out.append(f"freshness, {r.runs:,} runs at qps {r.qps:g}: the log line "
                        f"'cannot hold poll.interval' was {'missing' if short else 'logged'}")
+        if r.throttled:
+            out.append(f"freshness, {r.runs:,} runs at qps {r.qps:g}: the gateway refused "
+                       f"{r.throttled} requests (retried, so every read succeeded; counted "
+                       f"as rate_limited): their arrivals jittered past the limiter's margin")
         if r.seen < r.changes:
             out.append(f"freshness, {r.runs:,} runs at qps {r.qps:g}: "
                        f"{r.changes - r.seen} changes never showed")

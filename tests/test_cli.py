@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
 
 from qf_exporter import __version__
 from qf_exporter.simulator import QianfanSimulator, World
@@ -35,14 +36,19 @@ def live_sim() -> Iterator[QianfanSimulator]:
     """A simulator on real time, for exporters in other processes."""
     world = World(time.time)
     now = time.time()
-    world.add_job("job-big", "big job", created=now - 100)
-    for i in range(130):
-        world.add_run("job-big", f"task-{i:03d}", created=now - 5000 + i, wait=0, duration=600)
+    add_big_job(world, now)
     world.add_job("job-live", "live job", created=now - 100)
     world.add_run("job-live", "task-live", created=now - 50, wait=0, duration=100_000)
     world.add_v1_run(10250, 6205, "sdk_test_7", created=now - 100, wait=0, duration=1000)
     with QianfanSimulator(world, {ACCESS_KEY: SECRET_KEY}) as simulator:
         yield simulator
+
+
+def add_big_job(world: World, now: float) -> None:
+    """job-big: 130 finished runs, two pages of DescribeFineTuningTasks."""
+    world.add_job("job-big", "big job", created=now - 100)
+    for i in range(130):
+        world.add_run("job-big", f"task-{i:03d}", created=now - 5000 + i, wait=0, duration=600)
 
 
 def write_config(tmp_path: Path, sim: QianfanSimulator, extra: str = "") -> Path:
@@ -248,34 +254,21 @@ def test_reload_by_sighup_and_http(tmp_path: Path, live_sim: QianfanSimulator) -
 
 def tight_budget_config(tmp_path: Path, sim: QianfanSimulator, name: str,
                         jobs: list[str], pairs: list[tuple[int, int]], qps: int) -> Path:
-    """A config with ``qps`` and ``interval: 2s``, and no timeout (it defaults)."""
+    """A config with ``qps`` and ``interval: 2s``, and no timeout (it defaults); the
+    keys come from the environment."""
+    account = {"name": "team", "endpoint": sim.url, "qps": qps, "jobs": jobs,
+               "tasks": [{"task_id": t, "job_id": j} for t, j in pairs]}
     path = tmp_path / name
-    tasks = "".join(f"\n      - {{task_id: {t}, job_id: {j}}}" for t, j in pairs)
-    path.write_text(
-        f"""
-accounts:
-  - name: team
-    endpoint: {sim.url}
-    access_key: ${{QIANFAN_ACCESS_KEY}}
-    secret_key: ${{QIANFAN_SECRET_KEY}}
-    qps: {qps}
-    jobs: [{", ".join(jobs)}]
-    tasks:{tasks}
-poll:
-  interval: 2s
-""",
-        encoding="utf-8",
-    )
+    path.write_text(yaml.safe_dump({"accounts": [account], "poll": {"interval": "2s"}}),
+                    encoding="utf-8")
     return path
 
 
 def tight_world(jobs: list[str], pairs: list[tuple[int, int]]) -> World:
-    """A job of 130 runs (two pages) and one running run in every other job and pair."""
+    """job-big (two pages) and one running run in every other job and pair."""
     world = World(time.time)
     now = time.time()
-    world.add_job("job-big", "big job", created=now - 100)
-    for i in range(130):
-        world.add_run("job-big", f"task-{i:03d}", created=now - 5000 + i, wait=0, duration=600)
+    add_big_job(world, now)
     for job in jobs[1:]:
         world.add_job(job, created=now - 100)
         world.add_run(job, f"task-{job}", created=now - 50, wait=0, duration=100_000)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -9,6 +11,7 @@ from qf_exporter.config import Poll
 from qf_exporter.models import Run
 from qf_exporter.retention import LeftOutCounter, retain
 from qf_exporter.schedule import discovery_due, due, expire, lag, read_order
+from qf_exporter.scheduler import AccountScheduler
 from qf_exporter.snapshot import TargetState
 from qf_exporter.telemetry import ApiMetrics
 
@@ -125,3 +128,20 @@ def test_a_left_out_run_is_counted_once_until_a_good_read_drops_it() -> None:
     counter.count({("v2", "j"): TargetState("v2", "j", up=True)}, ())  # gone from the job
     counter.count(targets, retain(targets, NOW, 3600, None).left_out)  # and back
     assert counted() == 2
+
+
+def test_a_firing_skipped_while_the_poll_runs_is_not_logged_each_time() -> None:
+    """A poll longer than the interval skips firings; APScheduler's warning for each
+    skip is dropped (the poller logs the budget's numbers once instead), others stay."""
+    AccountScheduler(lambda name: None)
+    logger = logging.getLogger("apscheduler.scheduler")
+
+    def record(message: str) -> logging.LogRecord:
+        return logger.makeRecord(logger.name, logging.WARNING, __file__, 1, message,
+                                 ("poll a",), None)
+
+    skipped = record('Execution of job "%s" skipped: maximum number of running '
+                     "instances reached (1)")
+    missed = record('Run time of job "%s" was missed by 0:00:05')
+    assert not logger.filter(skipped)
+    assert logger.filter(missed)

@@ -20,6 +20,7 @@ import yaml
 
 from qf_exporter import __version__
 from qf_exporter.simulator import QianfanSimulator, World
+from tests.daemon import Daemon
 from tests.helpers import ACCESS_KEY, SECRET_KEY, parse_samples, promtool_check_metrics, value
 
 CMD = [sys.executable, "-m", "qf_exporter"]
@@ -253,14 +254,18 @@ def test_reload_by_sighup_and_http(tmp_path: Path, live_sim: QianfanSimulator) -
 
 
 def tight_budget_config(tmp_path: Path, sim: QianfanSimulator, name: str,
-                        jobs: list[str], pairs: list[tuple[int, int]], qps: int) -> Path:
+                        jobs: list[str], pairs: list[tuple[int, int]], qps: int,
+                        keys: bool = False) -> Path:
     """A config with ``qps`` and ``interval: 2s``, and no timeout (it defaults); the
-    keys come from the environment."""
+    keys come from the environment, or from the file with ``keys``."""
     account = {"name": "team", "endpoint": sim.url, "qps": qps, "jobs": jobs,
                "tasks": [{"task_id": t, "job_id": j} for t, j in pairs]}
+    if keys:
+        account.update(access_key=ACCESS_KEY, secret_key=SECRET_KEY)
     path = tmp_path / name
     path.write_text(yaml.safe_dump({"accounts": [account], "poll": {"interval": "2s"}}),
                     encoding="utf-8")
+    path.chmod(0o600)
     return path
 
 
@@ -330,4 +335,36 @@ def test_two_shards_share_the_accounts_quota(tmp_path: Path) -> None:
             read += [dict(k)["target"] for (n, k) in samples if n == "qianfan_target_up"]
         assert sorted(read) == sorted([*jobs, *(f"{t}/{j}" for t, j in pairs)])
         assert sim.request_count() == 2 + 2 * 6 + 8
+        assert sim.stats.throttled == 0
+
+
+def test_the_daemon_on_a_tight_budget_reads_late_never_down(tmp_path: Path) -> None:
+    """The same account polled by the daemon: every scrape shows every target up and
+    no failure, while the lag rises above 0 (a cycle needs about 3.5 s of a 2 s
+    interval), and one log line gives the numbers."""
+    jobs = ["job-big", "job-alpha", "job-beta"]
+    pairs = [(100 + k, 200 + k) for k in range(4)]
+    with QianfanSimulator(tight_world(jobs, pairs), {ACCESS_KEY: SECRET_KEY},
+                          qps=3) as sim:
+        config = tight_budget_config(tmp_path, sim, "tight.yaml", jobs, pairs, qps=3,
+                                     keys=True)
+        daemon = Daemon([f"--config.file={config}", "--web.listen-address=127.0.0.1:0"])
+        lags: list[float] = []
+        try:
+            url = f"http://127.0.0.1:{daemon.port}/metrics"
+            for _ in range(600):  # until the second poll has ended, at most a minute
+                samples = parse_samples(requests.get(url, timeout=30).content)
+                ups = [v for (n, _), v in samples.items() if n == "qianfan_target_up"]
+                assert 0 not in ups
+                assert sum(v for (n, _), v in samples.items()
+                           if n == "qianfan_api_request_failures_total") == 0
+                lags.append(value(samples, "qianfan_poll_lag_seconds", account="team") or 0)
+                if lags[-1] > 0:
+                    break
+                time.sleep(0.1)
+        finally:
+            _, log = daemon.stop()
+        assert lags[-1] > 0, lags
+        assert log.count("the request budget cannot hold poll.interval") == 1
+        assert "requests_per_cycle=10 budget_qps=3.0 interval=2.0" in log
         assert sim.stats.throttled == 0

@@ -23,7 +23,6 @@ import requests
 from qf_exporter.app import Exporter
 from qf_exporter.config import Poll
 from qf_exporter.simulator import QianfanSimulator, World
-from qf_exporter.simulator.faults import huge_error
 from qf_exporter.upstream import MAX_UPSTREAM_MESSAGE
 from tests.helpers import (
     ACCESS_KEY,
@@ -104,10 +103,6 @@ def test_a_bad_answer_downs_one_target_and_nothing_else(
     sim.add_fault(kind, action="DescribeFineTuningTasks", target="job-bad",
                   access_key=ACCESS_KEY, seconds=1.0)
     caplog.set_level(logging.DEBUG)
-    # The simulator shares this process: its own answer (three times 5 MB to build,
-    # for huge_error) is made first, so that the bound measures the exporter alone
-    # however the machine's load makes the two overlap.
-    huge_error(False, ACCESS_KEY)
     resettable = _reset_peak()
     before = _kib("VmRSS")
     polling = threading.Thread(target=exporter.poller.poll_all)

@@ -344,12 +344,20 @@ class Poller:
         return self._snapshot
 
     def _scheduled_poll(self, name: str) -> None:
-        if self.stop_event.is_set() or name not in self.accounts:
-            return
-        try:
-            self.poll_account(name)
-        except Exception:  # keep the schedule alive whatever happens
-            log.exception("poll failed", extra={"account": name})
+        """A firing: poll the account, and poll it again at once for as long as a poll
+        runs past the interval (the firings it overran were skipped, so waiting for
+        the next one would leave every target a further interval late)."""
+        poller = self.accounts.get(name)
+        while poller is not None and not self.stop_event.is_set():
+            started = self.clock()
+            try:
+                self.poll_account(name)
+            except Exception:  # keep the schedule alive whatever happens
+                log.exception("poll failed", extra={"account": name})
+                return
+            overran = self.clock() - started >= self.config.poll.interval
+            if not overran or self.accounts.get(name) is not poller:  # or reloaded away
+                return
 
     # --- lifecycle -----------------------------------------------------------------------
 

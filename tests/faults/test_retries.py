@@ -8,6 +8,7 @@ test's clock (``virtual_backoff``).
 from __future__ import annotations
 
 import gc
+import itertools
 import logging
 import threading
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from qf_exporter.app import Exporter
 from qf_exporter.classify import retry_after as _retry_after
 from qf_exporter.ratelimit import RateLimiter
 from qf_exporter.simulator import QianfanSimulator, World
+from qf_exporter.snapshot import AccountState
 from tests.fake_time import LockstepBudget
 from tests.faults.fleet import (
     ACTION,
@@ -345,3 +347,41 @@ def test_stopping_ends_every_wait_for_budget_at_once(
     assert not polling.is_alive()
     assert sim.request_count() == 1
     assert failures(scrape(exporter), "a") == 0
+
+
+def test_a_poll_that_overran_the_interval_is_followed_at_once(
+    fleet: Fleet, make_exporter: Callable[..., Exporter]
+) -> None:
+    """The firings a long poll overran are skipped; the next poll starts as soon as it
+    ends, not at the next firing, so targets are late by the overrun only."""
+    clock, sim = fleet.clock, fleet.sim
+    a = account(sim, name="a", jobs=("job-1", "job-2"), tasks=((101, 201), (102, 202)),
+                qps=2)
+    # 8 requests a cycle at 2 a second: about 4 s of virtual time, with an interval of 2 s
+    exporter = make_exporter(a, poll=replace(POLL, interval=2, timeout=1, concurrency=1))
+    virtual_budget(exporter, clock)
+    poller, polled = exporter.poller, threading.Event()
+    polls: list[tuple[float, float]] = []  # (start, end) on the virtual clock
+    poll_account = poller.poll_account
+
+    def counted(name: str, force: bool = False) -> AccountState:
+        start = clock()
+        state = poll_account(name, force)
+        polls.append((start, clock()))
+        if len(polls) == 3:
+            poller.stop_event.set()  # ends the firing's run of polls
+            polled.set()
+        return state
+
+    poller.poll_account = counted  # type: ignore[method-assign]
+    poller.start()  # fires at once; no second firing comes within this test's time
+    assert polled.wait(timeout=60)
+    exporter.stop()
+    assert len(polls) == 3
+    assert all(end - start > 2 for start, end in polls)  # each ran past the interval
+    # and the next began where it ended, not at a later firing
+    assert all(ended == began for (_, ended), (began, _) in itertools.pairwise(polls))
+    samples = scrape(exporter)
+    assert set(series(samples, "qianfan_target_up", account="a").values()) == {1}
+    assert failures(samples, "a") == 0
+    assert sim.request_count("jobDetail") == 6  # every target read at every poll

@@ -56,6 +56,12 @@ def exposition_scrape_child(a: argparse.Namespace) -> None:
     exposition_memory.scraper_child(a.port, a.encoding, a.seconds)
 
 
+def freshness_watch_child(a: argparse.Namespace) -> None:
+    from benchmarks import freshness
+
+    freshness.watch(a.port)
+
+
 def add_children(parser: argparse.ArgumentParser) -> None:
     """The child processes, each a subcommand (internal: the groups start them)."""
     sub = parser.add_subparsers(dest="child", metavar="{child subcommand}")
@@ -87,6 +93,9 @@ def add_children(parser: argparse.ArgumentParser) -> None:
     c.add_argument("encoding")
     c.add_argument("seconds", type=float)
     c.set_defaults(run=exposition_scrape_child)
+    c = sub.add_parser("freshness-watch-child", help="(internal) item 9's /metrics watcher")
+    c.add_argument("port", type=int)
+    c.set_defaults(run=freshness_watch_child)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -104,7 +113,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--fast-reps", type=int, default=None)
     p.add_argument("--generic-reps", type=int, default=None)
     p.add_argument("--duration", type=float, default=None,
-                   help="seconds of steady polling per encoding, item 7 (120; --quick 20)")
+                   help="seconds of steady polling per encoding, item 7, and of changes "
+                        "per row, item 9 (120; --quick 20)")
     p.add_argument("--output", default=str(ROOT / "benchmarks" / "results.md"))
     add_children(p)
     return p
@@ -157,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         sections.append(run.exposition_section(sizes_of(p, args, "10000"), groups, settings))
     if "regex" in groups:
         sections.append(run.regex_section(settings))
+    if "freshness" in groups:
+        sections.append(run.freshness_section(sizes_of(p, args, "1000"), settings))
     command = " ".join(["python -m benchmarks", *argv])
     text = report.document(command, when, code, time.perf_counter() - started, sections)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)

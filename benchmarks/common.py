@@ -28,7 +28,7 @@ ACCOUNT = "fleet"
 
 # The groups, in the order they run and print: ``--only`` names, item numbers.
 GROUPS = {"render": "1", "scrape": "2", "quota": "3", "steady": "4", "memory": "5",
-          "exposition": "6", "exposition_memory": "7", "regex": "8"}
+          "exposition": "6", "exposition_memory": "7", "regex": "8", "freshness": "9"}
 
 
 @dataclass(frozen=True)

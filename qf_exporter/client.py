@@ -3,7 +3,9 @@
 Layers, outermost first: ``call`` retries what can be retried with the ``Backoff``
 policy (honouring ``Retry-After``, never past the caller's deadline), sleeping with
 the injected ``sleep`` and giving up when the ``stop`` event is set; ``_attempt``
-waits for the request's turn in the account's ``RateLimiter``; the session's
+waits for the request's turn in the account's ``RateLimiter``, however long (a
+``Deadline`` moves later by that wait; a stop during it raises ``NotSent``, which is
+no failure and is counted nowhere); the session's
 ``BceAuth`` signs the request as it goes out, after that wait (a signature made
 before a wait could expire); ``upstream`` reads the answer within its bounds; and
 the pure ``classify`` turns it into a result or a typed ``QianfanError`` whose
@@ -28,7 +30,7 @@ from qf_exporter.classify import classify
 from qf_exporter.config import Account, V1Target
 from qf_exporter.errors import InvalidResponse, QianfanError
 from qf_exporter.models import Page, parse_page, v1_detail
-from qf_exporter.ratelimit import RateLimiter
+from qf_exporter.ratelimit import Deadline, NotSent, RateLimiter
 from qf_exporter.telemetry import ApiMetrics
 from qf_exporter.transport import Transport
 
@@ -45,6 +47,13 @@ MAX_LISTED = 5_000
 
 T = TypeVar("T")
 Item = Mapping[str, Any]
+# A call's deadline: a fixed wall time, or a read's ``Deadline`` that waits for budget
+# move later.
+When = float | Deadline | None
+
+
+def _at(deadline: When) -> float | None:
+    return deadline.at if isinstance(deadline, Deadline) else deadline
 
 
 class QianfanClient:
@@ -101,7 +110,7 @@ class QianfanClient:
     def job_detail(
         self,
         pair: V1Target,
-        deadline: float | None = None,
+        deadline: When = None,
         read: Callable[[Any], T] = lambda result: v1_detail(result).raw,  # type: ignore[assignment,return-value]
     ) -> T:
         """V1: one run's detail, as ``read`` makes it of the ``result`` object (by
@@ -113,20 +122,20 @@ class QianfanClient:
         body = {"taskId": pair.task_id, "jobId": pair.job_id}
         return self.call("jobDetail", V1_JOB_DETAIL, None, body, deadline, parse=read)
 
-    def describe_task(self, task_id: str, deadline: float | None = None,
+    def describe_task(self, task_id: str, deadline: When = None,
                       budget: upstream.ReadBudget | None = None) -> Item:
         """V2: one run's detail (``result`` object); the only answer with ``runProgress``."""
         action = "DescribeFineTuningTask"
         return self.call(action, V2_FINETUNING, {"Action": action}, {"taskId": task_id},
                          deadline, parse=lambda result: _object(result, action), budget=budget)
 
-    def describe_tasks(self, job_id: str, deadline: float | None = None,
+    def describe_tasks(self, job_id: str, deadline: When = None,
                        budget: upstream.ReadBudget | None = None) -> list[Item]:
         """V2: every run of a job, all pages, as the answers hold them."""
         return self._list("DescribeFineTuningTasks", {"jobId": job_id}, "taskList", deadline,
                           budget or self.read_budget())
 
-    def describe_jobs(self, deadline: float | None = None) -> list[Item]:
+    def describe_jobs(self, deadline: When = None) -> list[Item]:
         """V2: every fine-tuning job of the account, all pages, as the answers hold them."""
         return self._list("DescribeFineTuningJobs", {}, "jobList", deadline,
                           self.read_budget())
@@ -137,14 +146,14 @@ class QianfanClient:
                                        self.transport.max_response_bytes))
 
     def _list(self, action: str, body: dict[str, Any], list_key: str,
-              deadline: float | None, budget: upstream.ReadBudget) -> list[Item]:
+              deadline: When, budget: upstream.ReadBudget) -> list[Item]:
         items: list[Item] = []
         for page in self._pages(action, body, list_key, deadline, budget):
             items.extend(page.items)
         return items
 
     def _pages(
-        self, action: str, body: dict[str, Any], list_key: str, deadline: float | None,
+        self, action: str, body: dict[str, Any], list_key: str, deadline: When,
         budget: upstream.ReadBudget,
     ) -> Iterator[Page]:
         marker: str | None = None
@@ -170,7 +179,7 @@ class QianfanClient:
     # --- one call, with retries --------------------------------------------------------
 
     def call(self, action: str, path: str, query: dict[str, str] | None, body: dict[str, Any],
-             deadline: float | None = None, parse: Callable[[Any], T] = lambda result: result,
+             deadline: When = None, parse: Callable[[Any], T] = lambda result: result,
              budget: upstream.ReadBudget | None = None) -> T:
         """Send one API call, retrying what can be retried; returns ``parse(result)``.
 
@@ -201,18 +210,19 @@ class QianfanClient:
                 if self.stop.is_set():
                     raise
 
-    def _retry_delay(self, exc: QianfanError, attempt: int, deadline: float | None
+    def _retry_delay(self, exc: QianfanError, attempt: int, deadline: When
                      ) -> float | None:
         """How long to wait before retrying, or None when the call must not be retried."""
         if not exc.retryable or attempt >= self.retries or self.stop.is_set() or self._closed:
             return None
         delay = self.backoff.delay(attempt, exc.retry_after)
-        if deadline is not None and self.clock() + delay >= deadline:
+        at = _at(deadline)
+        if at is not None and self.clock() + delay >= at:
             return None
         return delay
 
     def _attempt(self, action: str, path: str, query: dict[str, str] | None,
-                 body: dict[str, Any], deadline: float | None,
+                 body: dict[str, Any], deadline: When,
                  budget: upstream.ReadBudget) -> Any:
         """One request: wait for budget, send, read, classify."""
         self._wait_for_budget(action, deadline)
@@ -222,10 +232,10 @@ class QianfanClient:
             url += "?" + urlencode(list(query.items()))
         # One wall-clock deadline for this request: connect, headers and the whole body,
         # never past the poll's deadline.
-        now = self.clock()
+        now, at = self.clock(), _at(deadline)
         timeout = self.timeout
-        if deadline is not None:
-            timeout = max(0.1, min(timeout, deadline - now))
+        if at is not None:
+            timeout = max(0.1, min(timeout, at - now))
         self.metrics.requests.labels(self.account.name, action).inc()
         started = time.perf_counter()
         try:
@@ -242,21 +252,18 @@ class QianfanClient:
             raise answer
         return answer
 
-    def _wait_for_budget(self, action: str, deadline: float | None) -> None:
-        """Wait for this request's turn in the account's budget, or raise why not."""
-        monotonic_deadline = None
-        if deadline is not None:
-            monotonic_deadline = time.monotonic() + (deadline - self.clock())
+    def _wait_for_budget(self, action: str, deadline: When) -> None:
+        """Wait for this request's turn in the account's budget, however long: waiting
+        is no failure (SPEC §3), and a ``Deadline`` moves later by the wait. A stop
+        during the wait raises ``NotSent`` (the request was never sent)."""
         if self._closed:
-            raise errors.ConnectionFailed(f"{action}: the client was closed")
-        if not self.limiter.acquire(monotonic_deadline):
-            if self.stop.is_set():
-                raise errors.ConnectionFailed(f"{action}: the exporter is stopping")
-            # The limiter's next free slot is past the deadline, and waiting only
-            # moves it later: retrying cannot help.
-            err = errors.Timeout(f"{action}: no request budget left before the poll deadline")
-            err.retryable = False
-            raise err
+            raise NotSent(f"{action}: the client was closed")
+        asked = self.clock()
+        granted = self.limiter.acquire()
+        if isinstance(deadline, Deadline):
+            deadline.extend(max(0.0, self.clock() - asked))
+        if not granted or self._closed:
+            raise NotSent(f"{action}: the exporter is stopping")
 
 
 class _Listing:

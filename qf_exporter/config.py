@@ -19,7 +19,7 @@ import os
 import re
 import stat
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -96,6 +96,7 @@ QPS_BOUNDS = (0.01, 1000.0)
 MAX_RUNS = 1_000_000
 MIN_RESPONSE_BYTES = 64 * 1024  # the largest documented answer (a 100-run page) fits
 MAX_RESPONSE_BYTES = 1024**3
+DEFAULT_TIMEOUT = 10.0  # poll.timeout when unset, unless poll.interval is shorter
 
 _PERIOD = Bound(*INTERVAL_BOUNDS, above_zero=True, show=show_duration)
 _AGE = Bound(high=MAX_AGE, above_zero=True, show=show_duration)
@@ -301,8 +302,9 @@ class Poll:
         metadata=key(parse_duration, Bound(high=MAX_STALE_AFTER, above_zero=True,
                                            show=show_duration)),
     )
+    # Left unset in the file, it is min(10s, interval) (see _parse).
     timeout: float = field(
-        default=10.0,
+        default=DEFAULT_TIMEOUT,
         metadata=key(parse_duration, Bound(high=DAY, above_zero=True, show=show_duration)),
     )
     concurrency: int = field(
@@ -391,14 +393,19 @@ def _parse(
     # Every ${VAR} first: an unset one is its value's only problem, reported in file order.
     top = c.expand(c.mapping(raw, "", keys_of(Config)), "")
     poll: Poll = read_fields(c, top, "", Config)["poll"]
-    _poll_order(c, poll)
+    raw_poll = top.get("poll")
+    timeout_given = isinstance(raw_poll, dict) and raw_poll.get("timeout") is not None
+    if not timeout_given:
+        # As Prometheus' scrape_timeout: the default never exceeds the interval.
+        poll = replace(poll, timeout=min(DEFAULT_TIMEOUT, poll.interval))
+    _poll_order(c, poll, timeout_given)
     accounts, literal_secrets = _accounts(c, top.get("accounts"), env, base)
     if c.problems:
         raise ConfigError(c.scrubbed())
     return Config(accounts, poll, tuple(c.warnings)), literal_secrets
 
 
-def _poll_order(c: Checker, poll: Poll) -> None:
+def _poll_order(c: Checker, poll: Poll, timeout_given: bool) -> None:
     """The intervals against each other, where both were given and valid (comparing a
     value already refused would invent a second problem)."""
     given = {
@@ -411,9 +418,11 @@ def _poll_order(c: Checker, poll: Poll) -> None:
         c.problem("poll.finished_interval", "must be >= poll.interval")
     if given["stale_after"] and poll.stale_after < poll.interval:
         c.problem("poll.stale_after", "must be >= poll.interval")
-    if given["timeout"] and poll.timeout > poll.interval:
+    if timeout_given and given["timeout"] and poll.timeout > poll.interval:
         # A read would still be waiting when the next poll is due.
-        c.problem("poll.timeout", "must be <= poll.interval")
+        c.problem("poll.timeout", f"must be <= poll.interval: lower poll.timeout to at most "
+                  f"{show_duration(poll.interval)} (or leave it unset: it is then "
+                  f"min(10s, poll.interval))")
 
 
 def _accounts(

@@ -16,6 +16,7 @@ from qf_exporter.client import QianfanClient
 from qf_exporter.config import Account, Discovery, Poll
 from qf_exporter.errors import InvalidResponse, QianfanError
 from qf_exporter.models import Job, parse_job
+from qf_exporter.ratelimit import Deadline, NotSent
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +59,9 @@ class JobDiscovery:
         self.last_listed: float | None = None
         self.error = ""
 
-    def refresh(self, now: float, deadline: float) -> bool | None:
+    def refresh(self, now: float, deadline: Deadline) -> bool | None:
         """List the account's jobs when due: True when listed, False when the listing
-        failed, None when it was not due."""
+        failed, None when it was not due (or a stop cut its wait for budget short)."""
         if not schedule.discovery_due(self.last_listed, now, self.account.discovery.interval,
                                       self.poll):
             return None
@@ -70,6 +71,8 @@ class JobDiscovery:
         except QianfanError as exc:
             self._failed(str(exc), exc.reason)
             return False
+        except NotSent:  # stopping: the listing never happened
+            return None
         except Exception as exc:  # a bug must not stop the configured targets' reads
             log.exception("unexpected error in job discovery",
                           extra={"account": self.account.name})

@@ -61,7 +61,9 @@ def landing_page(snapshot: Snapshot, *, telemetry_path: str, version: str) -> st
     down_rows: list[str] = []
     down = 0
     accounts = sorted(snapshot.accounts.items())
-    rows = [_account_row(name, state, now) for name, state in accounts[:MAX_ACCOUNT_ROWS]]
+    shown = accounts[:MAX_ACCOUNT_ROWS]
+    rows = [_account_row(name, state, now) for name, state in shown]
+    behind = [_budget_line(name, state) for name, state in shown]
     for name, state in accounts:
         targets = state.targets_down
         down += len(targets)
@@ -80,6 +82,7 @@ def landing_page(snapshot: Snapshot, *, telemetry_path: str, version: str) -> st
 body {{ font-family: system-ui, sans-serif; margin: 2em; }}
 table {{ border-collapse: collapse; }} th, td {{ border: 1px solid #ccc; padding: .3em .6em; }}
 td.up {{ color: #1a7f37; }} td.down {{ color: #cf222e; font-weight: bold; }}
+p.behind {{ color: #9a6700; }}
 </style></head>
 <body>
 <h1>qf-exporter</h1>
@@ -97,6 +100,7 @@ As of {_stamp(now)}.</p>
 <th>last good poll</th></tr>
 {"".join(rows)}
 </table>
+{"".join(behind)}
 <h2>Targets down</h2>
 {down_table}
 </body></html>
@@ -119,6 +123,19 @@ def _account_row(name: str, state: AccountState, now: float) -> str:
         + "".join(f"<td>{counts[s]}</td>" for s in STATUSES)
         + f"<td>{e(_when(state.last_success, now))}</td>"
         "</tr>"
+    )
+
+
+def _budget_line(name: str, state: AccountState) -> str:
+    """One line when the account's request budget cannot hold ``poll.interval``: the
+    numbers get older, none is wrong, so it is a warning, not a failure's red."""
+    budget = state.budget
+    if budget is None or budget.needs is None or budget.holds is None:
+        return ""
+    return (
+        f"<p class=behind>{html.escape(name)}: the request budget ({budget.qps:g} "
+        f"requests/s) cannot hold poll.interval: a cycle needs {budget.needs} requests, "
+        f"about {budget.holds:.0f}s; targets are read up to {budget.lag:.0f}s late.</p>\n"
     )
 
 

@@ -4,8 +4,10 @@ An account's poll is a sequence of steps, each in a module of its own:
 
 1. list the account's jobs when discovery is due (``discovery.py``), and bring the
    target set up to date (``targets.py``);
-2. pick the targets that are due (``schedule.py``) and read them, ``concurrency`` at
-   a time (``reader.py``); a discovered job the API no longer knows is dropped at once;
+2. pick the targets that are due, read longest ago first (``schedule.py``), and read
+   them, ``concurrency`` at a time (``reader.py``), each waiting for its turn in the
+   account's budget however long that takes; a discovered job the API no longer
+   knows is dropped at once;
 3. drop the runs of targets that stayed down past ``stale_after`` (``schedule.py``);
 4. decide whether the poll reached Qianfan (``reachability.py``);
 5. leave out what retention and ``max_runs`` keep out, counting each such run once
@@ -16,6 +18,11 @@ the snapshot before and after to its subscriber (``pages.Pages``, which renders)
 ``scheduler.py`` fires each account's polls every ``poll.interval``. Accounts never
 share a worker, a client, a budget or a scheduler thread, so one account's failures,
 slowness or throttling never delay another's poll.
+
+With ``--total-shards=N`` each replica uses ``qps / N`` of an account's budget: the
+shards share one access key, and so its quota. A poll that needs more than the
+interval's worth of that budget simply takes longer (the next firing waits for it);
+``qianfan_poll_lag_seconds`` says by how much, and one log line says when it starts.
 """
 
 from __future__ import annotations
@@ -35,13 +42,13 @@ from qf_exporter.client import QianfanClient
 from qf_exporter.config import Account, Config, Poll
 from qf_exporter.discovery import JobDiscovery
 from qf_exporter.errors import REASONS
-from qf_exporter.ratelimit import RateLimiter
+from qf_exporter.ratelimit import Deadline, RateLimiter
 from qf_exporter.reachability import Health, Outcome
 from qf_exporter.reader import TargetReader
 from qf_exporter.retention import LeftOutCounter, TargetKey, retain
 from qf_exporter.scheduler import AccountScheduler
 from qf_exporter.shard import Shard
-from qf_exporter.snapshot import AccountState, Snapshot
+from qf_exporter.snapshot import AccountState, Budget, Snapshot
 from qf_exporter.targets import Targets
 from qf_exporter.telemetry import ApiMetrics
 
@@ -90,16 +97,19 @@ class AccountPoller:
         stop: threading.Event,
     ) -> None:
         self.account, self.poll, self.clock, self.stop = account, poll, clock, stop
-        # How long one read (with its retries and waits for budget) may take: a poll's
+        # How long one read may spend on Qianfan (answers, retries, backoff): a poll's
         # interval, or the request timeout when that is longer (the configured timeout
-        # of one request is never cut short).
+        # of one request is never cut short). Waits for budget come on top.
         self.read_budget = max(poll.interval, poll.timeout)
+        # Set when this poller closes (the exporter stops, or a reload replaces it):
+        # every wait for budget or backoff of its reads ends at once, sending nothing.
+        self.halt = threading.Event()
+        # The shards share the account's access key, so its quota.
+        self.limiter = RateLimiter(account.qps / shard.total, wait=self.halt.wait)
         self.client = QianfanClient(
             account, metrics=metrics, timeout=poll.timeout, retries=poll.retries,
-            pool_size=poll.concurrency,
-            # A wait for budget ends early when the exporter stops.
-            limiter=RateLimiter(account.qps, wait=stop.wait),
-            clock=clock, stop=stop, max_response_bytes=poll.max_response_bytes,
+            pool_size=poll.concurrency, limiter=self.limiter,
+            clock=clock, stop=self.halt, max_response_bytes=poll.max_response_bytes,
         )
         zero_counters(account, metrics)
         owns = functools.partial(shard.owns, account.name)
@@ -112,12 +122,14 @@ class AccountPoller:
             max_workers=poll.concurrency, thread_name_prefix=f"poll-{account.name}"
         )
         self._cap_warned = False
+        self._budget = Budget(self.limiter.qps)
         self._lock = threading.Lock()  # one poll of this account at a time
         self._warn_cap(len(self.targets.pairs), "v1_pairs",
                        "the configured V1 pairs alone exceed max_runs: the oldest runs "
                        "will not be exported (see qianfan_runs_left_out_total)")
 
     def close(self) -> None:
+        self.halt.set()
         self.workers.shutdown(wait=False, cancel_futures=True)
         self.client.close()
 
@@ -132,6 +144,8 @@ class AccountPoller:
         kept = self.targets.adopt(previous.targets)
         self.discovery.jobs = frozenset(name for (_, name), s in kept.items() if s.discovered)
         self.health.adopt(previous)
+        if previous.budget is not None:
+            self._budget = replace(previous.budget, qps=self.limiter.qps)
         if left_out is not None:
             self.left_out.adopt(left_out.counted, kept)
         # The kept targets' runs, as they are now (their owner may have changed).
@@ -148,22 +162,44 @@ class AccountPoller:
         with self._lock:
             started = time.perf_counter()
             now = self.clock()
+            granted = self.limiter.granted
             outcomes: list[Outcome] = []
             listed: bool | None = None
             if self.account.discover and not self.stop.is_set():
-                listed = self.discovery.refresh(now, now + self.read_budget)
+                listed = self.discovery.refresh(now, Deadline(now + self.read_budget))
                 if listed is not None:
                     outcomes.append(Outcome() if listed
                                     else Outcome("listing", self.discovery.error))
             self.targets.sync(self.discovery.jobs,
                               self.discovery.teams if listed else None)
-            due = [key for key, state in self.targets.states.items()
-                   if force or schedule.due(state, now, self.poll)]
+            states = self.targets.states
+            lag = schedule.lag(states.values(), now, self.poll)
+            due = sorted((key for key, state in states.items()
+                          if force or schedule.due(state, now, self.poll)),
+                         key=lambda key: schedule.read_order(states[key]))
             outcomes += self._read(due, now)
             end = self.clock()
             self._expire(end)
             self.health.update(outcomes, self.discovery.error)
+            if due:
+                self._weigh(lag, self.limiter.granted - granted)
             return self._state(end, time.perf_counter() - started, read=bool(due))
+
+    def _weigh(self, lag: float, requests: int) -> None:
+        """Keep the lag, and whether the budget can hold the interval for the requests
+        this poll needed; say so once when that changes."""
+        holds = self.limiter.seconds_for(requests)
+        behind = holds > self.poll.interval
+        fields = {"account": self.account.name, "requests_per_cycle": requests,
+                  "budget_qps": round(self.limiter.qps, 3),
+                  "interval": self.poll.interval, "holds_interval": round(holds, 1)}
+        if behind and self._budget.needs is None:
+            log.warning("the request budget cannot hold poll.interval: targets are read "
+                        "less often (see qianfan_poll_lag_seconds)", extra=fields)
+        elif not behind and self._budget.needs is not None:
+            log.info("the request budget holds poll.interval again", extra=fields)
+        self._budget = Budget(self.limiter.qps, lag, requests if behind else None,
+                              holds if behind else None)
 
     def _read(self, due: list[TargetKey], now: float) -> list[Outcome]:
         """Read the due targets with the account's workers; one outcome per read."""
@@ -205,7 +241,7 @@ class AccountPoller:
             up=self.health.up, polled=True, last_success=self.health.last_success,
             poll_duration=self.health.last_duration, discovery_error=self.discovery.error,
             discovered_jobs=len(self.discovery.jobs) if self.account.discover else None,
-            runs=retained.runs, error=self.health.error,
+            runs=retained.runs, error=self.health.error, budget=self._budget,
         )
 
     def _warn_cap(self, runs: int, what: str, message: str) -> None:
@@ -293,12 +329,20 @@ class Poller:
         return self._snapshot
 
     def _scheduled_poll(self, name: str) -> None:
-        if self.stop_event.is_set() or name not in self.accounts:
-            return
-        try:
-            self.poll_account(name)
-        except Exception:  # keep the schedule alive whatever happens
-            log.exception("poll failed", extra={"account": name})
+        """A firing: poll the account, and poll it again at once for as long as a poll
+        runs past the interval (the firings it overran were skipped, so waiting for
+        the next one would leave every target a further interval late)."""
+        poller = self.accounts.get(name)
+        while poller is not None and not self.stop_event.is_set():
+            started = self.clock()
+            try:
+                self.poll_account(name)
+            except Exception:  # keep the schedule alive whatever happens
+                log.exception("poll failed", extra={"account": name})
+                return
+            overran = self.clock() - started >= self.config.poll.interval
+            if not overran or self.accounts.get(name) is not poller:  # or reloaded away
+                return
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -352,6 +396,8 @@ class Poller:
                 continue
             poller = AccountPoller(account, config.poll, self.metrics, shard=self.shard,
                                    clock=self.clock, stop=self.stop_event)
+            if before is not None:
+                poller.limiter.adopt(before.limiter)
             self.accounts[account.name] = poller
             if last is not None:
                 shown[account.name] = poller.adopt(

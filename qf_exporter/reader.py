@@ -1,8 +1,10 @@
 """Reading one target: a V1 run's detail, or a V2 job's runs with their details.
 
 ``TargetReader.read`` returns the target's new state as a ``Read``: the state, and
-whether the API says the target no longer exists. A read never raises: a failure is
-the target's (``up`` false, with the error and its reason). Each run's progress
+whether the API says the target no longer exists. A read never raises a failure: a
+failure is the target's (``up`` false, with the error and its reason). Only a stop
+while it waits for budget ends it with ``NotSent``: then it did not happen, and
+``read_all`` leaves it out. Each run's progress
 history carries over from the target's previous runs (``with_estimates``).
 """
 
@@ -20,6 +22,7 @@ from qf_exporter.config import V1Target
 from qf_exporter.errors import InvalidResponse, NotFound, QianfanError
 from qf_exporter.estimate import with_estimates
 from qf_exporter.models import Fields, Run, parse_v1_run, parse_v2_run, running, v2_listing
+from qf_exporter.ratelimit import Deadline, NotSent
 from qf_exporter.snapshot import TargetState
 from qf_exporter.upstream import ReadBudget
 
@@ -59,7 +62,8 @@ class TargetReader:
         self.account = account
         self.client = client
         self.clock = clock
-        # How long one read (with its retries and waits for budget) may take.
+        # How long one read may spend on Qianfan (answers, retries, backoff); its
+        # waits for the account's budget come on top (``Deadline``).
         self.budget = budget
 
     def read(self, state: TargetState, started: float, pair: V1Target | None = None) -> Read:
@@ -69,7 +73,7 @@ class TargetReader:
         return replace(read, state=read.state.owned_by(state.team))
 
     def _read(self, state: TargetState, started: float, pair: V1Target | None) -> Read:
-        deadline = self.clock() + self.budget
+        deadline = Deadline(self.clock() + self.budget)
         runs: tuple[Run, ...]
         try:
             if pair is not None:
@@ -82,6 +86,8 @@ class TargetReader:
                 runs, read_at = v2.runs, v2.read_at
         except QianfanError as exc:
             return self._failed(state, started, exc)
+        except NotSent:
+            raise
         except Exception as exc:  # a bug must not kill the poller: report it as a bad answer
             log.exception("unexpected error reading target",
                           extra={"account": self.account, "target": state.name})
@@ -101,8 +107,8 @@ class TargetReader:
     ) -> dict[K, Read]:
         """Read the ``due`` targets (state and pair, by key) in parallel on ``workers``.
 
-        Once ``stop`` is set, no more reads start; reads that never started are left
-        out of the answer.
+        Once ``stop`` is set, no more reads start; reads that never started, or whose
+        wait for budget the stop cut short, are left out of the answer.
         """
         futures: dict[K, Future[Read]] = {}
         for key, (state, pair) in due.items():
@@ -116,7 +122,7 @@ class TargetReader:
         for key, future in futures.items():
             try:
                 reads[key] = future.result()
-            except CancelledError:  # stopping: this read never started
+            except (CancelledError, NotSent):  # stopping: this read never happened
                 continue
         return reads
 
@@ -133,14 +139,14 @@ class TargetReader:
             return Read(replace(failed, runs=()), vanished=True)
         return Read(failed)
 
-    def _read_v1(self, pair: V1Target, deadline: float) -> Run:
+    def _read_v1(self, pair: V1Target, deadline: Deadline) -> Run:
         return self.client.job_detail(
             pair, deadline,
             read=lambda result: parse_v1_run(result, account=self.account, pair=pair,
                                              read_at=self.clock()),
         )
 
-    def _read_v2(self, job_id: str, deadline: float, previous: tuple[Run, ...]) -> _V2Runs:
+    def _read_v2(self, job_id: str, deadline: Deadline, previous: tuple[Run, ...]) -> _V2Runs:
         """A V2 job's runs: the list, then the detail of every run it shows as Running.
 
         Baidu's reference for ``DescribeFineTuningTasks`` has no ``runProgress`` in its
@@ -159,7 +165,7 @@ class TargetReader:
         )
         return _V2Runs(_keep_vdl_links(runs, previous), read_at, failure)
 
-    def _add_details(self, listed: dict[str, Fields], deadline: float,
+    def _add_details(self, listed: dict[str, Fields], deadline: Deadline,
                      budget: ReadBudget) -> QianfanError | None:
         """Add each running run's detail to its listed fields; the first failure stops
         the rest (they keep their list fields: the budget is likely gone)."""

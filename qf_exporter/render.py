@@ -346,6 +346,11 @@ _HEALTH_HELP = {
     "qianfan_last_successful_poll_timestamp_seconds": "End of the latest poll of the "
     "account that reached Qianfan with accepted credentials.",
     "qianfan_poll_duration_seconds": "Wall time of the account's latest poll.",
+    "qianfan_poll_lag_seconds": "How far behind its schedule the account's most overdue "
+    "due target was at the latest poll (0 when every target is read on time); above 0 "
+    "for long means qps cannot hold poll.interval.",
+    "qianfan_rate_budget_qps": "Requests per second this replica may send for the "
+    "account: its qps divided by --total-shards (the shards share one access key).",
     "qianfan_discovered_jobs": "Jobs that discovery (discover: true) currently polls for "
     "the account: those DescribeFineTuningJobs lists that pass the filters and this shard "
     "owns.",
@@ -384,9 +389,12 @@ def render_health(snapshot: Snapshot, accounts: Iterable[str]) -> bytes:
                     f'qianfan_target_error_info{{{labels},'
                     f'reason="{escape(target_state.reason)}"}} 1'
                 )
+        budget = state.budget
         for metric, number in (
             ("qianfan_last_successful_poll_timestamp_seconds", state.last_success),
             ("qianfan_poll_duration_seconds", state.poll_duration),
+            ("qianfan_poll_lag_seconds", budget.lag if budget is not None else None),
+            ("qianfan_rate_budget_qps", budget.qps if budget is not None else None),
             ("qianfan_discovered_jobs", state.discovered_jobs),
         ):
             if number is not None:

@@ -5,16 +5,32 @@ A poll that hangs (a server that never answers, a stuck DNS lookup) holds only i
 own account's thread: every other account keeps its schedule. A replaced account
 gets a new executor, so a poll of its old settings that is still stuck cannot hold
 back the new one either.
+
+A poll that runs past the next firing (a budget that cannot hold the interval) makes
+that firing skipped, not queued: the next poll starts at the firing after it ends.
+APScheduler warns of every such skip; the poller says it once, with the numbers, so
+those warnings are dropped (``_SkippedFirings``).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Container
 from datetime import UTC, datetime
 
 from apscheduler.executors.pool import ThreadPoolExecutor as SchedulerPool
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
+
+
+class _SkippedFirings(logging.Filter):
+    """Drops APScheduler's warning for a firing skipped while the poll still runs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "maximum number of running instances reached" not in record.getMessage()
+
+
+_SKIPS = _SkippedFirings()
 
 
 class AccountScheduler:
@@ -30,6 +46,9 @@ class AccountScheduler:
         # account -> (alias, executor) of the scheduler executor that runs its polls
         self._executors: dict[str, tuple[str, SchedulerPool]] = {}
         self._serial = 0
+        logger = logging.getLogger("apscheduler.scheduler")
+        if _SKIPS not in logger.filters:
+            logger.addFilter(_SKIPS)
 
     def start(self) -> None:
         self._scheduler.start()

@@ -43,6 +43,23 @@ class TargetState:
 
 
 @dataclass(frozen=True)
+class Budget:
+    """An account's request budget as this replica uses it, and what its polls need.
+
+    ``qps`` is the account's ``qps`` divided by ``--total-shards``; ``lag`` how far
+    behind its schedule the most overdue target was at the latest poll
+    (``schedule.lag``); ``needs`` and ``holds`` are set while the budget cannot hold
+    ``poll.interval``: the requests the latest poll needed, and the interval that
+    budget can actually hold.
+    """
+
+    qps: float
+    lag: float = 0.0
+    needs: int | None = None
+    holds: float | None = None
+
+
+@dataclass(frozen=True)
 class AccountState:
     """One account after its latest poll.
 
@@ -63,6 +80,7 @@ class AccountState:
     discovered_jobs: int | None = None  # jobs discovery adds (None: discovery is off)
     runs: tuple[Run, ...] = ()  # exported runs, after retention and max_runs
     error: str = ""  # why Qianfan could not be used, when ``up`` is false
+    budget: Budget | None = None  # the request budget this replica uses, and whether it holds
 
     @property
     def every_target_read(self) -> bool:

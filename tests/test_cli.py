@@ -16,9 +16,11 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
 
 from qf_exporter import __version__
 from qf_exporter.simulator import QianfanSimulator, World
+from tests.daemon import Daemon
 from tests.helpers import ACCESS_KEY, SECRET_KEY, parse_samples, promtool_check_metrics, value
 
 CMD = [sys.executable, "-m", "qf_exporter"]
@@ -35,14 +37,19 @@ def live_sim() -> Iterator[QianfanSimulator]:
     """A simulator on real time, for exporters in other processes."""
     world = World(time.time)
     now = time.time()
-    world.add_job("job-big", "big job", created=now - 100)
-    for i in range(130):
-        world.add_run("job-big", f"task-{i:03d}", created=now - 5000 + i, wait=0, duration=600)
+    add_big_job(world, now)
     world.add_job("job-live", "live job", created=now - 100)
     world.add_run("job-live", "task-live", created=now - 50, wait=0, duration=100_000)
     world.add_v1_run(10250, 6205, "sdk_test_7", created=now - 100, wait=0, duration=1000)
     with QianfanSimulator(world, {ACCESS_KEY: SECRET_KEY}) as simulator:
         yield simulator
+
+
+def add_big_job(world: World, now: float) -> None:
+    """job-big: 130 finished runs, two pages of DescribeFineTuningTasks."""
+    world.add_job("job-big", "big job", created=now - 100)
+    for i in range(130):
+        world.add_run("job-big", f"task-{i:03d}", created=now - 5000 + i, wait=0, duration=600)
 
 
 def write_config(tmp_path: Path, sim: QianfanSimulator, extra: str = "") -> Path:
@@ -269,3 +276,120 @@ def test_reload_by_sighup_and_http(tmp_path: Path, live_sim: QianfanSimulator) -
     assert code == 0
     assert "level=debug" in err  # debug logging was on...
     assert ACCESS_KEY not in err and SECRET_KEY not in err  # ...and still no credentials
+
+
+def tight_budget_config(tmp_path: Path, sim: QianfanSimulator, name: str,
+                        jobs: list[str], pairs: list[tuple[int, int]], qps: int,
+                        keys: bool = False) -> Path:
+    """A config with ``qps`` and ``interval: 2s``, and no timeout (it defaults); the
+    keys come from the environment, or from the file with ``keys``."""
+    account = {"name": "team", "endpoint": sim.url, "qps": qps, "jobs": jobs,
+               "tasks": [{"task_id": t, "job_id": j} for t, j in pairs]}
+    if keys:
+        account.update(access_key=ACCESS_KEY, secret_key=SECRET_KEY)
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump({"accounts": [account], "poll": {"interval": "2s"}}),
+                    encoding="utf-8")
+    path.chmod(0o600)
+    return path
+
+
+def tight_world(jobs: list[str], pairs: list[tuple[int, int]]) -> World:
+    """job-big (two pages) and one running run in every other job and pair."""
+    world = World(time.time)
+    now = time.time()
+    add_big_job(world, now)
+    for job in jobs[1:]:
+        world.add_job(job, created=now - 100)
+        world.add_run(job, f"task-{job}", created=now - 50, wait=0, duration=100_000)
+    for task, job_id in pairs:
+        world.add_v1_run(task, job_id, created=now - 100, wait=0, duration=100_000)
+    return world
+
+
+def test_once_waits_for_a_tight_budget_and_reads_everything(tmp_path: Path) -> None:
+    """The issue's account: interval 2s, qps 3, no timeout, about 10 requests a cycle
+    (so a cycle needs about 3 s): --config.check passes, and --once waits its turns,
+    reads every target, counts no failure and exits 0. The gateway enforces qps 3."""
+    jobs = ["job-big", "job-alpha", "job-beta"]
+    pairs = [(100 + k, 200 + k) for k in range(4)]
+    with QianfanSimulator(tight_world(jobs, pairs), {ACCESS_KEY: SECRET_KEY},
+                          qps=3) as sim:
+        config = tight_budget_config(tmp_path, sim, "tight.yaml", jobs, pairs, qps=3)
+        keys = env(QIANFAN_ACCESS_KEY=ACCESS_KEY, QIANFAN_SECRET_KEY=SECRET_KEY)
+        check = subprocess.run([*CMD, f"--config.file={config}", "--config.check"],
+                               capture_output=True, text=True, env=keys, timeout=60)
+        assert check.returncode == 0, check.stderr
+        out = subprocess.run([*CMD, f"--config.file={config}", "--once"],
+                             capture_output=True, env=keys, timeout=120)
+        assert out.returncode == 0, out.stderr.decode()
+        samples = parse_samples(out.stdout)
+        targets = [k for (n, k) in samples if n == "qianfan_target_up"]
+        assert len(targets) == 7
+        assert all(samples[("qianfan_target_up", k)] == 1 for k in targets)
+        failed = [v for (n, _), v in samples.items()
+                  if n == "qianfan_api_request_failures_total"]
+        assert failed and sum(failed) == 0
+        # two pages of job-big, a list and a detail for each other job, four V1 reads
+        assert sim.request_count() == 2 + 2 * 2 + 4
+        assert sim.stats.throttled == 0
+
+
+def test_two_shards_share_the_accounts_quota(tmp_path: Path) -> None:
+    """Two real processes, --total-shards=2, of an account whose quota is 4 a second at
+    one gateway: each uses 2 a second, so together they never go over and the gateway
+    refuses nothing."""
+    jobs = ["job-big", *(f"job-{k}" for k in range(6))]
+    pairs = [(100 + k, 200 + k) for k in range(8)]
+    with QianfanSimulator(tight_world(jobs, pairs), {ACCESS_KEY: SECRET_KEY},
+                          qps=4) as sim:
+        config = tight_budget_config(tmp_path, sim, "shards.yaml", jobs, pairs, qps=4)
+        keys = env(QIANFAN_ACCESS_KEY=ACCESS_KEY, QIANFAN_SECRET_KEY=SECRET_KEY)
+        shards = [
+            subprocess.Popen([*CMD, f"--config.file={config}", "--once", f"--shard={i}",
+                              "--total-shards=2"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, env=keys)
+            for i in range(2)
+        ]
+        outputs = [shard.communicate(timeout=120) for shard in shards]
+        read: list[str] = []
+        for shard, (stdout, stderr) in zip(shards, outputs, strict=True):
+            assert shard.returncode == 0, stderr.decode()
+            samples = parse_samples(stdout)
+            assert value(samples, "qianfan_rate_budget_qps", account="team") == 2
+            read += [dict(k)["target"] for (n, k) in samples if n == "qianfan_target_up"]
+        assert sorted(read) == sorted([*jobs, *(f"{t}/{j}" for t, j in pairs)])
+        assert sim.request_count() == 2 + 2 * 6 + 8
+        assert sim.stats.throttled == 0
+
+
+def test_the_daemon_on_a_tight_budget_reads_late_never_down(tmp_path: Path) -> None:
+    """The same account polled by the daemon: every scrape shows every target up and
+    no failure, while the lag rises above 0 (a cycle needs about 3.5 s of a 2 s
+    interval), and one log line gives the numbers."""
+    jobs = ["job-big", "job-alpha", "job-beta"]
+    pairs = [(100 + k, 200 + k) for k in range(4)]
+    with QianfanSimulator(tight_world(jobs, pairs), {ACCESS_KEY: SECRET_KEY},
+                          qps=3) as sim:
+        config = tight_budget_config(tmp_path, sim, "tight.yaml", jobs, pairs, qps=3,
+                                     keys=True)
+        daemon = Daemon([f"--config.file={config}", "--web.listen-address=127.0.0.1:0"])
+        lags: list[float] = []
+        try:
+            url = f"http://127.0.0.1:{daemon.port}/metrics"
+            for _ in range(600):  # until the second poll has ended, at most a minute
+                samples = parse_samples(requests.get(url, timeout=30).content)
+                ups = [v for (n, _), v in samples.items() if n == "qianfan_target_up"]
+                assert 0 not in ups
+                assert sum(v for (n, _), v in samples.items()
+                           if n == "qianfan_api_request_failures_total") == 0
+                lags.append(value(samples, "qianfan_poll_lag_seconds", account="team") or 0)
+                if lags[-1] > 0:
+                    break
+                time.sleep(0.1)
+        finally:
+            _, log = daemon.stop()
+        assert lags[-1] > 0, lags
+        assert log.count("the request budget cannot hold poll.interval") == 1
+        assert "requests_per_cycle=10 budget_qps=3.0 interval=2.0" in log
+        assert sim.stats.throttled == 0

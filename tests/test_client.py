@@ -16,7 +16,7 @@ from qf_exporter.config import Account, Secret, V1Target
 from qf_exporter.ratelimit import RateLimiter
 from qf_exporter.simulator import QianfanSimulator, World
 from qf_exporter.telemetry import ApiMetrics
-from tests.fake_time import FakeSleep
+from tests.fake_time import FakeSleep, LockstepBudget
 from tests.helpers import ACCESS_KEY, SECRET_KEY, ManualClock, account
 
 
@@ -215,12 +215,16 @@ def test_signs_after_waiting_for_its_turn(world: World, sim: QianfanSimulator,
 
 
 def test_shared_budget_is_never_exceeded(world: World, clock: ManualClock) -> None:
-    """With the simulator enforcing qps per AK, many concurrent workers see no rejection."""
+    """With the simulator enforcing qps per AK, many concurrent workers see no rejection.
+
+    The limiter and the gateway's stamps go in lock step on the test's clock, so a busy
+    machine cannot move an arrival away from the time its limiter let it go."""
     world.add_job("job-1")
     simulator = QianfanSimulator(world, {ACCESS_KEY: SECRET_KEY}, qps=10, wall_clock=clock)
     with simulator:
         client = make_client(account(simulator, jobs=("job-1",), qps=10), clock,
                              pool_size=8)
+        LockstepBudget(clock, simulator, client.limiter)
         threads = [threading.Thread(target=lambda: [client.describe_tasks("job-1")
                                                     for _ in range(4)]) for _ in range(8)]
         for t in threads:
@@ -284,6 +288,24 @@ def test_rate_limiter_windows() -> None:
     t0 = now[0]
     half.acquire()
     assert now[0] - t0 == 2.0
+
+
+def test_a_caller_that_woke_late_pushes_the_next_window_back() -> None:
+    """On a busy machine a caller can wake after its slot: the ones booked a window
+    after it then wait for a whole window after its real start, so no second ever
+    holds more than qps starts however late the wake-ups."""
+    now = [100.0]
+    late = [0.3]  # the first wait oversleeps by 0.3 s
+
+    def oversleeping_wait(d: float) -> None:
+        now[0] += d + (late.pop() if late else 0.0)
+
+    limiter = RateLimiter(2, margin=0.0, clock=lambda: now[0], wait=oversleeping_wait)
+    starts = []
+    for _ in range(5):
+        assert limiter.acquire()
+        starts.append(round(now[0], 6))
+    assert starts == [100, 100, 101.3, 101.3, 102.3]
 
 
 def test_a_rate_limit_answer_widens_the_margin(world: World, sim: QianfanSimulator,

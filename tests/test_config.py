@@ -44,6 +44,30 @@ def test_minimal_config_gets_every_default() -> None:
     assert account.max_runs is None
 
 
+@pytest.mark.parametrize(("poll", "timeout"), [
+    ("interval: 2s", 2.0),  # as Prometheus' scrape_timeout: never above the interval
+    ("interval: 10s", 10.0),
+    ("interval: 5m", 10.0),
+    ("{interval: 2s, timeout: soon}", None),  # not a duration: that is its problem
+    ("{interval: 2s, timeout: 1}", 1.0),  # given: kept
+])
+def test_an_unset_timeout_is_at_most_the_interval(poll: str, timeout: float | None) -> None:
+    text = MINIMAL + f"poll: {poll}\n" if poll.startswith("{") else MINIMAL + (
+        f"poll:\n  {poll}\n")
+    if timeout is None:
+        assert problems(text) == ["poll.timeout: 'soon' is not a duration like 30s, 5m, 1h "
+                                  "or a number of seconds"]
+        return
+    assert parse(text).poll.timeout == timeout
+
+
+def test_a_timeout_above_the_interval_names_the_value_to_lower() -> None:
+    assert problems(MINIMAL + "poll: {interval: 2s, timeout: 10s}\n") == [
+        "poll.timeout: must be <= poll.interval: lower poll.timeout to at most 2s "
+        "(or leave it unset: it is then min(10s, poll.interval))"
+    ]
+
+
 def test_full_config_from_the_spec() -> None:
     config = parse(
         """

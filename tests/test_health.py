@@ -15,7 +15,7 @@ from qf_exporter.app import Exporter
 from qf_exporter.landing import MESSAGE_LIMIT, landing_page
 from qf_exporter.render import render_health
 from qf_exporter.simulator import QianfanSimulator, World
-from qf_exporter.snapshot import AccountState, Snapshot, TargetState
+from qf_exporter.snapshot import AccountState, Budget, Snapshot, TargetState
 from tests.helpers import (
     ACCESS_KEY,
     SECRET_KEY,
@@ -245,3 +245,23 @@ def test_render_health_exposition() -> None:
             "qianfan_target_error_info",
             "qianfan_last_successful_poll_timestamp_seconds"} <= set(helps)
     promtool_check_metrics(text)
+
+
+def test_an_account_whose_budget_cannot_hold_the_interval_says_so() -> None:
+    """The lag and the budget a replica uses are exported per account, and the landing
+    page says, for that account only, what a cycle needs and how late reads are."""
+    behind = AccountState(name="team", up=True, polled=True,
+                          budget=Budget(qps=1.5, lag=62.0, needs=140, holds=97.1))
+    on_time = AccountState(name="other", up=True, polled=True, budget=Budget(qps=5.0))
+    snapshot = Snapshot(MappingProxyType({"team": behind, "other": on_time}))
+    text = render_health(snapshot, ["team", "other"])
+    samples = parse_samples(text)
+    assert value(samples, "qianfan_poll_lag_seconds", account="team") == 62
+    assert value(samples, "qianfan_poll_lag_seconds", account="other") == 0
+    assert value(samples, "qianfan_rate_budget_qps", account="team") == 1.5
+    promtool_check_metrics(text)
+    page = landing_page(snapshot, telemetry_path="/metrics", version="1")
+    lines = re.findall(r"<p class=behind>(.*?)</p>", page)
+    assert lines == ["team: the request budget (1.5 requests/s) cannot hold poll.interval: "
+                     "a cycle needs 140 requests, about 97s; targets are read up to 62s "
+                     "late."]

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from prometheus_client import CollectorRegistry
 
 from qf_exporter.config import Poll
 from qf_exporter.models import Run
 from qf_exporter.retention import LeftOutCounter, retain
-from qf_exporter.schedule import discovery_due, due, expire
+from qf_exporter.schedule import discovery_due, due, expire, lag, read_order
+from qf_exporter.scheduler import AccountScheduler
 from qf_exporter.snapshot import TargetState
 from qf_exporter.telemetry import ApiMetrics
 
@@ -24,6 +27,37 @@ def run(task: str, status: str = "running", start: float | None = None,
 
 RUNNING = (run("t"),)
 DONE = (run("t", "succeeded", finish=NOW - 100),)
+
+
+def test_the_targets_read_longest_ago_go_first() -> None:
+    """Never read first; then by the poll that last read them; within one poll, the
+    one whose last good read ended earliest (so the tail of an overlong poll leads
+    the next one no more than it trails it)."""
+    never = TargetState("v2", "never")
+    old = TargetState("v2", "old", up=True, last_attempt=NOW - 120, last_success=NOW - 100)
+    early = TargetState("v2", "early", up=True, last_attempt=NOW - 60, last_success=NOW - 59)
+    late = TargetState("v2", "late", up=True, last_attempt=NOW - 60, last_success=NOW - 2)
+    failing = TargetState("v2", "failing", last_attempt=NOW - 60)
+    ordered = sorted([late, early, failing, old, never], key=read_order)
+    assert [t.name for t in ordered] == ["never", "old", "failing", "early", "late"]
+
+
+@pytest.mark.parametrize(("since", "expected"), [
+    (None, 0.0),  # never read: nothing to be behind yet
+    (60, 0.0),  # due now: on time
+    (65, 0.0),  # within the jitter slack (6 s)
+    (67, 7.0),
+    (180, 120.0),  # the poll before ran past two firings
+])
+def test_lag_is_how_far_behind_the_most_overdue_target_is(
+    since: float | None, expected: float
+) -> None:
+    behind = TargetState("v2", "behind", up=True, runs=RUNNING,
+                         last_attempt=None if since is None else NOW - since)
+    on_time = TargetState("v2", "on-time", up=True, runs=RUNNING, last_attempt=NOW - 30)
+    finished = TargetState("v2", "done", up=True, runs=DONE, last_attempt=NOW - 600)
+    assert lag([on_time, behind, finished], NOW, POLL) == expected
+    assert lag([], NOW, POLL) == 0.0
 
 
 @pytest.mark.parametrize(("state", "since", "expected"), [
@@ -94,3 +128,20 @@ def test_a_left_out_run_is_counted_once_until_a_good_read_drops_it() -> None:
     counter.count({("v2", "j"): TargetState("v2", "j", up=True)}, ())  # gone from the job
     counter.count(targets, retain(targets, NOW, 3600, None).left_out)  # and back
     assert counted() == 2
+
+
+def test_a_firing_skipped_while_the_poll_runs_is_not_logged_each_time() -> None:
+    """A poll longer than the interval skips firings; APScheduler's warning for each
+    skip is dropped (the poller logs the budget's numbers once instead), others stay."""
+    AccountScheduler(lambda name: None)
+    logger = logging.getLogger("apscheduler.scheduler")
+
+    def record(message: str) -> logging.LogRecord:
+        return logger.makeRecord(logger.name, logging.WARNING, __file__, 1, message,
+                                 ("poll a",), None)
+
+    skipped = record('Execution of job "%s" skipped: maximum number of running '
+                     "instances reached (1)")
+    missed = record('Run time of job "%s" was missed by 0:00:05')
+    assert not logger.filter(skipped)
+    assert logger.filter(missed)

@@ -48,7 +48,7 @@ class Logged:
     action: str
     access_key: str  # "" when the gateway refused the signature
     target: str
-    arrived: float  # time.monotonic() when the request arrived (before it was answered)
+    arrived: float  # the gateway's stamp (arrival_clock) when the request arrived
     status: int  # the HTTP status sent; 0 when the connection was closed without an answer
 
 
@@ -139,6 +139,7 @@ class QianfanSimulator:
         qps: float | None = None,
         latency: float = 0.0,
         wall_clock: Callable[[], float] = time.time,
+        arrival_clock: Callable[[], float] = time.monotonic,
         log_size: int = 100_000,
     ) -> None:
         self.world = world
@@ -148,6 +149,10 @@ class QianfanSimulator:
         # Some answers leave out pageInfo.nextMarker (SPEC marks it optional).
         self.send_next_marker = True
         self.wall_clock = wall_clock
+        # What the gateway stamps arrivals with, for its per-key budget: real time,
+        # or a test's manual clock that a test moves in step with the exporter's
+        # budget (tests/fake_time.py, ``LockstepBudget``).
+        self.arrival_clock = arrival_clock
         # Called with each request's arrival stamp and whether the budget refused it,
         # so a benchmark can check the gateway's decisions without changing them.
         self.on_budget: Callable[[float, bool], None] | None = None
@@ -330,7 +335,7 @@ class _Handler(BaseHTTPRequestHandler):
     def parse_request(self) -> bool:
         # The arrival is stamped as soon as the request line is in, before the headers
         # are parsed: the gateway's budget counts arrivals.
-        self._arrived = time.monotonic()
+        self._arrived = self.sim.arrival_clock()
         return super().parse_request()
 
     def do_POST(self) -> None:

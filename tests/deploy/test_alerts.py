@@ -57,6 +57,7 @@ def test_required_alerts_exist() -> None:
         "QianfanExporterDown",
         "QianfanExporterDataStale",
         "QianfanRateLimited",
+        "QianfanPollBehind",
         "QianfanAuthFailing",
         "QianfanTargetDown",
     } <= names

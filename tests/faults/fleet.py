@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from qf_exporter.app import Exporter
 from qf_exporter.config import Account, Poll
 from qf_exporter.simulator import QianfanSimulator, World
-from tests.fake_time import FakeSleep
+from tests.fake_time import Advancing, FakeSleep
 from tests.helpers import ACCESS_KEY, SECRET_KEY, ManualClock, Samples, account, series
 
 AK_B, SK_B = "AKother0123456789abcdef", "SKother-0123456789abcdef-also-secret"
@@ -63,13 +63,23 @@ NOT_RETRIED = ("code_14", "auth_403", "code_500001", "unknown")
 SLOW = ("delay", "stall_body", "drip")  # these need a short request timeout
 
 
-def virtual_backoff(exporter: Exporter, clock: ManualClock) -> FakeSleep:
+def virtual_backoff(exporter: Exporter, clock: Advancing) -> FakeSleep:
     """Backoff waits that move the test's clock instead of sleeping, and are recorded."""
     waits = FakeSleep(clock)
     for poller in exporter.poller.accounts.values():
         poller.client.sleep = waits
     return waits
 
+
+
+def virtual_budget(exporter: Exporter, clock: ManualClock) -> FakeSleep:
+    """Waits for the request budget that move the test's clock instead of sleeping
+    (recorded): a budget of one request a minute costs the test no time."""
+    waits = FakeSleep(clock)
+    for poller in exporter.poller.accounts.values():
+        poller.limiter.clock = clock
+        poller.limiter.wait = waits
+    return waits
 
 
 def failures(samples: Samples, account_name: str, **labels: str) -> float:

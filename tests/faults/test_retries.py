@@ -8,6 +8,8 @@ test's clock (``virtual_backoff``).
 from __future__ import annotations
 
 import gc
+import itertools
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import replace
@@ -19,6 +21,8 @@ from qf_exporter.app import Exporter
 from qf_exporter.classify import retry_after as _retry_after
 from qf_exporter.ratelimit import RateLimiter
 from qf_exporter.simulator import QianfanSimulator, World
+from qf_exporter.snapshot import AccountState
+from tests.fake_time import LockstepBudget
 from tests.faults.fleet import (
     ACTION,
     NOT_RETRIED,
@@ -30,6 +34,7 @@ from tests.faults.fleet import (
     failures,
     reads,
     virtual_backoff,
+    virtual_budget,
 )
 from tests.helpers import (
     ACCESS_KEY,
@@ -175,7 +180,10 @@ def test_budget_holds_with_many_targets_and_high_concurrency(
     with QianfanSimulator(world, {ACCESS_KEY: SECRET_KEY}, qps=qps, wall_clock=clock) as sim:
         acc = account(sim, name="a", jobs=jobs, tasks=pairs, qps=qps)
         exporter = make_exporter(acc, poll=replace(POLL, concurrency=16, retries=3))
-        waits = virtual_backoff(exporter, clock)
+        # in lock step on the test's clock, backoff included: the windows cannot
+        # depend on the load
+        lockstep = LockstepBudget(clock, sim, exporter.poller.accounts["a"].limiter)
+        waits = virtual_backoff(exporter, lockstep)
         # Retries spend the same budget.
         for target in ("job-03", "job-17", "1004/2004"):
             sim.add_fault("http_500", target=target, count=2)
@@ -249,22 +257,131 @@ def test_closing_the_exporter_closes_its_connections_at_once(
         gc.enable()
 
 
-def test_a_read_that_cannot_get_budget_in_time_fails_at_once(
-    fleet: Fleet, make_exporter: Callable[..., Exporter]
+def test_a_read_that_waits_long_for_budget_is_read_not_failed(
+    fleet: Fleet, make_exporter: Callable[..., Exporter], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """With one request per 10 s and a read budget of 1 s, one target is read and the
-    others fail at once with reason timeout: no waiting past the budget, no retries
-    (waiting only moves the next free slot later), nothing sent over budget."""
+    """With one request per 10 s and a 1 s interval, every target waits its turn and is
+    read: waiting for the account's own budget is no failure (SPEC §3), nothing is
+    counted as failed, one log line says the budget cannot hold the interval, and the
+    next poll's lag says how far behind it is."""
     clock, sim = fleet.clock, fleet.sim
     a = account(sim, name="a", jobs=("job-1", "job-2"), tasks=((101, 201), (102, 202)),
                 qps=0.1)
     exporter = make_exporter(a, poll=replace(POLL, interval=1, timeout=0.5, retries=3))
-    waits = virtual_backoff(exporter, clock)
-    exporter.poller.poll_all()
+    budget_waits = virtual_budget(exporter, clock)
+    started = clock()
+    with caplog.at_level(logging.INFO, logger="qf_exporter.poller"):
+        exporter.poller.poll_all()
     samples = scrape(exporter)
+    # 2 lists, 2 running runs' details each, 2 V1 details: one every 10 s
+    assert sim.request_count() == 8
+    assert set(series(samples, "qianfan_target_up", account="a").values()) == {1}
+    assert failures(samples, "a") == 0
+    assert clock() - started >= 70 and len(budget_waits.delays) == 7
+    assert value(samples, "qianfan_rate_budget_qps", account="a") == 0.1
+    behind = [r for r in caplog.records if "cannot hold poll.interval" in r.getMessage()]
+    assert len(behind) == 1
+    numbers = behind[0].__dict__
+    assert numbers["requests_per_cycle"] == 8 and numbers["budget_qps"] == 0.1
+    assert numbers["holds_interval"] > 70
+
+    with caplog.at_level(logging.INFO, logger="qf_exporter.poller"):
+        exporter.poller.poll_account("a")  # due at 1 s, read 70 s later
+    samples = scrape(exporter)
+    assert sim.request_count() == 16 and failures(samples, "a") == 0
+    assert (value(samples, "qianfan_poll_lag_seconds", account="a") or 0) >= 69
+    assert len([r for r in caplog.records if "cannot hold" in r.getMessage()]) == 1
+
+
+def test_a_budget_short_of_a_cycle_reads_every_target_at_every_poll(
+    fleet: Fleet, make_exporter: Callable[..., Exporter]
+) -> None:
+    """A budget that holds about half of a cycle: every poll still reads every target,
+    longest ago first, and none is ever reported down; the polls are late, by the lag."""
+    clock, sim = fleet.clock, fleet.sim
+    a = account(sim, name="a", jobs=("job-1", "job-2"), tasks=((101, 201), (102, 202)),
+                qps=2)
+    # 8 requests a cycle at 2 a second: about 4 s, with an interval of 2 s
+    exporter = make_exporter(a, poll=replace(POLL, interval=2, timeout=1,
+                                             concurrency=1))
+    virtual_budget(exporter, clock)
+    orders = []
+    for _ in range(3):
+        since = len(sim.logged())
+        exporter.poller.poll_account("a")
+        orders.append([e.target for e in sim.logged()[since:]
+                       if e.action in ("jobDetail", "DescribeFineTuningTasks")])
+        samples = scrape(exporter)
+        assert set(series(samples, "qianfan_target_up", account="a").values()) == {1}
+        assert failures(samples, "a") == 0
+    assert all(sorted(order) == sorted(["job-1", "job-2", "101/201", "102/202"])
+               for order in orders)
+    # The same turn each time: a target read late in one poll is read late in the
+    # next, so each waits one poll period between reads, and none waits longer.
+    assert orders[0] == orders[1] == orders[2]
+    assert (value(samples, "qianfan_poll_lag_seconds", account="a") or 0) > 0
+
+
+def test_stopping_ends_every_wait_for_budget_at_once(
+    fleet: Fleet, make_exporter: Callable[..., Exporter]
+) -> None:
+    """One request per 100 s: the first read goes out, the others wait; stopping the
+    exporter ends their waits, sends nothing more and counts no failure."""
+    sim = fleet.sim
+    a = account(sim, name="a", jobs=("job-1", "job-2"), tasks=((101, 201), (102, 202)),
+                qps=0.01)
+    exporter = make_exporter(a, poll=replace(POLL, concurrency=1))
+    limiter = exporter.poller.accounts["a"].limiter
+    waiting, wait = threading.Event(), limiter.wait
+
+    def wait_for_turn(seconds: float) -> object:
+        waiting.set()  # the first read is done, the second waits for its turn
+        return wait(seconds)
+
+    limiter.wait = wait_for_turn
+    polling = threading.Thread(target=exporter.poller.poll_all)
+    polling.start()
+    assert waiting.wait(timeout=60)
+    exporter.poller.stop()
+    polling.join(timeout=60)  # the wait would otherwise last 100 s
+    assert not polling.is_alive()
     assert sim.request_count() == 1
-    assert sum(series(samples, "qianfan_target_up", account="a").values()) == 1
-    assert failures(samples, "a", reason="timeout") == 3
-    assert failures(samples, "a") == 3
-    assert sum(series(samples, "qianfan_api_requests_total", account="a").values()) == 1
-    assert waits.delays == []
+    assert failures(scrape(exporter), "a") == 0
+
+
+def test_a_poll_that_overran_the_interval_is_followed_at_once(
+    fleet: Fleet, make_exporter: Callable[..., Exporter]
+) -> None:
+    """The firings a long poll overran are skipped; the next poll starts as soon as it
+    ends, not at the next firing, so targets are late by the overrun only."""
+    clock, sim = fleet.clock, fleet.sim
+    a = account(sim, name="a", jobs=("job-1", "job-2"), tasks=((101, 201), (102, 202)),
+                qps=2)
+    # 8 requests a cycle at 2 a second: about 4 s of virtual time, with an interval of 2 s
+    exporter = make_exporter(a, poll=replace(POLL, interval=2, timeout=1, concurrency=1))
+    virtual_budget(exporter, clock)
+    poller, polled = exporter.poller, threading.Event()
+    polls: list[tuple[float, float]] = []  # (start, end) on the virtual clock
+    poll_account = poller.poll_account
+
+    def counted(name: str, force: bool = False) -> AccountState:
+        start = clock()
+        state = poll_account(name, force)
+        polls.append((start, clock()))
+        if len(polls) == 3:
+            poller.stop_event.set()  # ends the firing's run of polls
+            polled.set()
+        return state
+
+    poller.poll_account = counted  # type: ignore[method-assign]
+    poller.start()  # fires at once; no second firing comes within this test's time
+    assert polled.wait(timeout=60)
+    exporter.stop()
+    assert len(polls) == 3
+    assert all(end - start > 2 for start, end in polls)  # each ran past the interval
+    # and the next began where it ended, not at a later firing
+    assert all(ended == began for (_, ended), (began, _) in itertools.pairwise(polls))
+    samples = scrape(exporter)
+    assert set(series(samples, "qianfan_target_up", account="a").values()) == {1}
+    assert failures(samples, "a") == 0
+    assert sim.request_count("jobDetail") == 6  # every target read at every poll

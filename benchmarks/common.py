@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 # No qf_exporter import at module level: the exporter's child processes import this
 # module, and their memory must hold what the exporter imports, nothing more.
 if TYPE_CHECKING:
-    from qf_exporter.config import Account
+    from qf_exporter.config.file import Account
     from qf_exporter.simulator import QianfanSimulator, World
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,7 +112,7 @@ def size_label(runs: int) -> str:
 
 
 def make_account(url: str, jobs: int, ak: str, sk: str, qps: float) -> Account:
-    from qf_exporter.config import Account, Secret
+    from qf_exporter.config.file import Account, Secret
 
     return Account(
         name=ACCOUNT,

@@ -18,11 +18,11 @@ import time
 from dataclasses import dataclass, replace
 
 from benchmarks.common import ACCOUNT, ACTIVE_FRACTION
-from qf_exporter.config import Account, Config, Poll, Secret
-from qf_exporter.models import Run
+from qf_exporter.config.file import Account, Config, Poll, Secret
+from qf_exporter.exposition.store import RunStore
+from qf_exporter.polling.snapshot import Snapshot
+from qf_exporter.qianfan.models import Run
 from qf_exporter.simulator import QianfanSimulator, fleet_world
-from qf_exporter.snapshot import Snapshot
-from qf_exporter.store import RunStore
 
 RUNS_PER_JOB = 50
 CHANGED = (1, 10, 100)
@@ -47,7 +47,7 @@ def account(url: str, jobs: int, ak: str, sk: str) -> Account:
 
 def changed_costs(store: RunStore, runs: tuple[Run, ...], snapshot: Snapshot) -> dict[int, float]:
     """Median ms per poll that changed k runs, for every k of ``CHANGED``."""
-    from qf_exporter.render import render_health, render_runs
+    from qf_exporter.exposition.render import render_health, render_runs
 
     rng = random.Random(1)
     per_k = {}
@@ -70,10 +70,10 @@ def changed_costs(store: RunStore, runs: tuple[Run, ...], snapshot: Snapshot) ->
 def measure(jobs: int) -> ExpositionResult:
     from prometheus_client import CollectorRegistry
 
-    from qf_exporter.pages import Pages
-    from qf_exporter.poller import Poller
-    from qf_exporter.render import render_runs
-    from qf_exporter.telemetry import ApiMetrics
+    from qf_exporter.exposition.pages import Pages
+    from qf_exporter.exposition.render import render_runs
+    from qf_exporter.polling.poller import Poller
+    from qf_exporter.qianfan.telemetry import ApiMetrics
 
     ak, sk = "AK" + secrets.token_hex(8), secrets.token_hex(16)
     sim = QianfanSimulator(fleet_world(time.time, jobs, RUNS_PER_JOB, ACTIVE_FRACTION),

@@ -29,7 +29,7 @@ from benchmarks.exposition import RUNS_PER_JOB, account
 
 # Imported at module level, by the exporter child too, as the script this module came
 # from did: the memory rows were measured with the simulator's modules loaded.
-from qf_exporter.config import Config, Poll
+from qf_exporter.config.file import Config, Poll
 from qf_exporter.simulator import QianfanSimulator, fleet_world
 
 SCRAPERS = 4

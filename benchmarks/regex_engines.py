@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Protocol
 
-from qf_exporter.patterns import compile_pattern
+from qf_exporter.config.patterns import compile_pattern
 
 TYPICAL = [r"^prod-", r"-tmp$", r"(?i)^(sft|dpo)-\w+-\d{3,}$", r"ernie|qwen"]
 NAMES = [f"{'prod' if i % 3 else 'dev'}-sft-chat-{i:05d}{'-tmp' if i % 7 == 0 else ''}"

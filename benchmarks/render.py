@@ -88,9 +88,9 @@ def child(url: str, jobs: int, fast_reps: int, generic_reps: int) -> None:
     from prometheus_client import CollectorRegistry, generate_latest
 
     from qf_exporter.app import Exporter
-    from qf_exporter.config import Config, Poll
-    from qf_exporter.render import render_runs
-    from qf_exporter.store import render
+    from qf_exporter.config.file import Config, Poll
+    from qf_exporter.exposition.render import render_runs
+    from qf_exporter.exposition.store import render
     from tests.generic_collector import GenericRunCollector
 
     exporter = Exporter(Config(accounts=(make_account(url, jobs, ak, sk, qps=100_000),),

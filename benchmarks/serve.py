@@ -60,7 +60,7 @@ def child(url: str, jobs: int, qps: float) -> None:
     ak, sk = child_credentials()
     rss_start = proc_status("VmRSS")
     from qf_exporter.app import Exporter
-    from qf_exporter.config import Config, Poll
+    from qf_exporter.config.file import Config, Poll
 
     account = make_account(url, jobs, ak, sk, qps=qps)
     exporter = Exporter(Config(accounts=(account,),

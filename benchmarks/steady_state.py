@@ -15,8 +15,8 @@ from benchmarks.common import (
     size_label,
     start_simulator,
 )
-from qf_exporter.config import Account, Config, Poll
-from qf_exporter.poller import Poller
+from qf_exporter.config.file import Account, Config, Poll
+from qf_exporter.polling.poller import Poller
 from qf_exporter.simulator import ManualClock, QianfanSimulator, World
 
 
@@ -50,7 +50,7 @@ class Measured:
 def poller(account: Account, poll: Poll, clock: ManualClock) -> Poller:
     from prometheus_client import CollectorRegistry
 
-    from qf_exporter.telemetry import ApiMetrics
+    from qf_exporter.qianfan.telemetry import ApiMetrics
 
     return Poller(Config(accounts=(account,), poll=poll), ApiMetrics(CollectorRegistry()),
                   clock=clock)

@@ -16,18 +16,18 @@ from prometheus_client import (
 from prometheus_client.registry import Collector
 
 from qf_exporter import __version__
-from qf_exporter.config import Config, ConfigError, load_config
-from qf_exporter.exposition import build
-from qf_exporter.health import HealthCollector, ReloadState
+from qf_exporter.config.file import Config, ConfigError, load_config
+from qf_exporter.exposition.answer import build
+from qf_exporter.exposition.info import HealthCollector, ReloadState
+from qf_exporter.exposition.pages import Pages
 from qf_exporter.logs import REDACTOR
-from qf_exporter.pages import Pages
-from qf_exporter.poller import Poller
+from qf_exporter.polling.poller import Poller
+from qf_exporter.polling.shard import Shard
+from qf_exporter.qianfan.telemetry import ApiMetrics
 from qf_exporter.reloads import Reloader
-from qf_exporter.server import Limits
-from qf_exporter.shard import Shard
-from qf_exporter.telemetry import ApiMetrics
-from qf_exporter.web import ExporterHTTPServer
-from qf_exporter.webconfig import LiveWebConfig, WebConfig
+from qf_exporter.web.routes import ExporterHTTPServer
+from qf_exporter.web.server import Limits
+from qf_exporter.web.webconfig import LiveWebConfig, WebConfig
 
 log = logging.getLogger(__name__)
 

@@ -13,15 +13,15 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from qf_exporter import __version__
-from qf_exporter.config import Config, ConfigError, load_config
-from qf_exporter.listen import parse_listen
+from qf_exporter.config.file import Config, ConfigError, load_config
 from qf_exporter.logs import LEVELS, setup
-from qf_exporter.shard import Shard
+from qf_exporter.polling.shard import Shard
+from qf_exporter.web.listen import parse_listen
 
 if TYPE_CHECKING:
     from qf_exporter.app import Exporter
     from qf_exporter.simulator import QianfanSimulator
-    from qf_exporter.webconfig import LiveWebConfig
+    from qf_exporter.web.webconfig import LiveWebConfig
 
 log = logging.getLogger("qf_exporter")
 
@@ -139,7 +139,7 @@ def _web_config(args: argparse.Namespace) -> LiveWebConfig | None:
     """The --web.config.file, read (none with --once); a ConfigError naming the file."""
     if not args.web_config or args.once:
         return None
-    from qf_exporter.webconfig import LiveWebConfig
+    from qf_exporter.web.webconfig import LiveWebConfig
 
     try:
         return LiveWebConfig(args.web_config)
@@ -150,7 +150,7 @@ def _web_config(args: argparse.Namespace) -> LiveWebConfig | None:
 def _configuration(args: argparse.Namespace) -> tuple[QianfanSimulator | None, Config]:
     """The configuration, of --config.file or of the demo (whose simulator is started)."""
     if args.demo:
-        from qf_exporter.demo import start_demo
+        from qf_exporter.simulator.demo import start_demo
 
         simulator, config = start_demo(speed=args.demo_speed)
         log.info("demo: simulated Qianfan started", extra={"url": simulator.url})
@@ -223,8 +223,8 @@ def _serve(
     args: argparse.Namespace,
     web_config: LiveWebConfig | None,
 ) -> int:
-    from qf_exporter.listen import ListenError, bind, show
-    from qf_exporter.server import Limits
+    from qf_exporter.web.listen import ListenError, bind, show
+    from qf_exporter.web.server import Limits
 
     stop = _on_signals(exporter)
     sockets: list[socket.socket] = []

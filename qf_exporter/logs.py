@@ -6,7 +6,7 @@ character that is not printable, and in both formats every character that is not
 printable (controls such as ESC, CR, LF, DEL and the C1 range, separators such as
 U+2028, U+2029 and U+0085, format characters such as bidi overrides, lone surrogates)
 is written as a JSON escape (``\\u001b``). The redaction (``REDACTOR``,
-from secrets.py) is the last line of defence: credentials are never logged on purpose,
+from util/secrets.py) is the last line of defence: credentials are never logged on purpose,
 and if one ever reaches a message, an argument or an exception text, it leaves as
 ``<redacted>``.
 """
@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 # app.py sets the secrets through this module's name for it.
-from qf_exporter.secrets import REDACTOR as REDACTOR
+from qf_exporter.util.secrets import REDACTOR as REDACTOR
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
           "error": logging.ERROR}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from qf_exporter.config import ConfigError, parse_config
+from qf_exporter.config.file import ConfigError, parse_config
 
 AK = "AKcfg-0123456789abcdef"
 SK = "SKcfg-secret-do-not-print-0123456789"

@@ -10,10 +10,10 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from qf_exporter.app import Exporter
-from qf_exporter.config import Account, Config, Poll
+from qf_exporter.config.file import Account, Config, Poll
+from qf_exporter.exposition.store import Rendered, render
 from qf_exporter.simulator import QianfanSimulator, World
-from qf_exporter.store import Rendered, render
-from qf_exporter.web import ExporterHTTPServer
+from qf_exporter.web.routes import ExporterHTTPServer
 from tests.helpers import ACCESS_KEY, FAST_POLL, SECRET_KEY, ManualClock
 from tests.page_server import serve_page
 from tests.webconfig_fixtures import pki, users  # noqa: F401  (fixtures of the web tests)

@@ -1,6 +1,6 @@
 """The run metrics through prometheus_client's generic collector path.
 
-The exporter renders run metrics straight to bytes (``qf_exporter.render``); this
+The exporter renders run metrics straight to bytes (``qf_exporter.exposition.render``); this
 renders the same runs the way prometheus_client would, so that the tests can check
 both give exactly the same samples and the benchmark can compare their speed.
 """
@@ -12,8 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from qf_exporter.models import STATUSES, Run
-from qf_exporter.render import (
+from qf_exporter.exposition.render import (
     _VALUE_FAMILIES,
     BASE_LABELS,
     ERROR,
@@ -24,6 +23,7 @@ from qf_exporter.render import (
     STATUS,
     VDL_LINK,
 )
+from qf_exporter.qianfan.models import STATUSES, Run
 
 
 class GenericRunCollector(Collector):

@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from qf_exporter.app import Exporter
-from qf_exporter.config import Account, Poll, Secret, V1Target
+from qf_exporter.config.file import Account, Poll, Secret, V1Target
 from qf_exporter.simulator import ManualClock as ManualClock  # where the tests take it from
 from qf_exporter.simulator import QianfanSimulator, SimJob, SimRun, World
 

@@ -13,11 +13,11 @@ import threading
 
 from prometheus_client import CollectorRegistry
 
-from qf_exporter.models import Run
-from qf_exporter.snapshot import Snapshot
-from qf_exporter.store import Rendered, render
-from qf_exporter.web import ExporterHTTPServer
-from qf_exporter.webconfig import LiveWebConfig
+from qf_exporter.exposition.store import Rendered, render
+from qf_exporter.polling.snapshot import Snapshot
+from qf_exporter.qianfan.models import Run
+from qf_exporter.web.routes import ExporterHTTPServer
+from qf_exporter.web.webconfig import LiveWebConfig
 
 
 def page(runs: int) -> Rendered:

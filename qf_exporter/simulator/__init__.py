@@ -1,4 +1,8 @@
-"""The simulated Qianfan: a world of runs that move over time, behind a fake gateway."""
+"""The simulated Qianfan: a world of runs that move over time, behind a fake gateway.
+
+It may import qf_exporter.qianfan's signing and errors, qf_exporter.config and
+qf_exporter.util; only the command line (``--demo``) and the tests import it.
+"""
 
 from qf_exporter.simulator.clock import ManualClock
 from qf_exporter.simulator.faults import FAULT_KINDS, Fault

@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from qf_exporter.signing import AuthHeader, parse_authorization, sign
+from qf_exporter.qianfan.signing import AuthHeader, parse_authorization, sign
 
 # How far a request's x-bce-date may be in the future before the gateway refuses it.
 CLOCK_SKEW = 900

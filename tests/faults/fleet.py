@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from qf_exporter.app import Exporter
-from qf_exporter.config import Account, Poll
+from qf_exporter.config.file import Account, Poll
 from qf_exporter.simulator import QianfanSimulator, World
 from tests.fake_time import Advancing, FakeSleep
 from tests.helpers import ACCESS_KEY, SECRET_KEY, ManualClock, Samples, account, series

@@ -16,12 +16,12 @@ from dataclasses import replace
 
 import pytest
 
-from qf_exporter import errors
 from qf_exporter.app import Exporter
-from qf_exporter.classify import retry_after as _retry_after
-from qf_exporter.ratelimit import RateLimiter
+from qf_exporter.polling.snapshot import AccountState
+from qf_exporter.qianfan import errors
+from qf_exporter.qianfan.budget import RateLimiter
+from qf_exporter.qianfan.classify import retry_after as _retry_after
 from qf_exporter.simulator import QianfanSimulator, World
-from qf_exporter.snapshot import AccountState
 from tests.fake_time import LockstepBudget
 from tests.faults.fleet import (
     ACTION,
@@ -270,7 +270,7 @@ def test_a_read_that_waits_long_for_budget_is_read_not_failed(
     exporter = make_exporter(a, poll=replace(POLL, interval=1, timeout=0.5, retries=3))
     budget_waits = virtual_budget(exporter, clock)
     started = clock()
-    with caplog.at_level(logging.INFO, logger="qf_exporter.poller"):
+    with caplog.at_level(logging.INFO, logger="qf_exporter.polling.poller"):
         exporter.poller.poll_all()
     samples = scrape(exporter)
     # 2 lists, 2 running runs' details each, 2 V1 details: one every 10 s
@@ -285,7 +285,7 @@ def test_a_read_that_waits_long_for_budget_is_read_not_failed(
     assert numbers["requests_per_cycle"] == 8 and numbers["budget_qps"] == 0.1
     assert numbers["holds_interval"] > 70
 
-    with caplog.at_level(logging.INFO, logger="qf_exporter.poller"):
+    with caplog.at_level(logging.INFO, logger="qf_exporter.polling.poller"):
         exporter.poller.poll_account("a")  # due at 1 s, read 70 s later
     samples = scrape(exporter)
     assert sim.request_count() == 16 and failures(samples, "a") == 0

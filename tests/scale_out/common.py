@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from qf_exporter.app import Exporter
-from qf_exporter.config import Account
+from qf_exporter.config.file import Account
 from qf_exporter.simulator import QianfanSimulator
 from tests.helpers import Samples, account, parse_samples, series
 

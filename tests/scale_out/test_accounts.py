@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from qf_exporter.app import Exporter
-from qf_exporter.config import Config, Poll
+from qf_exporter.config.file import Config, Poll
 from qf_exporter.simulator import QianfanSimulator, World
 from tests.helpers import GatedWorld, ManualClock, series, value
 from tests.scale_out.common import (

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from qf_exporter.app import Exporter
-from qf_exporter.config import Discovery
-from qf_exporter.patterns import compile_pattern
+from qf_exporter.config.file import Discovery
+from qf_exporter.config.patterns import compile_pattern
 from qf_exporter.simulator import QianfanSimulator, World
 from tests.helpers import ManualClock, value
 from tests.scale_out.common import (

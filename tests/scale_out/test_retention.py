@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from qf_exporter.app import Exporter
-from qf_exporter.config import Poll
+from qf_exporter.config.file import Poll
 from qf_exporter.simulator import QianfanSimulator, World
 from tests.helpers import ManualClock, Samples, value
 from tests.scale_out.common import (

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import pytest
 
 from qf_exporter.app import Exporter
-from qf_exporter.shard import Shard
+from qf_exporter.polling.shard import Shard
 from qf_exporter.simulator import QianfanSimulator, World
 from tests.helpers import REPO, ManualClock, value
 from tests.scale_out.common import (
@@ -99,7 +99,7 @@ def test_shard_assignment_is_fixed_across_processes() -> None:
     here = [next(i for i in range(4) if Shard(i, 4).owns("default", n)) for n in names]
     assert all(90 <= here.count(i) <= 210 for i in range(4))  # each shard gets a fair share
     script = (
-        "import json, sys; from qf_exporter.shard import Shard; "
+        "import json, sys; from qf_exporter.polling.shard import Shard; "
         "names = json.loads(sys.argv[1]); "
         "print(json.dumps([next(i for i in range(4) if Shard(i, 4).owns('default', n)) "
         "for n in names]))"

@@ -7,8 +7,8 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from qf_exporter.app import Exporter
-from qf_exporter.config import Config, Discovery, TeamRule, V1Target, V2Job
-from qf_exporter.patterns import compile_pattern
+from qf_exporter.config.file import Config, Discovery, TeamRule, V1Target, V2Job
+from qf_exporter.config.patterns import compile_pattern
 from qf_exporter.simulator import QianfanSimulator, World
 from tests.helpers import FAST_POLL, ManualClock, series
 from tests.scale_out.common import DAY, acct, samples_of

@@ -1,0 +1,133 @@
+"""One exposition for --once and /metrics, negotiated like the client libraries."""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Iterator
+
+import pytest
+import requests
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
+from prometheus_client.parser import text_string_to_metric_families as parse_text
+
+from qf_exporter.app import Exporter
+from qf_exporter.exposition.answer import OPENMETRICS, TEXT, accepts_gzip, build, wants_openmetrics
+from qf_exporter.exposition.render import _HEALTH_HELP, FAMILIES
+from tests.helpers import promtool_check_metrics
+
+PROMETHEUS_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.5,"
+    "application/openmetrics-text;version=0.0.1;q=0.4,"
+    "text/plain;version=1.0.0;escaping=allow-utf-8;q=0.3,"
+    "text/plain;version=0.0.4;q=0.2,*/*;q=0.1"
+)
+
+
+@pytest.mark.parametrize(
+    ("header", "want"),
+    [
+        ("gzip", True),
+        ("GZIP", True),
+        ("gzip, deflate, br", True),
+        ("gzip;q=0.5", True),
+        ("gzip;q=0", False),
+        ("gzip; q=0.000", False),
+        ("br, gzip;q=0, *", False),
+        ("*", True),
+        ("*;q=0", False),
+        ("identity", False),
+        ("", False),
+        (None, False),
+        ("gzip;q=abc", False),
+    ],
+)
+def test_accept_encoding_with_q_values(header: str | None, want: bool) -> None:
+    assert accepts_gzip(header) is want
+
+
+@pytest.mark.parametrize(
+    ("header", "want"),
+    [
+        (PROMETHEUS_ACCEPT, True),
+        ("application/openmetrics-text; version=1.0.0", True),
+        ("application/openmetrics-text", True),
+        ("application/openmetrics-text;q=0", False),
+        ("text/plain;version=0.0.4", False),
+        ("*/*", False),
+        ("", False),
+        (None, False),
+    ],
+)
+def test_format_from_accept(header: str | None, want: bool) -> None:
+    assert wants_openmetrics(header) is want
+
+
+def test_pre_rendered_families_read_the_same_in_both_formats() -> None:
+    """The same bytes serve both formats only because of this: gauges, no '"' in HELP."""
+    for help_text in [f.help for f in FAMILIES] + list(_HEALTH_HELP.values()):
+        assert '"' not in help_text
+
+
+@pytest.fixture(scope="module")
+def exporter() -> Iterator[Exporter]:
+    """The demo world, polled once, with process metrics (counters and all)."""
+    from qf_exporter.simulator.demo import start_demo
+
+    simulator, config = start_demo()
+    exporter = Exporter(config)
+    exporter.poller.poll_all(force=True)
+    yield exporter
+    exporter.stop()
+    simulator.stop()
+
+
+def test_openmetrics_answer_parses_strictly(exporter: Exporter) -> None:
+    answer = build(exporter.registry, exporter.pages.rendered, openmetrics_format=True)
+    text = b"".join(answer.pieces).decode()
+    assert answer.content_type == OPENMETRICS
+    assert text.endswith("# EOF\n") and text.count("# EOF") == 1
+    families = list(parse_om(text))  # type: ignore[no-untyped-call]  # strict: raises on any error
+    names = [f.name for f in families]
+    assert len(names) == len(set(names)), "a family appears twice"
+    counters = {f.name: f for f in families if f.type == "counter"}
+    assert "qianfan_api_requests" in counters  # counter family named without _total...
+    for family in counters.values():
+        assert all(s.name == family.name + "_total" for s in family.samples)  # ...samples with
+    assert "qianfan_up" in names and "qianfan_exporter_build_info" in names
+
+
+def test_gzip_answers_are_the_same_text(exporter: Exporter) -> None:
+    for om in (False, True):
+        plain = build(exporter.registry, exporter.pages.rendered, openmetrics_format=om)
+        zipped = build(exporter.registry, exporter.pages.rendered, openmetrics_format=om,
+                       gzipped=True)
+        assert zipped.gzipped and not plain.gzipped
+        unzipped = gzip.decompress(b"".join(zipped.pieces))
+        # Process metrics move between two calls: compare the families, not the values.
+        names = [f.name for f in (parse_om if om else parse_text)(unzipped.decode())]
+        assert names == [f.name for f in (parse_om if om else parse_text)(
+            b"".join(plain.pieces).decode())]
+
+
+def test_text_answer_is_what_once_prints_and_promtool_accepts(exporter: Exporter) -> None:
+    text = exporter.exposition()
+    assert build(exporter.registry, exporter.pages.rendered).content_type == TEXT
+    assert not text.endswith(b"# EOF\n")
+    list(parse_text(text.decode()))
+    promtool_check_metrics(text)
+
+
+def test_the_server_negotiates(exporter: Exporter) -> None:
+    server = exporter.serve("127.0.0.1", 0, "/metrics", None)
+    url = f"http://127.0.0.1:{server.port}/metrics"
+    om = requests.get(url, headers={"Accept": PROMETHEUS_ACCEPT}, timeout=10)
+    assert om.headers["Content-Type"] == OPENMETRICS
+    assert om.headers["Content-Encoding"] == "gzip"  # requests asks for gzip by default
+    list(parse_om(om.text))  # type: ignore[no-untyped-call]
+    plain = requests.get(url, headers={"Accept-Encoding": "gzip;q=0"}, timeout=10)
+    assert plain.headers["Content-Type"] == TEXT
+    assert "Content-Encoding" not in plain.headers
+    assert int(plain.headers["Content-Length"]) == len(plain.content)
+    head = requests.head(url, headers={"Accept-Encoding": "identity"}, timeout=10)
+    assert head.status_code == 200 and head.content == b""
+    assert int(head.headers["Content-Length"]) > 0

@@ -1,0 +1,267 @@
+"""Health at the right grain (SPEC §4): an account is down only when Qianfan itself
+cannot be used with its credentials; a target that cannot be read is that target's
+problem, named on the landing page and in ``qianfan_target_up``."""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Callable
+from types import MappingProxyType
+
+import requests
+
+from qf_exporter.app import Exporter
+from qf_exporter.exposition.render import render_health
+from qf_exporter.polling.snapshot import AccountState, Budget, Snapshot, TargetState
+from qf_exporter.simulator import QianfanSimulator, World
+from qf_exporter.web.landing import MESSAGE_LIMIT, landing_page
+from tests.helpers import (
+    ACCESS_KEY,
+    SECRET_KEY,
+    ManualClock,
+    account,
+    parse_samples,
+    promtool_check_metrics,
+    series,
+    value,
+)
+
+GOOD_JOBS = ("job-a", "job-b", "job-c", "job-d")
+
+
+def page_of(exporter: Exporter) -> str:
+    if exporter.server is None:
+        exporter.serve("127.0.0.1", 0, "/metrics", None)
+    assert exporter.server is not None
+    answer = requests.get(f"http://127.0.0.1:{exporter.server.port}/", timeout=10)
+    assert answer.status_code == 200
+    return answer.text
+
+
+def down_rows(page: str) -> list[list[str]]:
+    """The cells of each row of the page's "Targets down" table, unescaped."""
+    section = page.split("<h2>Targets down</h2>", 1)[1]
+    rows = re.findall(r"<tr>(.*?)</tr>", section, flags=re.S)
+    return [[html.unescape(c) for c in re.findall(r"<td[^>]*>(.*?)</td>", row, flags=re.S)]
+            for row in rows if "<td" in row]
+
+
+def account_cell(page: str, name: str) -> str:
+    """The "Qianfan" cell of the account's row in the accounts table."""
+    section = page.split("<h2>Accounts</h2>", 1)[1].split("<h2>", 1)[0]
+    for row in re.findall(r"<tr>(.*?)</tr>", section, flags=re.S):
+        cells = re.findall(r"<td[^>]*>(.*?)</td>", row, flags=re.S)
+        if cells and html.unescape(cells[0]) == name:
+            return html.unescape(cells[1])
+    raise AssertionError(f"no row for account {name!r}")
+
+
+def five_jobs(world: World, clock: ManualClock) -> None:
+    for job in GOOD_JOBS:
+        world.add_job(job, created=clock() - 3600)
+        world.add_run(job, f"task-{job}", created=clock() - 600, wait=0, duration=6000)
+
+
+def test_one_unknown_job_is_that_targets_problem_not_an_outage(
+    world: World, sim: QianfanSimulator, clock: ManualClock,
+    make_exporter: Callable[..., Exporter]
+) -> None:
+    five_jobs(world, clock)
+    exporter = make_exporter(account(sim, jobs=(*GOOD_JOBS, "job-typo")))
+    started = clock()
+    for poll in range(3):
+        exporter.poller.poll_all(force=False)
+        samples = parse_samples(exporter.exposition())
+        assert value(samples, "qianfan_up", account="default") == 1
+        # The account's last good poll moves on with every poll.
+        assert value(samples, "qianfan_last_successful_poll_timestamp_seconds",
+                     account="default") == clock() == started + 60 * poll
+        assert value(samples, "qianfan_target_up", target="job-typo") == 0
+        assert value(samples, "qianfan_target_error_info", target="job-typo",
+                     reason="client") == 1
+        assert value(samples, "qianfan_target_last_success_timestamp_seconds",
+                     target="job-typo") is None  # never read
+        for job in GOOD_JOBS:
+            assert value(samples, "qianfan_target_up", target=job) == 1
+            assert value(samples, "qianfan_target_last_success_timestamp_seconds",
+                         target=job) == clock()
+            assert value(samples, "qianfan_finetune_run_info", task_id=f"task-{job}") == 1
+        assert len(series(samples, "qianfan_target_error_info")) == 1
+        clock.advance(60)
+    promtool_check_metrics(exporter.exposition())
+
+    page = page_of(exporter)
+    assert account_cell(page, "default") == "reachable"
+    assert "DOWN" not in page
+    (row,) = down_rows(page)
+    assert row[:4] == ["default", "v2", "job-typo", "client"]
+    assert "510301" in row[4]  # the API's own "no such job" code, from its answer
+    assert row[5] == "never"
+
+
+def test_bad_credentials_make_the_account_down(
+    world: World, sim: QianfanSimulator, clock: ManualClock,
+    make_exporter: Callable[..., Exporter]
+) -> None:
+    five_jobs(world, clock)
+    good = account(sim, name="good", jobs=GOOD_JOBS)
+    bad = account(sim, name="bad", jobs=GOOD_JOBS, tasks=((1, 2),),
+                  secret_key="not-the-secret")
+    exporter = make_exporter(good, bad)
+    exporter.poller.poll_all()
+    samples = parse_samples(exporter.exposition())
+    assert value(samples, "qianfan_up", account="bad") == 0
+    assert value(samples, "qianfan_up", account="good") == 1
+    assert value(samples, "qianfan_last_successful_poll_timestamp_seconds",
+                 account="bad") is None
+    assert set(series(samples, "qianfan_target_up", account="bad").values()) == {0}
+    assert len(series(samples, "qianfan_target_error_info", account="bad",
+                      reason="auth")) == len(GOOD_JOBS) + 1
+    assert series(samples, "qianfan_target_last_success_timestamp_seconds",
+                  account="bad") == {}
+
+    page = page_of(exporter)
+    assert account_cell(page, "good") == "reachable"
+    cell = account_cell(page, "bad")
+    assert cell.startswith("DOWN: every call failed (auth)")
+    # Every target that is down is listed, each with its reason: none is left out.
+    rows = down_rows(page)
+    assert sorted((r[0], r[2], r[3]) for r in rows) == sorted(
+        [("bad", job, "auth") for job in GOOD_JOBS] + [("bad", "1/2", "auth")])
+    assert ACCESS_KEY not in page and SECRET_KEY not in page and "not-the-secret" not in page
+
+
+def test_the_account_is_down_only_when_every_call_fails(
+    world: World, sim: QianfanSimulator, clock: ManualClock,
+    make_exporter: Callable[..., Exporter]
+) -> None:
+    five_jobs(world, clock)
+    exporter = make_exporter(account(sim, jobs=GOOD_JOBS[:2], tasks=((1, 2),)))
+    world.add_v1_run(1, 2, created=clock() - 60, wait=0, duration=6000)
+    exporter.poller.poll_all()
+    first = clock()
+    # Server errors on every V2 job, rate limits on the V1 pair: nothing reached Qianfan.
+    sim.add_fault("http_500", action="DescribeFineTuningTasks")
+    sim.add_fault("rate_limit_18", action="jobDetail")
+    clock.advance(60)
+    exporter.poller.poll_all(force=False)
+    samples = parse_samples(exporter.exposition())
+    assert value(samples, "qianfan_up") == 0
+    assert value(samples, "qianfan_last_successful_poll_timestamp_seconds") == first
+    state = exporter.poller.snapshot.accounts["default"]
+    assert state.error.startswith("every call failed (rate_limited, server)")
+    assert not state.every_target_read
+    # Runs stay (until stale_after) while Qianfan cannot be read.
+    assert len(series(samples, "qianfan_finetune_run_info")) == 3
+
+    # The V1 pair answers again: Qianfan is reached, the jobs are still failing.
+    sim.clear_faults()
+    sim.add_fault("http_500", action="DescribeFineTuningTasks")
+    clock.advance(60)
+    exporter.poller.poll_all(force=False)
+    samples = parse_samples(exporter.exposition())
+    assert value(samples, "qianfan_up") == 1
+    assert value(samples, "qianfan_last_successful_poll_timestamp_seconds") == clock()
+    assert {dict(k)["target"]: v for k, v in series(samples, "qianfan_target_up").items()} \
+        == {"job-a": 0, "job-b": 0, "1/2": 1}
+    assert exporter.poller.snapshot.accounts["default"].error == ""
+
+
+def test_answers_that_cannot_be_read_on_every_call_are_no_proof_of_access(
+    world: World, sim: QianfanSimulator, clock: ManualClock,
+    make_exporter: Callable[..., Exporter]
+) -> None:
+    five_jobs(world, clock)
+    exporter = make_exporter(account(sim, jobs=GOOD_JOBS))
+    sim.add_fault("malformed_json", target=GOOD_JOBS[0])
+    exporter.poller.poll_all()
+    samples = parse_samples(exporter.exposition())
+    assert value(samples, "qianfan_up") == 1  # the other jobs were read
+    assert value(samples, "qianfan_target_error_info", target=GOOD_JOBS[0],
+                 reason="invalid_response") == 1
+    sim.add_fault("malformed_json")
+    clock.advance(60)
+    exporter.poller.poll_all(force=False)
+    samples = parse_samples(exporter.exposition())
+    assert value(samples, "qianfan_up") == 0
+    assert exporter.poller.snapshot.accounts["default"].error.startswith(
+        "every call failed (invalid_response)")
+
+
+def test_landing_page_lists_every_target_down_with_bounded_messages() -> None:
+    long = "x" * 5000
+    targets = {("v2", f"job-{k:02d}"): TargetState(api="v2", name=f"job-{k:02d}", up=False,
+                                                   error=f"<no such job {k}> " + long,
+                                                   reason="client")
+               for k in range(40)}
+    targets[("v1", "1/2")] = TargetState(api="v1", name="1/2", up=True, last_success=1.0)
+    state = AccountState(name="team", targets=MappingProxyType(targets), up=True, polled=True,
+                         last_success=2.0)
+    page = landing_page(Snapshot(MappingProxyType({"team": state})),
+                        telemetry_path="/metrics", version="1.2.3")
+    rows = down_rows(page)
+    assert [r[2] for r in rows] == [f"job-{k:02d}" for k in range(40)]
+    assert all(r[3] == "client" for r in rows)
+    assert all(r[4].startswith(f"<no such job {k}> ") and len(r[4]) == MESSAGE_LIMIT
+               for k, r in enumerate(rows))
+    assert "<no such job" not in page  # escaped
+    assert account_cell(page, "team") == "reachable"
+
+
+def test_render_health_exposition() -> None:
+    targets = {
+        ("v1", "10250/6205"): TargetState(api="v1", name="10250/6205", up=True,
+                                          last_success=1700000000.5, team="nlp"),
+        ("v2", 'job-"q"'): TargetState(api="v2", name='job-"q"', up=False,
+                                       error="no such job", reason="client"),
+        ("v2", "job-b"): TargetState(api="v2", name="job-b", up=False, reason="server",
+                                     error="http=500", last_success=1699999000.0),
+    }
+    state = AccountState(name="team", targets=MappingProxyType(targets), up=True, polled=True,
+                         last_success=1700000001.0, poll_duration=0.25)
+    snapshot = Snapshot(MappingProxyType({"team": state}))
+    text = render_health(snapshot, ["team", "later"])
+    lines = [line for line in text.decode().splitlines() if not line.startswith("#")]
+    assert lines == [
+        'qianfan_up{account="later"} 0',
+        'qianfan_up{account="team"} 1',
+        'qianfan_target_up{account="team",api="v1",target="10250/6205",team="nlp"} 1',
+        'qianfan_target_up{account="team",api="v2",target="job-\\"q\\"",team=""} 0',
+        'qianfan_target_up{account="team",api="v2",target="job-b",team=""} 0',
+        'qianfan_target_last_success_timestamp_seconds{account="team",api="v1",'
+        'target="10250/6205",team="nlp"} 1700000000.5',
+        'qianfan_target_last_success_timestamp_seconds{account="team",api="v2",'
+        'target="job-b",team=""} 1699999000.0',
+        'qianfan_target_error_info{account="team",api="v2",target="job-\\"q\\"",team="",'
+        'reason="client"} 1',
+        'qianfan_target_error_info{account="team",api="v2",target="job-b",team="",'
+        'reason="server"} 1',
+        'qianfan_last_successful_poll_timestamp_seconds{account="team"} 1700000001.0',
+        'qianfan_poll_duration_seconds{account="team"} 0.25',
+    ]
+    helps = re.findall(r"^# HELP (\S+) ", text.decode(), flags=re.M)
+    assert {"qianfan_up", "qianfan_target_up", "qianfan_target_last_success_timestamp_seconds",
+            "qianfan_target_error_info",
+            "qianfan_last_successful_poll_timestamp_seconds"} <= set(helps)
+    promtool_check_metrics(text)
+
+
+def test_an_account_whose_budget_cannot_hold_the_interval_says_so() -> None:
+    """The lag and the budget a replica uses are exported per account, and the landing
+    page says, for that account only, what a cycle needs and how late reads are."""
+    behind = AccountState(name="team", up=True, polled=True,
+                          budget=Budget(qps=1.5, lag=62.0, needs=140, holds=97.1))
+    on_time = AccountState(name="other", up=True, polled=True, budget=Budget(qps=5.0))
+    snapshot = Snapshot(MappingProxyType({"team": behind, "other": on_time}))
+    text = render_health(snapshot, ["team", "other"])
+    samples = parse_samples(text)
+    assert value(samples, "qianfan_poll_lag_seconds", account="team") == 62
+    assert value(samples, "qianfan_poll_lag_seconds", account="other") == 0
+    assert value(samples, "qianfan_rate_budget_qps", account="team") == 1.5
+    promtool_check_metrics(text)
+    page = landing_page(snapshot, telemetry_path="/metrics", version="1")
+    lines = re.findall(r"<p class=behind>(.*?)</p>", page)
+    assert lines == ["team: the request budget (1.5 requests/s) cannot hold poll.interval: "
+                     "a cycle needs 140 requests, about 97s; targets are read up to 62s "
+                     "late."]

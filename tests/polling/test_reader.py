@@ -1,0 +1,212 @@
+"""V2 progress from the run detail, and a simulator that is no kinder than Baidu's reference.
+
+Baidu's reference for ``DescribeFineTuningTasks`` (seed 001) has no ``runProgress`` in
+its ``taskList``; ``DescribeFineTuningTask`` has it only while the run is Running. The
+exporter reads the list, then the detail of every run the list shows as Running.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from qf_exporter.app import Exporter
+from qf_exporter.qianfan.client import QianfanClient
+from qf_exporter.qianfan.telemetry import ApiMetrics
+from qf_exporter.simulator import QianfanSimulator, World
+from qf_exporter.simulator.scenario import demo_world
+from tests.fake_time import LockstepBudget
+from tests.helpers import (
+    ACCESS_KEY,
+    SECRET_KEY,
+    ManualClock,
+    Samples,
+    account,
+    parse_samples,
+    value,
+)
+
+LIST_ONLY_FORBIDDEN = {"runprogress", "vdllink"}  # not in seed 001's taskList table
+
+
+def _client(sim: QianfanSimulator, clock: Callable[[], float]) -> QianfanClient:
+    from prometheus_client import CollectorRegistry
+
+    return QianfanClient(account(sim), metrics=ApiMetrics(CollectorRegistry()), clock=clock,
+                         retries=0)
+
+
+def test_the_simulated_list_has_no_progress_and_the_detail_has_it_while_running() -> None:
+    """The demo world has runs in every state; no list item may carry runProgress."""
+    clock = ManualClock()
+    world = demo_world(clock)
+    with QianfanSimulator(world, {ACCESS_KEY: SECRET_KEY}, wall_clock=clock) as sim:
+        client = _client(sim, clock)
+        seen_running = 0
+        for job_id in world.jobs:
+            for item in client.describe_tasks(job_id):
+                assert not LIST_ONLY_FORBIDDEN & {key.lower() for key in item}, item
+                detail = client.describe_task(item["taskId"])
+                if detail["runStatus"] == "Running":
+                    seen_running += 1
+                    assert detail["runProgress"].endswith("%")
+                    assert detail["vdlLink"].startswith("https://")
+                else:
+                    assert "runProgress" not in detail
+        assert seen_running >= 3
+        client.close()
+
+
+def test_progress_comes_from_the_detail_of_each_running_run(
+    world: World, sim: QianfanSimulator, clock: ManualClock,
+    make_exporter: Callable[..., Exporter]
+) -> None:
+    world.add_job("job-1", created=clock() - 3600)
+    world.add_run("job-1", "task-run", created=clock() - 100, wait=0, duration=400)
+    world.add_run("job-1", "task-done", created=clock() - 3000, wait=0, duration=600)
+    world.add_run("job-1", "task-wait", created=clock() - 10, wait=600, duration=600)
+    exporter = make_exporter(account(sim, jobs=("job-1",)))
+    exporter.poller.poll_all()
+    samples = parse_samples(exporter.exposition())
+    assert value(samples, "qianfan_finetune_run_progress_ratio", task_id="task-run") == 0.25
+    # A finished or waiting run needs no detail read, and has no progress.
+    assert value(samples, "qianfan_finetune_run_progress_ratio", task_id="task-done") is None
+    assert value(samples, "qianfan_finetune_run_progress_ratio", task_id="task-wait") is None
+    assert [(e.action, e.target) for e in sim.logged()] == [
+        ("DescribeFineTuningTasks", "job-1"), ("DescribeFineTuningTask", "task-run")]
+    assert value(samples, "qianfan_api_requests_total",
+                 action="DescribeFineTuningTask") == 1
+    assert value(samples, "qianfan_target_up", target="job-1") == 1
+    assert value(samples, "qianfan_finetune_run_vdl_link_info", task_id="task-run") == 1
+    # The run moves on: the next poll reads its progress again.
+    clock.advance(100)
+    exporter.poller.poll_all()
+    samples = parse_samples(exporter.exposition())
+    assert value(samples, "qianfan_finetune_run_progress_ratio", task_id="task-run") == 0.5
+    # Once it is done it needs no detail read, and keeps the VisualDL link it had.
+    clock.advance(300)
+    exporter.poller.poll_all()
+    samples = parse_samples(exporter.exposition())
+    assert value(samples, "qianfan_finetune_run_status", task_id="task-run",
+                 status="succeeded") == 1
+    assert value(samples, "qianfan_finetune_run_progress_ratio", task_id="task-run") is None
+    assert value(samples, "qianfan_finetune_run_vdl_link_info", task_id="task-run") == 1
+    assert sim.request_count("DescribeFineTuningTask") == 2
+
+
+def test_a_failed_detail_read_keeps_the_run_and_downs_the_target(
+    world: World, sim: QianfanSimulator, clock: ManualClock,
+    make_exporter: Callable[..., Exporter]
+) -> None:
+    world.add_job("job-1", created=clock() - 3600)
+    world.add_run("job-1", "task-run", created=clock() - 100, wait=0, duration=4000)
+    world.add_job("job-2", created=clock() - 3600)
+    world.add_run("job-2", "task-other", created=clock() - 100, wait=0, duration=400)
+    exporter = make_exporter(account(sim, jobs=("job-1", "job-2")))
+    sim.add_fault("http_500", action="DescribeFineTuningTask", target="task-run")
+    exporter.poller.poll_all()
+    samples = parse_samples(exporter.exposition())
+    # The run is still exported from the list (status, start, ...), without progress.
+    assert value(samples, "qianfan_finetune_run_status", task_id="task-run",
+                 status="running") == 1
+    assert value(samples, "qianfan_finetune_run_progress_ratio", task_id="task-run") is None
+    assert value(samples, "qianfan_target_up", target="job-1") == 0
+    assert value(samples, "qianfan_target_up", target="job-2") == 1
+    assert value(samples, "qianfan_finetune_run_progress_ratio", task_id="task-other") == 0.25
+    assert value(samples, "qianfan_finetune_run_last_read_timestamp_seconds",
+                 task_id="task-run") == clock()
+    assert value(samples, "qianfan_api_request_failures_total",
+                 action="DescribeFineTuningTask", reason="server") == 1
+    state = exporter.poller.snapshot.accounts["default"].targets[("v2", "job-1")]
+    assert state.reason == "server" and "DescribeFineTuningTask" in state.error
+    # Staleness goes by the runs' reads: a target whose details keep failing keeps its
+    # runs past stale_after, since its list is read every poll.
+    for _ in range(12):
+        clock.advance(60)
+        exporter.poller.poll_all()
+    samples = parse_samples(exporter.exposition())
+    assert value(samples, "qianfan_finetune_run_status", task_id="task-run",
+                 status="running") == 1
+    # Once the detail answers again, the target is up with its progress.
+    sim.clear_faults()
+    exporter.poller.poll_all()
+    samples = parse_samples(exporter.exposition())
+    assert value(samples, "qianfan_target_up", target="job-1") == 1
+    assert value(samples, "qianfan_finetune_run_progress_ratio", task_id="task-run") is not None
+
+
+def test_detail_reads_share_the_accounts_budget(
+    clock: ManualClock, make_exporter: Callable[..., Exporter]
+) -> None:
+    """Lists and details together never exceed qps in any one-second window."""
+    qps = 10
+    world = World(clock)
+    for j in range(6):
+        world.add_job(f"job-{j}", created=clock() - 3600)
+        for r in range(3):
+            world.add_run(f"job-{j}", f"task-{j}-{r}", created=clock() - 100, wait=0,
+                          duration=1000)
+    with QianfanSimulator(world, {ACCESS_KEY: SECRET_KEY}, qps=qps, wall_clock=clock) as sim:
+        jobs = tuple(world.jobs)
+        exporter = make_exporter(account(sim, jobs=jobs, qps=qps))
+        # in lock step on the test's clock: the windows cannot depend on the load
+        LockstepBudget(clock, sim, exporter.poller.accounts["default"].limiter)
+        exporter.poller.poll_all()
+        samples = parse_samples(exporter.exposition())
+        assert value(samples, "qianfan_up") == 1
+        assert sim.request_count("DescribeFineTuningTask") == 18
+        assert sim.stats.throttled == 0
+        arrivals = sorted(e.arrived for e in sim.logged())
+        assert len(arrivals) == 6 + 18
+        for i in range(len(arrivals) - qps):
+            assert arrivals[i + qps] - arrivals[i] >= 1.0, i
+
+
+def test_demo_shows_progress_read_through_the_detail(
+    make_exporter: Callable[..., Exporter], clock: ManualClock
+) -> None:
+    """``--demo``'s world: its running V2 runs export progress, read from the detail,
+    and it climbs as the runs move on."""
+    world = demo_world(clock)
+    with QianfanSimulator(world, {ACCESS_KEY: SECRET_KEY}, wall_clock=clock) as sim:
+        exporter = make_exporter(account(sim, name="demo", jobs=tuple(sorted(world.jobs))))
+        exporter.poller.poll_all()
+        first = _v2_progress(parse_samples(exporter.exposition()))
+        # Long enough for the slowest demo run (5 h, NaN and diverging loss) to move a
+        # whole percent, Qianfan's resolution.
+        clock.advance(300)
+        exporter.poller.poll_all()
+        samples = parse_samples(exporter.exposition())
+        later = _v2_progress(samples)
+    assert len(first) >= 3
+    still_running = [task for task in first if task in later]
+    assert still_running and all(later[task] > first[task] for task in still_running)
+    details = value(samples, "qianfan_api_requests_total", action="DescribeFineTuningTask")
+    assert details is not None and details >= len(first) + len(still_running)
+
+
+def _v2_progress(samples: Samples) -> dict[str, float]:
+    return {
+        dict(labels)["task_id"]: v for (name, labels), v in samples.items()
+        if name == "qianfan_finetune_run_progress_ratio" and dict(labels)["api"] == "v2"
+    }
+
+
+def test_the_demo_as_shipped_reads_progress_through_the_detail() -> None:
+    """``--demo`` itself (its simulator, account and poll settings): one poll exports
+    progress for its running V2 runs, and every one came from a detail read."""
+    from qf_exporter.simulator.demo import start_demo
+
+    simulator, config = start_demo()
+    exporter = Exporter(config, process_metrics=False)
+    try:
+        exporter.poller.poll_all()
+        samples = parse_samples(exporter.exposition())
+    finally:
+        exporter.stop()
+        simulator.stop()
+    progress = _v2_progress(samples)
+    running = {dict(labels)["task_id"] for (name, labels), v in samples.items()
+               if name == "qianfan_finetune_run_status" and v == 1
+               and dict(labels)["status"] == "running" and dict(labels)["api"] == "v2"}
+    assert running and set(progress) == running
+    assert simulator.request_count("DescribeFineTuningTask") == len(running)

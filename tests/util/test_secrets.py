@@ -1,0 +1,64 @@
+"""Credentials never shown: ``Secret``, ``redact`` and the redactor every log line passes."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from qf_exporter import logs
+from qf_exporter.util.secrets import REDACTOR, Redactor, Secret, redact
+
+SK = "SKcfg-secret-do-not-print-0123456789"
+
+
+def test_secret_never_shows_its_value() -> None:
+    secret = Secret(SK)
+    assert secret.reveal() == SK
+    shown = [
+        repr(secret),
+        str(secret),
+        f"{secret}",
+        f"{secret!r}",
+        f"{secret!s}",
+        "%s" % secret,  # noqa: UP031
+        "%r" % secret,  # noqa: UP031
+        "{}".format(secret),  # noqa: UP032
+        "{!r}".format(secret),  # noqa: UP032
+        f"{[secret]}",
+        f"{secret:}",
+    ]
+    for text in shown:
+        assert SK not in text
+        assert "redacted" in text
+    assert Secret("a") == Secret("a")
+    assert Secret("a") != Secret("b")
+    assert Secret("a") != "a"
+
+
+def test_redact_replaces_the_longest_secret_first() -> None:
+    # "abc" inside "abcdef" must not leave "def" behind.
+    assert redact("key=abcdef and abc", ["abc", "abcdef"]) == (
+        "key=<redacted> and <redacted>"
+    )
+    assert redact("nothing to hide", ["", "absent"]) == "nothing to hide"
+
+
+def test_the_redactor_scrubs_what_it_was_last_given() -> None:
+    redactor = Redactor()
+    assert redactor.scrub(f"sk={SK}") == f"sk={SK}"
+    redactor.set((SK,))
+    assert redactor.scrub(f"sk={SK}") == "sk=<redacted>"
+    redactor.set(("other",))  # a reload replaces the set, it does not add to it
+    assert redactor.scrub(f"sk={SK} other") == f"sk={SK} <redacted>"
+
+
+def test_the_log_formatters_use_the_shared_redactor(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert logs.REDACTOR is REDACTOR  # the one app.py keeps current on reload
+    redactor = Redactor()
+    redactor.set((SK,))
+    monkeypatch.setattr(logs, "REDACTOR", redactor)
+    record = logging.makeLogRecord({"msg": "signing with %s", "args": (SK,), "name": "t"})
+    for formatter in (logs.LogfmtFormatter(), logs.JsonFormatter()):
+        line = formatter.format(record)
+        assert SK not in line and "<redacted>" in line

@@ -12,10 +12,10 @@ import requests
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qf_exporter.exposition.store import render
 from qf_exporter.qianfan.models import Run
 from qf_exporter.web.server import _coalesce, _send_all
 from tests.conftest import EmptyServer
+from tests.exposition.pages import full_page, page_text
 
 
 @given(st.lists(st.binary(max_size=300), max_size=60), st.integers(min_value=1, max_value=500))
@@ -39,13 +39,13 @@ def test_a_big_plain_answer_goes_out_whole(empty_server: EmptyServer) -> None:
     runs = [Run("a", "v2", f"job-{i % 40}", f"task-{i:05d}", "running", "Running",
                 job_name="j" * 200, task_name="t" * 200, progress=0.5, last_read=float(i))
             for i in range(6000)]
-    page = render(runs, 1)
-    assert len(page.text) > 4 << 20
+    page = full_page(runs, 1)
+    assert len(page_text(page)) > 4 << 20
     server = empty_server(page=page)
     url = f"http://127.0.0.1:{server.port}/metrics"
     plain = requests.get(url, headers={"Accept-Encoding": "identity"}, timeout=30)
     zipped = requests.get(url, timeout=30)
-    assert plain.content.startswith(page.text) and zipped.content == plain.content
+    assert plain.content.startswith(page_text(page)) and zipped.content == plain.content
     assert int(plain.headers["Content-Length"]) == len(plain.content)
 
 

@@ -7,7 +7,7 @@ The text format wants each family's lines together, so the page is family-major:
 Runs, in key order, are split into buckets of at most ``BUCKET_RUNS`` runs (like the
 leaves of a B-tree: a full bucket splits in two, an emptied one goes away). A bucket
 renders each family's lines of its runs as one piece, and compresses each piece as a
-deflate segment of its own (``gzipstream.py`` joins segments into one gzip stream). A
+deflate segment of its own (``gzipstream.py``: how segments join into one gzip stream). A
 poll that changes k runs marks their buckets dirty; only those are rendered again,
 and only the pieces whose text changed are compressed again.
 

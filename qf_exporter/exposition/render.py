@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from operator import attrgetter
+from typing import Any, cast
 
 from qf_exporter.polling.snapshot import Snapshot
 from qf_exporter.qianfan.models import STATUSES, Run
@@ -193,22 +194,36 @@ _STATUS_FLAGS = {
 }
 
 
-_label_values = attrgetter(*BASE_LABELS, *INFO_LABELS)
-# ``{account="%s",api="%s",job_id="%s",task_id="%s"`` and
-# ``,job_name="%s",...,console_url="%s"} 1``, to fill with the (escaped) values.
-_BASE_FORMAT = "{" + ",".join(f'{name}="%s"' for name in BASE_LABELS)
-_INFO_FORMAT = "," + ",".join(f'{name}="%s"' for name in INFO_LABELS) + "} 1"
-_BASE_COUNT = len(BASE_LABELS)
+def _label_writer() -> Callable[[Run], tuple[str, str]]:
+    """``_labels``, written once from ``BASE_LABELS`` and ``INFO_LABELS``.
+
+    It is generated, as ``dataclasses`` generates ``__init__``, because it is the hot
+    path at 10,000 runs: f-strings over locals make the label sets in half the time
+    that ``%`` or ``str.format`` over a tuple of the values take.
+    """
+    names = (*BASE_LABELS, *INFO_LABELS)
+
+    def label_set(part: tuple[str, ...]) -> str:  # account="{account}",api="{api}",...
+        return ",".join(f'{name}="{{{name}}}"' for name in part)
+
+    source = "\n".join((
+        "def _labels(run):",
+        f"    labels = ({', '.join(f'run.{name}' for name in names)})",
+        # Almost no label value needs escaping: check them all at once, escape only then.
+        "    raw = ''.join(labels)",
+        "    if '\\\\' in raw or '\"' in raw or '\\n' in raw:",
+        "        labels = tuple(map(escape, labels))",
+        f"    {', '.join(names)} = labels",
+        f"    return f'{{{{{label_set(BASE_LABELS)}', f',{label_set(INFO_LABELS)}}}}} 1'",
+    ))
+    namespace: dict[str, Any] = {"escape": escape}
+    exec(source, namespace)
+    return cast(Callable[[Run], tuple[str, str]], namespace["_labels"])
 
 
-def _labels(run: Run) -> tuple[str, str]:
-    """The run's base label set (``{account=...,task_id="..."``) and its info labels."""
-    labels: tuple[str, ...] = _label_values(run)
-    # Almost no label value needs escaping: check them all at once, escape only then.
-    raw = "".join(labels)
-    if "\\" in raw or '"' in raw or "\n" in raw:
-        labels = tuple(map(escape, labels))
-    return _BASE_FORMAT % labels[:_BASE_COUNT], _INFO_FORMAT % labels[_BASE_COUNT:]
+# The run's base label set (``{account=...,task_id="..."``) and its info labels
+# (``,job_name=...} 1``).
+_labels = _label_writer()
 
 
 @contextmanager

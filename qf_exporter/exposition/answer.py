@@ -40,9 +40,9 @@ class Answer:
     """One reply's body as pieces to send in order, their total ``size``, and the
     headers that describe them.
 
-    A big answer goes to the kernel as it is (``web/server.py``'s ``_send_all``), so a
-    scrape of the plain page copies nothing in Python; a small one is joined into
-    writes of about 1 MiB on its way through the event loop.
+    The server writes the pieces without joining them: a big plain-TCP answer goes to
+    the kernel as it is (``web/server.py``'s ``_send_all``), so a scrape of the plain
+    page copies nothing in Python; the rest goes through the event loop in slices.
     """
 
     parts: tuple[Sequence[bytes], ...]

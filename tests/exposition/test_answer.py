@@ -1,4 +1,4 @@
-"""One exposition for --once and /metrics, negotiated like the client libraries."""
+"""One answer for --once and /metrics, negotiated like the client libraries."""
 
 from __future__ import annotations
 

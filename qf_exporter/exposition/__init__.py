@@ -10,10 +10,10 @@ Glossary:
 
 - bucket: up to ``store.BUCKET_RUNS`` runs adjacent in key order, rendered together.
 - piece: one family's lines for the runs of one bucket (text).
-- block: one family's pieces of consecutive buckets joined, about ``store.BLOCK_BYTES``.
+- block: one family's pieces of consecutive buckets joined (and their segments), ~64 KiB.
 - segment: text compressed as raw deflate that joins others into one gzip stream.
 - page: what every scrape serves until the next poll (``store.Page``): each family's
   header and blocks, then the health, as text and as segments.
 - answer: one reply (``answer.Answer``): the page, then the families prometheus_client
-  renders per scrape, plain or as one gzip stream, as pieces written in order.
+  renders per scrape, plain or as one gzip stream, as byte strings written in order.
 """

@@ -5,7 +5,7 @@ per-target health kept pre-rendered (``store.py``), then the head: the families
 prometheus_client renders on the spot (build and reload info, shard, the API
 counters, process metrics). The head goes last so that the gzip answer's CRC
 continues from the page's, computed once (``gzipstream.py``). The answer is a
-sequence of byte pieces that the server writes one after another (its
+sequence of byte strings that the server writes one after another (its
 Content-Length is their total size): the plain page's blocks as they are, and the
 gzip page's segments as one buffer, joined once per page at its first gzip answer.
 
@@ -37,10 +37,10 @@ OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """One reply's body as pieces to send in order, their total ``size``, and the
+    """One reply's body as byte strings to send in order, their total ``size``, and the
     headers that describe them.
 
-    The server writes the pieces without joining them: a big plain-TCP answer goes to
+    The server writes them without joining them: a big plain-TCP answer goes to
     the kernel as it is (``web/server.py``'s ``_send_all``), so a scrape of the plain
     page copies nothing in Python; the rest goes through the event loop in slices.
     """
@@ -120,7 +120,7 @@ def build(
     openmetrics_format: bool = False,
     gzipped: bool = False,
 ) -> Answer:
-    """The answer to one scrape (or to ``--once``), as pieces to send in order."""
+    """The answer to one scrape (or to ``--once``), as byte strings to send in order."""
     if openmetrics_format:
         # prometheus_client's OpenMetrics output ends with "# EOF", and it goes last.
         head = openmetrics.generate_latest(registry)  # type: ignore[no-untyped-call]

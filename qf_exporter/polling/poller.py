@@ -42,10 +42,10 @@ from qf_exporter.polling import cadence
 from qf_exporter.polling.discovery import JobDiscovery
 from qf_exporter.polling.reachability import Health, Outcome
 from qf_exporter.polling.reader import TargetReader
-from qf_exporter.polling.retention import LeftOutCounter, TargetKey, retain
+from qf_exporter.polling.retention import LeftOutCounter, retain
 from qf_exporter.polling.scheduler import AccountScheduler
 from qf_exporter.polling.shard import Shard
-from qf_exporter.polling.snapshot import AccountState, Budget, Snapshot
+from qf_exporter.polling.snapshot import AccountState, Budget, Snapshot, TargetKey
 from qf_exporter.polling.targets import Targets
 from qf_exporter.qianfan.budget import Deadline, RateLimiter
 from qf_exporter.qianfan.client import QianfanClient

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import CancelledError, Executor, Future
 from dataclasses import dataclass, replace
-from typing import TypeVar
 
 from qf_exporter.config.file import V1Target
 from qf_exporter.polling.estimate import with_estimates
-from qf_exporter.polling.snapshot import TargetState
+from qf_exporter.polling.snapshot import TargetKey, TargetState
 from qf_exporter.qianfan.budget import Deadline, NotSent
 from qf_exporter.qianfan.client import QianfanClient
 from qf_exporter.qianfan.errors import InvalidResponse, NotFound, QianfanError
@@ -27,8 +26,6 @@ from qf_exporter.qianfan.models import Fields, Run, parse_v1_run, parse_v2_run, 
 from qf_exporter.qianfan.upstream import ReadBudget
 
 log = logging.getLogger(__name__)
-
-K = TypeVar("K", bound=Hashable)
 
 
 @dataclass(frozen=True)
@@ -101,16 +98,16 @@ class TargetReader:
     def read_all(
         self,
         workers: Executor,
-        due: Mapping[K, tuple[TargetState, V1Target | None]],
+        due: Mapping[TargetKey, tuple[TargetState, V1Target | None]],
         started: float,
         stop: threading.Event,
-    ) -> dict[K, Read]:
+    ) -> dict[TargetKey, Read]:
         """Read the ``due`` targets (state and pair, by key) in parallel on ``workers``.
 
         Once ``stop`` is set, no more reads start; reads that never started, or whose
         wait for budget the stop cut short, are left out of the answer.
         """
-        futures: dict[K, Future[Read]] = {}
+        futures: dict[TargetKey, Future[Read]] = {}
         for key, (state, pair) in due.items():
             if stop.is_set():
                 break

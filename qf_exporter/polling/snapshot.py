@@ -13,6 +13,11 @@ from types import MappingProxyType
 
 from qf_exporter.qianfan.models import STATUSES, Run
 
+# A target's key: its api and its ``target`` label, ("v2", "job-...") or ("v1", "10250/6205").
+TargetKey = tuple[str, str]
+# A run's key, ``Run.key``: (account, api, job_id, task_id).
+RunKey = tuple[str, str, str, str]
+
 
 @dataclass(frozen=True)
 class TargetState:
@@ -69,7 +74,7 @@ class AccountState:
     """
 
     name: str
-    targets: Mapping[tuple[str, str], TargetState] = field(
+    targets: Mapping[TargetKey, TargetState] = field(
         default_factory=lambda: MappingProxyType({})
     )
     up: bool = False

@@ -14,8 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import replace
 
 from qf_exporter.config.file import Account, V1Target, V2Job
-from qf_exporter.polling.retention import TargetKey
-from qf_exporter.polling.snapshot import TargetState
+from qf_exporter.polling.snapshot import TargetKey, TargetState
 
 
 class Targets:

@@ -28,6 +28,15 @@ from qf_exporter.qianfan.upstream import ReadBudget
 log = logging.getLogger(__name__)
 
 
+def bug_as_bad_answer(exc: Exception, logger: logging.Logger, message: str,
+                      **context: str) -> InvalidResponse:
+    """A bug met while reading an answer (any exception that is not a ``QianfanError``),
+    logged with its traceback, as the bad answer it costs: the one read or listing fails
+    as ``invalid_response`` and the poll carries on. Call it in the ``except`` block."""
+    logger.exception(message, extra=context)
+    return InvalidResponse(f"unexpected {type(exc).__name__}")
+
+
 @dataclass(frozen=True)
 class Read:
     """A target's state after a read, and whether the API says it does not exist."""
@@ -85,10 +94,9 @@ class TargetReader:
             return self._failed(state, started, exc)
         except NotSent:
             raise
-        except Exception as exc:  # a bug must not kill the poller: report it as a bad answer
-            log.exception("unexpected error reading target",
-                          extra={"account": self.account, "target": state.name})
-            err = InvalidResponse(f"unexpected {type(exc).__name__}")
+        except Exception as exc:  # a bug must not kill the poller
+            err = bug_as_bad_answer(exc, log, "unexpected error reading target",
+                                    account=self.account, target=state.name)
             return Read(replace(state, up=False, last_attempt=started, error=str(err),
                                 reason=err.reason))
         # Each run's progress history goes from this target's previous runs to the new ones.

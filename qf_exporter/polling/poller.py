@@ -263,22 +263,20 @@ class Poller:
         *,
         shard: Shard | None = None,
         clock: Callable[[], float] = time.time,
-        on_change: Callable[[Snapshot], None] | None = None,
         subscriber: Subscriber | None = None,
     ) -> None:
         self.metrics = metrics
         self.shard = shard or Shard()
         self.clock = clock
-        self.on_change = on_change
         self.subscriber = subscriber
         self.stop_event = threading.Event()
         self.config = config
-        self.accounts: dict[str, AccountPoller] = {}
+        self.accounts = {account.name: self._account_poller(account, config.poll)
+                         for account in config.accounts}
         self._snapshot = Snapshot()
         self._swap = threading.Lock()
         self.ready = threading.Event()
         self._scheduler: AccountScheduler | None = None
-        self._build(config)
         self._publish(self._snapshot)
 
     def _publish(self, before: Snapshot) -> None:
@@ -287,12 +285,10 @@ class Poller:
         if self.subscriber is not None:
             self.subscriber.publish(before, self._snapshot, list(self.accounts))
 
-    def _build(self, config: Config) -> None:
-        for account in config.accounts:
-            self.accounts[account.name] = AccountPoller(
-                account, config.poll, self.metrics, shard=self.shard, clock=self.clock,
-                stop=self.stop_event,
-            )
+    def _account_poller(self, account: Account, poll: Poll) -> AccountPoller:
+        """A new poller of one account, on this replica's shard, clock and stop."""
+        return AccountPoller(account, poll, self.metrics, shard=self.shard, clock=self.clock,
+                             stop=self.stop_event)
 
     # --- reading the state -------------------------------------------------------------
 
@@ -318,8 +314,6 @@ class Poller:
             snapshot = self._snapshot
         if snapshot.ready:
             self.ready.set()
-        if self.on_change:
-            self.on_change(snapshot)
         return state
 
     def poll_all(self, force: bool = True) -> Snapshot:
@@ -374,8 +368,6 @@ class Poller:
             keep = self._replace_pollers(config)
         if self._scheduler is not None:
             self._reschedule(keep)
-        if self.on_change:
-            self.on_change(self._snapshot)
 
     def _replace_pollers(self, config: Config) -> frozenset[str]:
         """Swap in the pollers of ``config`` and the snapshot they serve (under the swap
@@ -394,8 +386,7 @@ class Poller:
                 if last is not None:
                     shown[account.name] = last
                 continue
-            poller = AccountPoller(account, config.poll, self.metrics, shard=self.shard,
-                                   clock=self.clock, stop=self.stop_event)
+            poller = self._account_poller(account, config.poll)
             if before is not None:
                 poller.limiter.adopt(before.limiter)
             self.accounts[account.name] = poller

@@ -7,7 +7,7 @@ snapshot and never see half of a poll.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
@@ -122,10 +122,6 @@ class Snapshot:
         """Every account's state replaced at once (a reload)."""
         return replace(self, accounts=MappingProxyType(dict(accounts)),
                        generation=self.generation + 1)
-
-    def runs(self) -> Iterator[Run]:
-        for account in self.accounts.values():
-            yield from account.runs
 
     @property
     def ready(self) -> bool:

@@ -10,7 +10,7 @@ of the first ``discovery.teams`` rule that matches the job's name, else the acco
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 
 from qf_exporter.config.file import Account, V1Target, V2Job
@@ -39,9 +39,6 @@ class Targets:
             key: TargetState(api=key[0], name=key[1], team=self.owner(key))
             for key in sorted(self.configured)
         }
-
-    def __iter__(self) -> Iterator[TargetKey]:
-        return iter(self.states)
 
     def pair(self, key: TargetKey) -> V1Target | None:
         """A V1 target's pair (None for a V2 job)."""

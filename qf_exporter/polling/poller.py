@@ -14,7 +14,7 @@ An account's poll is a sequence of steps, each in a module of its own:
    (``retention.py``).
 
 ``Poller`` swaps each account's new state into the snapshot in one step and hands
-the snapshot before and after to its subscriber (``pages.Pages``, which renders);
+the snapshot before and after to its subscriber (the page, ``exposition/pages.py``);
 ``scheduler.py`` fires each account's polls every ``poll.interval``. Accounts never
 share a worker, a client, a budget or a scheduler thread, so one account's failures,
 slowness or throttling never delay another's poll.
@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 
 
 class Subscriber(Protocol):
-    """What the poller publishes each new snapshot to (``pages.Pages``)."""
+    """What the poller publishes each new snapshot to (the page, ``exposition/pages.py``)."""
 
     def publish(self, before: Snapshot, after: Snapshot, accounts: Iterable[str]) -> None: ...
 

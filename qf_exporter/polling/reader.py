@@ -2,10 +2,11 @@
 
 ``TargetReader.read`` returns the target's new state as a ``Read``: the state, and
 whether the API says the target no longer exists. A read never raises a failure: a
-failure is the target's (``up`` false, with the error and its reason). Only a stop
+failure is the target's (``up`` false, with the error and its reason), and so is a bug
+(as ``invalid_response``: ``bug_as_bad_answer``, which discovery uses too). Only a stop
 while it waits for budget ends it with ``NotSent``: then it did not happen, and
-``read_all`` leaves it out. Each run's progress
-history carries over from the target's previous runs (``with_estimates``).
+``read_all`` leaves it out. Each run's progress history carries over from the
+target's previous runs (``with_estimates``).
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ class TargetState:
     error: str = ""  # the latest failure, already free of secrets
     reason: str = ""
     discovered: bool = False  # found by discovery, not configured
-    team: str = ""  # who owns the target's runs (SPEC §3, "Ownership"); "" for nobody
+    team: str = ""  # who owns the target's runs (``targets.Targets.owner``); "" for nobody
 
     def owned_by(self, team: str) -> TargetState:
         """This state with ``team`` as the owner of the target and of each of its runs."""
@@ -53,7 +53,7 @@ class Budget:
 
     ``qps`` is the account's ``qps`` divided by ``--total-shards``; ``lag`` how far
     behind its schedule the most overdue target was at the latest poll
-    (``schedule.lag``); ``needs`` and ``holds`` are set while the budget cannot hold
+    (``cadence.lag``); ``needs`` and ``holds`` are set while the budget cannot hold
     ``poll.interval``: the requests the latest poll needed, and the interval that
     budget can actually hold.
     """

@@ -3,9 +3,9 @@ and each one's latest state.
 
 A target's key is ``(api, name)``: ``("v2", job_id)`` or ``("v1", "task/job")``; the
 name is its ``target`` label. A V1 target keeps its typed pair (``V1Target``) for
-reading. Each target has an owner, the ``team`` label of its health and its runs
-(SPEC §3, "Ownership"): the team the file names for that job or pair, else the team
-of the first ``discovery.teams`` rule that matches the job's name, else the account's.
+reading. Each target has an owner, the ``team`` label of its health and its runs: the
+team the file names for that job or pair, else the team of the first
+``discovery.teams`` rule that matches the job's name, else the account's.
 """
 
 from __future__ import annotations

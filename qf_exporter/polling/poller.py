@@ -100,7 +100,7 @@ class AccountPoller:
         # How long one read may spend on Qianfan (answers, retries, backoff): a poll's
         # interval, or the request timeout when that is longer (the configured timeout
         # of one request is never cut short). Waits for budget come on top.
-        self.read_budget = max(poll.interval, poll.timeout)
+        self.time_per_read = max(poll.interval, poll.timeout)
         # Set when this poller closes (the exporter stops, or a reload replaces it):
         # every wait for budget or backoff of its reads ends at once, sending nothing.
         self.halt = threading.Event()
@@ -115,7 +115,7 @@ class AccountPoller:
         owns = functools.partial(shard.owns, account.name)
         self.targets = Targets(account, owns)
         self.discovery = JobDiscovery(account, poll, self.client, owns)
-        self.reader = TargetReader(account.name, self.client, clock, self.read_budget)
+        self.reader = TargetReader(account.name, self.client, clock, self.time_per_read)
         self.left_out = LeftOutCounter(account.name, metrics.runs_left_out)
         self.health = Health()
         self.workers = ThreadPoolExecutor(
@@ -166,7 +166,7 @@ class AccountPoller:
             outcomes: list[Outcome] = []
             listed: bool | None = None
             if self.account.discover and not self.stop.is_set():
-                listed = self.discovery.refresh(now, Deadline(now + self.read_budget))
+                listed = self.discovery.refresh(now, Deadline(now + self.time_per_read))
                 if listed is not None:
                     outcomes.append(Outcome() if listed
                                     else Outcome("listing", self.discovery.error))

@@ -57,21 +57,21 @@ class _V2Runs:
 
 
 class TargetReader:
-    """Reads the targets of one account with its client, within a time budget."""
+    """Reads the targets of one account with its client, each within ``time_per_read``."""
 
     def __init__(
         self,
         account: str,
         client: QianfanClient,
         clock: Callable[[], float],
-        budget: float,
+        time_per_read: float,
     ) -> None:
         self.account = account
         self.client = client
         self.clock = clock
         # How long one read may spend on Qianfan (answers, retries, backoff); its
         # waits for the account's budget come on top (``Deadline``).
-        self.budget = budget
+        self.time_per_read = time_per_read
 
     def read(self, state: TargetState, started: float, pair: V1Target | None = None) -> Read:
         """The target's state after reading it (``pair`` for a V1 target); its runs
@@ -80,7 +80,7 @@ class TargetReader:
         return replace(read, state=read.state.owned_by(state.team))
 
     def _read(self, state: TargetState, started: float, pair: V1Target | None) -> Read:
-        deadline = Deadline(self.clock() + self.budget)
+        deadline = Deadline(self.clock() + self.time_per_read)
         runs: tuple[Run, ...]
         try:
             if pair is not None:

@@ -119,8 +119,10 @@ def _check_flags(args: argparse.Namespace) -> tuple[list[str], list[tuple[str, i
         problems.append("--config.file is required (or --demo to try the simulated Qianfan)")
     if args.demo and args.config_check:
         problems.append("--config.check needs --config.file, not --demo")
-    if not 0 <= args.shard < max(args.total_shards, 1) or args.total_shards < 1:
-        problems.append("--shard must be between 0 and --total-shards - 1")
+    try:
+        Shard(args.shard, args.total_shards)
+    except ValueError as exc:
+        problems.append(str(exc))
     if not args.telemetry_path.startswith("/") or args.telemetry_path in ("/", "/-/healthy",
                                                                           "/-/ready"):
         problems.append("--web.telemetry-path must be a path like /metrics")

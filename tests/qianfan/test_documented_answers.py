@@ -25,7 +25,8 @@ import pytest
 import yaml
 
 from qf_exporter.app import Exporter
-from qf_exporter.config.file import Account, Secret, V1Target
+from qf_exporter.config.file import Account, V1Target
+from qf_exporter.util.secrets import Secret
 from tests.helpers import (
     ACCESS_KEY,
     FAST_POLL,

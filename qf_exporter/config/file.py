@@ -113,7 +113,8 @@ def _account_name(name: str) -> list[tuple[str, str]]:
 
 
 def _team(team: str) -> list[Problem]:
-    """The ``team`` label's value (SPEC §3, "Ownership"); empty means no owner."""
+    """The ``team`` label's value (who owns a run, for alert routing); empty means no
+    owner."""
     if _TEAM.match(team):
         return []
     return [("", "must be at most 64 characters of letters, digits, _ . : -")]
@@ -270,7 +271,7 @@ class Account:
     endpoint: str = field(default=DEFAULT_ENDPOINT, metadata=key(_endpoint))
     qps: float = field(default=5.0,
                        metadata=key(number_or_raise, Bound(*QPS_BOUNDS, above_zero=True)))
-    # The default owner of the account's runs (SPEC §3, "Ownership"): "" for none.
+    # The default owner of the account's runs (the ``team`` label): "" for none.
     team: str = field(default="", metadata=key(string, _team))
     jobs: tuple[str, ...] = field(default=(), metadata=read_by(_jobs))
     tasks: tuple[V1Target, ...] = field(default=(), metadata=read_by(_tasks))

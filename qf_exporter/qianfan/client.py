@@ -165,8 +165,10 @@ class QianfanClient:
             yield page
             if not page.truncated:
                 return
-            # SPEC marks nextMarker optional: without one, go on from the last item's id
-            # (the BCE marker convention); a marker seen before means no progress.
+            # nextMarker is documented only as "returned when isTruncated is true"
+            # (DescribeFineTuningTasks, https://cloud.baidu.com/doc/WENXINWORKSHOP/s/klt73okdd):
+            # without one, go on from the last item's id (the BCE marker convention); a
+            # marker seen before means no progress.
             next_marker = page.next_marker or page.last_id
             if not next_marker or next_marker in seen:
                 raise InvalidResponse(f"{action}: isTruncated without a new nextMarker")
@@ -251,7 +253,8 @@ class QianfanClient:
 
     def _wait_for_budget(self, action: str, deadline: When) -> None:
         """Wait for this request's turn in the account's budget, however long: waiting
-        is no failure (SPEC §3), and a ``Deadline`` moves later by the wait. A stop
+        is no failure (only Qianfan's answers fail a read), and a ``Deadline`` moves
+        later by the wait. A stop
         during the wait raises ``NotSent`` (the request was never sent)."""
         if self._closed:
             raise NotSent(f"{action}: the client was closed")

@@ -158,7 +158,7 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-# --- the answer's JSON ------------------------------------------------------------
+# --- the answer's JSON -------------------------------------------------------------------
 
 
 _OPENING = re.compile(rb"[\s\[{]*")
@@ -206,14 +206,12 @@ def _integer(digits: str) -> int | str:
     return int(digits) if len(digits) <= MAX_INT_DIGITS else digits
 
 
-
-
 def cut_message(text: str, limit: int = MAX_UPSTREAM_MESSAGE) -> str:
     """An upstream message short enough for a log line or a page."""
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-# --- the code tables ------------------------------------------------------------
+# --- the code tables ---------------------------------------------------------------------
 
 
 # Qianfan's numeric error codes (V1 ``error_code``; sometimes seen in V2 bodies too),

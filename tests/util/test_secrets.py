@@ -1,4 +1,5 @@
-"""Credentials never shown: ``Secret``, ``redact`` and the redactor every log line passes."""
+"""Credentials never shown: ``Secret``, ``redact`` and the redactor every log line passes,
+``redact_bytes``, and the ``Scrubber`` of decoded answers."""
 
 from __future__ import annotations
 

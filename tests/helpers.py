@@ -20,9 +20,10 @@ import pytest
 import requests
 
 from qf_exporter.app import Exporter
-from qf_exporter.config.file import Account, Poll, Secret, V1Target
+from qf_exporter.config.file import Account, Poll, V1Target
 from qf_exporter.simulator import ManualClock as ManualClock  # where the tests take it from
 from qf_exporter.simulator import QianfanSimulator, SimJob, SimRun, World
+from qf_exporter.util.secrets import Secret
 
 REPO = Path(__file__).resolve().parent.parent  # the repository's root
 

@@ -16,8 +16,9 @@ import pytest
 import requests
 
 from qf_exporter.app import Exporter
-from qf_exporter.config.file import Config, Secret
+from qf_exporter.config.file import Config
 from qf_exporter.simulator import QianfanSimulator, World
+from qf_exporter.util.secrets import Secret
 from tests.helpers import (
     ACCESS_KEY,
     FAST_POLL,

@@ -20,11 +20,11 @@ from dataclasses import dataclass, replace
 from qf_exporter.config.file import V1Target
 from qf_exporter.polling.estimate import with_estimates
 from qf_exporter.polling.snapshot import TargetKey, TargetState
+from qf_exporter.qianfan.bounded import ReadBudget
 from qf_exporter.qianfan.budget import Deadline, NotSent
 from qf_exporter.qianfan.client import QianfanClient
 from qf_exporter.qianfan.errors import InvalidResponse, NotFound, QianfanError
 from qf_exporter.qianfan.models import Fields, Run, parse_v1_run, parse_v2_run, running, v2_listing
-from qf_exporter.qianfan.upstream import ReadBudget
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import pytest
 
 from qf_exporter.app import Exporter
 from qf_exporter.config.file import Poll
-from qf_exporter.qianfan.upstream import MAX_UPSTREAM_MESSAGE
+from qf_exporter.qianfan.classify import MAX_UPSTREAM_MESSAGE
 from qf_exporter.simulator import QianfanSimulator, World
 from tests.helpers import (
     ACCESS_KEY,

@@ -27,7 +27,8 @@ from qf_exporter.qianfan.telemetry import ApiMetrics
 from qf_exporter.reloads import Reloader
 from qf_exporter.web.routes import ExporterHTTPServer
 from qf_exporter.web.server import Limits
-from qf_exporter.web.webconfig import LiveWebConfig, WebConfig
+from qf_exporter.web.webconfig.live import LiveWebConfig
+from qf_exporter.web.webconfig.schema import WebConfig
 
 log = logging.getLogger(__name__)
 

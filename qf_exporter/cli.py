@@ -21,7 +21,7 @@ from qf_exporter.web.listen import parse_listen
 if TYPE_CHECKING:
     from qf_exporter.app import Exporter
     from qf_exporter.simulator import QianfanSimulator
-    from qf_exporter.web.webconfig import LiveWebConfig
+    from qf_exporter.web.webconfig.live import LiveWebConfig
 
 log = logging.getLogger("qf_exporter")
 
@@ -139,7 +139,7 @@ def _web_config(args: argparse.Namespace) -> LiveWebConfig | None:
     """The --web.config.file, read (none with --once); a ConfigError naming the file."""
     if not args.web_config or args.once:
         return None
-    from qf_exporter.web.webconfig import LiveWebConfig
+    from qf_exporter.web.webconfig.live import LiveWebConfig
 
     try:
         return LiveWebConfig(args.web_config)

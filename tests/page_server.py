@@ -17,7 +17,7 @@ from qf_exporter.exposition.store import Rendered, render
 from qf_exporter.polling.snapshot import Snapshot
 from qf_exporter.qianfan.models import Run
 from qf_exporter.web.routes import ExporterHTTPServer
-from qf_exporter.web.webconfig import LiveWebConfig
+from qf_exporter.web.webconfig.live import LiveWebConfig
 
 
 def page(runs: int) -> Rendered:

@@ -23,7 +23,8 @@ from qf_exporter.polling.snapshot import Snapshot
 from qf_exporter.web.gate import Gate
 from qf_exporter.web.landing import Landing
 from qf_exporter.web.server import HTTPServer, Limits, Request, Response
-from qf_exporter.web.webconfig import LiveWebConfig, WebConfig
+from qf_exporter.web.webconfig.live import LiveWebConfig
+from qf_exporter.web.webconfig.schema import WebConfig
 
 ReloadResult = tuple[bool, str]
 _LIGHT_PATHS = frozenset({"/-/healthy", "/-/ready", "/"})

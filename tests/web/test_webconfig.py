@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from qf_exporter.exposition.store import render
 from qf_exporter.polling.snapshot import Snapshot
 from qf_exporter.web.routes import ExporterHTTPServer
-from qf_exporter.web.webconfig import WebConfig, load_web_config
+from qf_exporter.web.webconfig.schema import WebConfig, load_web_config
 from tests.webconfig_fixtures import (
     PKI,
     basic_auth_config,

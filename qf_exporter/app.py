@@ -72,18 +72,17 @@ class Exporter:
 
     def serve(
         self,
-        host: str,
-        port: int,
+        sockets: Sequence[socket.socket],
         telemetry_path: str,
         web_config: WebConfig | LiveWebConfig | None,
         *,
-        sockets: Sequence[socket.socket] | None = None,
         lifecycle: bool = False,
         limits: Limits | None = None,
     ) -> ExporterHTTPServer:
+        """Serve on ``sockets`` (bound and listening, see ``web/listen.py``) from a
+        thread of its own."""
         self.server = ExporterHTTPServer(
-            None if sockets else (host, port),
-            sockets=sockets,
+            sockets,
             lifecycle=lifecycle,
             limits=limits,
             registry=self.registry,

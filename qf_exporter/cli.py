@@ -244,8 +244,7 @@ def _serve(
     # The poller first: once connections are accepted, a flood of them may take every
     # descriptor, and starting the scheduler opens files (the time zone).
     exporter.start()
-    exporter.serve("", 0, path, web_config, sockets=sockets, lifecycle=args.lifecycle,
-                   limits=limits)
+    exporter.serve(sockets, path, web_config, lifecycle=args.lifecycle, limits=limits)
     scheme = "https" if web_config and web_config.tls else "http"
     for sock in sockets:
         host, port = sock.getsockname()[:2]

@@ -35,9 +35,12 @@ LIFECYCLE_DISABLED = (
 
 
 class ExporterHTTPServer:
+    """The exporter's endpoints served by an ``HTTPServer`` on listening ``sockets``,
+    with the web config's TLS, headers and client SANs, and the ``Gate`` before them."""
+
     def __init__(
         self,
-        address: tuple[str, int] | None = None,
+        sockets: Sequence[socket.socket],
         *,
         registry: CollectorRegistry,
         rendered: Callable[[], Rendered],
@@ -48,7 +51,6 @@ class ExporterHTTPServer:
         reload: Callable[[], concurrent.futures.Future[ReloadResult]] | None = None,
         lifecycle: bool = False,
         version: str = "",
-        sockets: Sequence[socket.socket] | None = None,
         limits: Limits | None = None,
     ) -> None:
         self.registry = registry
@@ -68,11 +70,6 @@ class ExporterHTTPServer:
         slots = (limits or Limits()).max_requests
         self.gate = Gate(max_checks=max(1, min(4, slots // 4)))
         self._landing = Landing(telemetry_path=telemetry_path, version=version)
-        if sockets is None:
-            from qf_exporter.web.listen import bind
-
-            assert address is not None
-            sockets = [bind(*address)]
         self.http = HTTPServer(
             sockets,
             self._handle,
@@ -84,25 +81,20 @@ class ExporterHTTPServer:
             admit=self._admit,
         )
 
-    # --- the old http.server-like surface, used by the app and the tests ----------------
+    # --- lifecycle -----------------------------------------------------------------------
 
     @property
     def port(self) -> int:
+        """The port of the first listener (with port 0, the one the kernel chose)."""
         return int(self.http.sockets[0].getsockname()[1])
-
-    @property
-    def addresses(self) -> list[tuple[str, int]]:
-        return [(str(s.getsockname()[0]), int(s.getsockname()[1])) for s in self.http.sockets]
 
     def serve_in_thread(self) -> threading.Thread:
         return self.http.start()
 
     def shutdown(self) -> None:
+        """Stop serving and close the listeners and the password checks' threads."""
         self.http.stop()
         self.gate.close()
-
-    def server_close(self) -> None:
-        """Kept for callers of the http.server API; ``shutdown`` closed everything."""
 
     # --- requests -----------------------------------------------------------------------
 

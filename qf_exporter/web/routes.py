@@ -1,9 +1,12 @@
 """The exporter's HTTP endpoints: /metrics, /-/healthy, /-/ready, /-/reload and `/`.
 
 Routing and the lifecycle gate; basic auth and the rate limit are in ``gate``, the
-connection handling in ``server`` and the metrics answer in ``exposition``. A scrape never calls
-Qianfan: it serves run metrics the poller already rendered (plain, or as a ready gzip
-member) after the few families prometheus_client renders on the spot.
+connection handling in ``server`` and the metrics answer in ``exposition``. A scrape
+never calls Qianfan: it serves the run metrics and health the poller already rendered,
+plain or as one gzip stream of the deflate segments compressed when they were rendered,
+followed by the few families prometheus_client renders on the spot. Health, readiness
+and the landing page take the server's light slots, so probes never wait behind
+scrapes.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The web config kept live: re-read when the file, or a file it names, changes.
 
-exporter-toolkit reads its web config file for every request (web-configuration.md:
-"The file is read upon every http request"); here ``LiveWebConfig.current()`` costs a
-few ``stat`` calls when nothing changed, and a change is parsed once.
+exporter-toolkit reads its web config file again at every request, so a change (a
+rotated certificate, a new password) takes effect without a restart (its
+docs/web-configuration.md); here ``LiveWebConfig.current()`` costs a few ``stat`` calls
+when nothing changed, and a change is parsed once.
 """
 
 from __future__ import annotations

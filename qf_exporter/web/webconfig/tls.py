@@ -116,7 +116,8 @@ def read_tls(
     context = _context(c, versions, ciphers, curves, prefer)
     if context is None or not _load_chain(c, context, tls, cert, key):
         return None, None
-    if not _client_ca(c, context, tls, ca, auth_type):
+    context.verify_mode = CLIENT_AUTH[auth_type]  # ask for client certificates
+    if not _trust_client_ca(c, context, ca, tls.get("client_ca")):
         return None, None
     return context, frozenset(sans) if sans else None
 
@@ -259,20 +260,13 @@ def _context(
     return context
 
 
-def _client_ca(
-    c: Checker,
-    context: ssl.SSLContext,
-    tls: dict[str, Any],
-    ca: Path | None,
-    auth_type: str,
-) -> bool:
-    """Ask for client certificates as configured and trust the client CA."""
-    context.verify_mode = CLIENT_AUTH[auth_type]
+def _trust_client_ca(c: Checker, context: ssl.SSLContext, ca: Path | None, inline: Any) -> bool:
+    """Trust the client CA, from its file or inline PEM."""
     try:
         if ca is not None:
             context.load_verify_locations(str(ca))
-        elif tls.get("client_ca"):
-            context.load_verify_locations(cadata=tls["client_ca"])
+        elif inline:
+            context.load_verify_locations(cadata=inline)
     except (OSError, ssl.SSLError) as exc:
         where = ca if ca is not None else "client_ca"
         c.problem(f"{PATH}.client_ca_file", f"cannot load {where}: {exc}")

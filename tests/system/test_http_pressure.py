@@ -27,7 +27,7 @@ from qf_exporter.polling.snapshot import AccountState, Snapshot, TargetState
 from qf_exporter.web.landing import MAX_DOWN_ROWS, Landing, landing_page
 from qf_exporter.web.listen import bind
 from qf_exporter.web.server import HTTPServer, Limits, Request, Response, _HeadFields
-from qf_exporter.web.webconfig import LiveWebConfig
+from qf_exporter.web.webconfig.live import LiveWebConfig
 from tests.conftest import EmptyServer
 from tests.daemon import Daemon
 from tests.page_server import page

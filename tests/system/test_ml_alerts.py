@@ -35,6 +35,7 @@ from tests.helpers import (
     promql,
     require_tool,
     series,
+    serve,
     value,
 )
 
@@ -99,7 +100,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                     poll=Poll(interval=1, finished_interval=60, stale_after=60, timeout=5,
                               retries=2))
     exporters = [Exporter(config), Exporter(config)]
-    ports = [exporter.serve("127.0.0.1", 0, "/metrics", None).port for exporter in exporters]
+    ports = [serve(exporter).port for exporter in exporters]
     for exporter in exporters:
         exporter.start()
 

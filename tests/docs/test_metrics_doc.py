@@ -19,9 +19,11 @@ def test_the_reference_lists_every_metric_the_exporter_defines() -> None:
     names = [name for name, *_ in rows]
     assert len(names) == len(set(names))
     block = metrics_reference.reference()
-    for name, kind, labels, help_text in rows:
+    for name, kind, _labels, help_text in rows:
         assert help_text, f"{name} has no HELP"
         assert f"| `{name}` | {kind} |" in block
+    for name, _kind, labels, _help in metrics_reference.run_rows():
+        assert labels[:4] == ("account", "api", "job_id", "task_id"), name
     # The hand-written explanations above the reference name every metric too.
     doc = (REPO / "docs" / "metrics.md").read_text(encoding="utf-8")
     prose = doc[: doc.index(metrics_reference.BEGIN)]

@@ -60,3 +60,9 @@ def test_the_link_checker_sees_what_github_sees(tmp_path: Path) -> None:
     assert github_anchor("QianfanRunFailed") == "qianfanrunfailed"
     assert github_anchor("Design: how it works") == "design-how-it-works"
     assert github_anchor("The run's console page") == "the-runs-console-page"
+    assert github_anchor("Two identical replicas for availability") == (
+        "two-identical-replicas-for-availability"
+    )
+    assert github_anchor("TLS and basic auth (`--web.config.file`)") == (
+        "tls-and-basic-auth---webconfigfile"
+    )

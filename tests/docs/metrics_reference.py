@@ -111,7 +111,7 @@ def reference() -> str:
     )
     parts = [BEGIN]
     for title, source, rows in sections:
-        parts += [f"### {title}", f"Defined in {source}.", _table(rows)]
+        parts += [f"### {title} (reference)", f"Defined in {source}.", _table(rows)]
     parts.append(END)
     return "\n\n".join(parts)
 

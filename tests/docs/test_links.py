@@ -11,7 +11,7 @@ from urllib.parse import unquote
 
 import pytest
 
-from tests.docs.markdown import REPO, anchors, github_anchor, links
+from tests.docs.markdown import REPO, anchors, github_anchor, headings, links
 
 PAGES = sorted(
     [REPO / "README.md", REPO / "deploy/helm/qf-exporter/README.md",
@@ -40,6 +40,15 @@ def _broken(page: Path) -> list[str]:
 def test_every_relative_link_and_anchor_resolves(page: Path) -> None:
     assert page.exists()
     assert _broken(page) == []
+
+
+def test_no_page_has_two_headings_with_one_anchor() -> None:
+    """GitHub numbers a repeated anchor (-1, -2): a link to it would silently land on the
+    first. Every heading on a page is told apart by its own words."""
+    for page in PAGES:
+        found = [github_anchor(h) for _, h in headings(page.read_text(encoding="utf-8"))]
+        repeated = sorted({a for a in found if found.count(a) > 1})
+        assert repeated == [], page.relative_to(REPO).as_posix()
 
 
 def test_the_readme_links_every_docs_page() -> None:

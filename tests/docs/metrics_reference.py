@@ -91,6 +91,10 @@ def info_rows() -> list[Row]:
     return [_row(f.name, f.type, f.documentation, f.samples) for f in collector.collect()]
 
 
+def all_rows() -> list[Row]:
+    return run_rows() + health_rows() + telemetry_rows() + info_rows()
+
+
 def _table(rows: list[Row]) -> str:
     lines = ["| metric | type | labels | help |", "| --- | --- | --- | --- |"]
     for name, kind, labels, help_text in rows:

@@ -6,6 +6,7 @@ a dead link. Anchors follow GitHub's rules (tests/docs/markdown.py).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -40,6 +41,26 @@ def _broken(page: Path) -> list[str]:
 def test_every_relative_link_and_anchor_resolves(page: Path) -> None:
     assert page.exists()
     assert _broken(page) == []
+
+
+# A path in the repository named in code (`qf_exporter/polling/estimate.py`,
+# `tests/faults/test_matrix.py::test_x`), or a module by its room (`exposition/store.py`).
+_REPO_PATH = re.compile(
+    r"`((?:qf_exporter|tests|deploy|grafana|benchmarks|docs)/[\w./-]*?)(?:::\w+)?`"
+)
+_ROOM_PATH = re.compile(r"`((?:util|config|qianfan|polling|exposition|web|simulator)/[\w.-]+\.py)`")
+
+
+def test_every_file_the_docs_name_exists() -> None:
+    """Modules, tests and deploy files named in the text are not links, but a renamed or
+    moved file must fail here all the same."""
+    missing = []
+    for page in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        text = page.read_text(encoding="utf-8")
+        named = [REPO / m.group(1) for m in _REPO_PATH.finditer(text)]
+        named += [REPO / "qf_exporter" / m.group(1) for m in _ROOM_PATH.finditer(text)]
+        missing += [f"{page.name}: {p.relative_to(REPO)}" for p in named if not p.exists()]
+    assert missing == []
 
 
 def test_no_page_has_two_headings_with_one_anchor() -> None:

@@ -2,7 +2,7 @@
 
 Clients that never read their answer, heads of very many lines, a pipelined burst from
 one connection, TLS answers that end with the connection, bodies the server never reads.
-Bounds are wide (the README's Security section has the measured figures); counts and
+Bounds are wide (docs/security.md has the measured figures); counts and
 whether an answer arrived are exact. Timings are in the benchmark, not here.
 """
 

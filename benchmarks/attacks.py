@@ -3,8 +3,8 @@
 ``python -m benchmarks.attacks [--runs 2400]``: a server of the page of ``--runs`` runs
 (``tests/page_server.py``, 3.4 MB plain at 2,400) in a process of its own; a keep-alive
 gzip scraper in this process measures p50/p99 while each attack runs, and the server's
-resident memory is read from /proc. Prints a Markdown table (the README's "Security"
-section holds a run of it). The tests (``tests/system/test_http_pressure.py``) run the same
+resident memory is read from /proc. Prints a Markdown table (docs/security.md holds
+a run of it). The tests (``tests/system/test_http_pressure.py``) run the same
 attacks with wide bounds and no timings.
 """
 

@@ -1,5 +1,5 @@
 """``python -m benchmarks.auth_flood``: a correct scraper's service while clients flood
-the exporter with wrong passwords (the README's "Security" table).
+the exporter with wrong passwords (the table in docs/security.md).
 
 A ``--demo`` exporter with basic auth (a bcrypt hash of cost 10, as
 ``htpasswd -nBC 10`` makes) runs in a child process. The correct client scrapes

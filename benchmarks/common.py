@@ -112,7 +112,8 @@ def size_label(runs: int) -> str:
 
 
 def make_account(url: str, jobs: int, ak: str, sk: str, qps: float) -> Account:
-    from qf_exporter.config.file import Account, Secret
+    from qf_exporter.config.file import Account
+    from qf_exporter.util.secrets import Secret
 
     return Account(
         name=ACCOUNT,

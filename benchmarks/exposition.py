@@ -18,11 +18,12 @@ import time
 from dataclasses import dataclass, replace
 
 from benchmarks.common import ACCOUNT, ACTIVE_FRACTION
-from qf_exporter.config.file import Account, Config, Poll, Secret
+from qf_exporter.config.file import Account, Config, Poll
 from qf_exporter.exposition.store import RunStore
 from qf_exporter.polling.snapshot import Snapshot
 from qf_exporter.qianfan.models import Run
 from qf_exporter.simulator import QianfanSimulator, fleet_world
+from qf_exporter.util.secrets import Secret
 
 RUNS_PER_JOB = 50
 CHANGED = (1, 10, 100)

@@ -31,6 +31,7 @@ from benchmarks.exposition import RUNS_PER_JOB, account
 # from did: the memory rows were measured with the simulator's modules loaded.
 from qf_exporter.config.file import Config, Poll
 from qf_exporter.simulator import QianfanSimulator, fleet_world
+from qf_exporter.web.listen import bind
 
 SCRAPERS = 4
 ENCODINGS = ("identity", "gzip")
@@ -63,7 +64,7 @@ def exporter_child(url: str, jobs: int) -> None:
                                poll=Poll(interval=5, finished_interval=1800, concurrency=4)))
     exporter.start()
     exporter.poller.ready.wait()
-    server = exporter.serve("127.0.0.1", 0, "/metrics", None)
+    server = exporter.serve([bind("127.0.0.1", 0)], "/metrics", None)
     emit({"port": server.port, "rss_mb": rss_mb()})
     sys.stdin.readline()
     exporter.stop()

@@ -96,7 +96,7 @@ def child(url: str, jobs: int, fast_reps: int, generic_reps: int) -> None:
     exporter = Exporter(Config(accounts=(make_account(url, jobs, ak, sk, qps=100_000),),
                                poll=Poll(concurrency=4)))
     state = exporter.poller.poll_account(ACCOUNT, force=True)
-    runs = list(exporter.poller.snapshot.runs())
+    runs = list(state.runs)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(GenericRunCollector(lambda: runs))
     # First the check, then the clock: both must parse to the same samples.

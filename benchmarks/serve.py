@@ -61,6 +61,7 @@ def child(url: str, jobs: int, qps: float) -> None:
     rss_start = proc_status("VmRSS")
     from qf_exporter.app import Exporter
     from qf_exporter.config.file import Config, Poll
+    from qf_exporter.web.listen import bind
 
     account = make_account(url, jobs, ak, sk, qps=qps)
     exporter = Exporter(Config(accounts=(account,),
@@ -73,7 +74,7 @@ def child(url: str, jobs: int, qps: float) -> None:
     rss_after = proc_status("VmRSS")
     hwm_after = proc_status("VmHWM")
     hwm_reset = reset_peak()
-    server = exporter.serve("127.0.0.1", 0, "/metrics", None)
+    server = exporter.serve([bind("127.0.0.1", 0)], "/metrics", None)
     emit({
         "port": server.port,
         "runs": len(state.runs),

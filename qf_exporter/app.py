@@ -27,7 +27,8 @@ from qf_exporter.qianfan.telemetry import ApiMetrics
 from qf_exporter.reloads import Reloader
 from qf_exporter.web.routes import ExporterHTTPServer
 from qf_exporter.web.server import Limits
-from qf_exporter.web.webconfig import LiveWebConfig, WebConfig
+from qf_exporter.web.webconfig.live import LiveWebConfig
+from qf_exporter.web.webconfig.schema import WebConfig
 
 log = logging.getLogger(__name__)
 
@@ -72,18 +73,17 @@ class Exporter:
 
     def serve(
         self,
-        host: str,
-        port: int,
+        sockets: Sequence[socket.socket],
         telemetry_path: str,
         web_config: WebConfig | LiveWebConfig | None,
         *,
-        sockets: Sequence[socket.socket] | None = None,
         lifecycle: bool = False,
         limits: Limits | None = None,
     ) -> ExporterHTTPServer:
+        """Serve on ``sockets`` (bound and listening, see ``web/listen.py``) from a
+        thread of its own."""
         self.server = ExporterHTTPServer(
-            None if sockets else (host, port),
-            sockets=sockets,
+            sockets,
             lifecycle=lifecycle,
             limits=limits,
             registry=self.registry,

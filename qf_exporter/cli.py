@@ -21,7 +21,7 @@ from qf_exporter.web.listen import parse_listen
 if TYPE_CHECKING:
     from qf_exporter.app import Exporter
     from qf_exporter.simulator import QianfanSimulator
-    from qf_exporter.web.webconfig import LiveWebConfig
+    from qf_exporter.web.webconfig.live import LiveWebConfig
 
 log = logging.getLogger("qf_exporter")
 
@@ -119,8 +119,10 @@ def _check_flags(args: argparse.Namespace) -> tuple[list[str], list[tuple[str, i
         problems.append("--config.file is required (or --demo to try the simulated Qianfan)")
     if args.demo and args.config_check:
         problems.append("--config.check needs --config.file, not --demo")
-    if not 0 <= args.shard < max(args.total_shards, 1) or args.total_shards < 1:
-        problems.append("--shard must be between 0 and --total-shards - 1")
+    try:
+        Shard(args.shard, args.total_shards)
+    except ValueError as exc:
+        problems.append(str(exc))
     if not args.telemetry_path.startswith("/") or args.telemetry_path in ("/", "/-/healthy",
                                                                           "/-/ready"):
         problems.append("--web.telemetry-path must be a path like /metrics")
@@ -139,7 +141,7 @@ def _web_config(args: argparse.Namespace) -> LiveWebConfig | None:
     """The --web.config.file, read (none with --once); a ConfigError naming the file."""
     if not args.web_config or args.once:
         return None
-    from qf_exporter.web.webconfig import LiveWebConfig
+    from qf_exporter.web.webconfig.live import LiveWebConfig
 
     try:
         return LiveWebConfig(args.web_config)
@@ -244,8 +246,7 @@ def _serve(
     # The poller first: once connections are accepted, a flood of them may take every
     # descriptor, and starting the scheduler opens files (the time zone).
     exporter.start()
-    exporter.serve("", 0, path, web_config, sockets=sockets, lifecycle=args.lifecycle,
-                   limits=limits)
+    exporter.serve(sockets, path, web_config, lifecycle=args.lifecycle, limits=limits)
     scheme = "https" if web_config and web_config.tls else "http"
     for sock in sockets:
         host, port = sock.getsockname()[:2]

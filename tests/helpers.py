@@ -20,9 +20,12 @@ import pytest
 import requests
 
 from qf_exporter.app import Exporter
-from qf_exporter.config.file import Account, Poll, Secret, V1Target
+from qf_exporter.config.file import Account, Poll, V1Target
 from qf_exporter.simulator import ManualClock as ManualClock  # where the tests take it from
 from qf_exporter.simulator import QianfanSimulator, SimJob, SimRun, World
+from qf_exporter.util.secrets import Secret
+from qf_exporter.web.listen import bind
+from qf_exporter.web.routes import ExporterHTTPServer
 
 REPO = Path(__file__).resolve().parent.parent  # the repository's root
 
@@ -96,10 +99,17 @@ FAST_POLL = Poll(interval=60, finished_interval=1800, stale_after=600, timeout=5
 # ------------------------------------------------------------------------ scraping
 
 
+def serve(exporter: Exporter, **settings: Any) -> ExporterHTTPServer:
+    """Start the exporter's HTTP server on a free loopback port, serving /metrics (its
+    other settings as keywords of ``Exporter.serve``)."""
+    web_config = settings.pop("web_config", None)
+    return exporter.serve([bind("127.0.0.1", 0)], "/metrics", web_config, **settings)
+
+
 def http_get(exporter: Exporter, path: str = "/metrics", **kw: object) -> requests.Response:
     """GET ``path`` from the exporter's HTTP server (started on a free port if need be)."""
     if exporter.server is None:
-        exporter.serve("127.0.0.1", 0, "/metrics", None)
+        serve(exporter)
     assert exporter.server is not None
     return requests.get(f"http://127.0.0.1:{exporter.server.port}{path}", timeout=10,
                         **kw)  # type: ignore[arg-type]
@@ -185,7 +195,7 @@ def polled_without_keys(exporter: Exporter, logs: pytest.LogCaptureFixture,
                         keys: tuple[str, ...] = (ACCESS_KEY, SECRET_KEY)) -> Samples:
     """Poll once, then check that no key reaches ``/metrics``, ``/`` or the logs
     (the exporter serving on a free port); the samples of ``/metrics``."""
-    exporter.serve("127.0.0.1", 0, "/metrics", None)
+    serve(exporter)
     logs.set_level("DEBUG")
     exporter.poller.poll_all()
     assert exporter.server is not None

@@ -16,8 +16,9 @@ from prometheus_client import CollectorRegistry
 from qf_exporter.exposition.store import Page
 from qf_exporter.polling.snapshot import Snapshot
 from qf_exporter.qianfan.models import Run
+from qf_exporter.web.listen import bind
 from qf_exporter.web.routes import ExporterHTTPServer
-from qf_exporter.web.webconfig import LiveWebConfig
+from qf_exporter.web.webconfig.live import LiveWebConfig
 from tests.exposition.pages import full_page
 
 
@@ -37,7 +38,7 @@ def serve_page(rendered: Page, **settings: object) -> ExporterHTTPServer:
     ready = threading.Event()
     ready.set()
     server = ExporterHTTPServer(
-        ("127.0.0.1", 0),
+        [bind("127.0.0.1", 0)],
         registry=CollectorRegistry(auto_describe=False),
         page=lambda: rendered,
         snapshot=Snapshot,

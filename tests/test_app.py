@@ -16,8 +16,9 @@ import pytest
 import requests
 
 from qf_exporter.app import Exporter
-from qf_exporter.config.file import Config, Secret
+from qf_exporter.config.file import Config
 from qf_exporter.simulator import QianfanSimulator, World
+from qf_exporter.util.secrets import Secret
 from tests.helpers import (
     ACCESS_KEY,
     FAST_POLL,
@@ -28,6 +29,7 @@ from tests.helpers import (
     account,
     parse_samples,
     series,
+    serve,
     value,
 )
 
@@ -106,7 +108,7 @@ def test_a_reload_that_adds_a_job_never_drops_a_run_series(
     world.add_run("job-new", "task-job-new", created=clock() - 30, wait=0, duration=86400)
     before = account(sim, jobs=jobs)
     exporter = make_exporter(before)
-    server = exporter.serve("127.0.0.1", 0, "/metrics", None)
+    server = serve(exporter)
     exporter.poller.poll_all()
     everything = runs_in(parse_samples(exporter.exposition()))
     assert len(everything) == 100

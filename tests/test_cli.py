@@ -167,11 +167,14 @@ def test_version_and_config_check_import_neither_requests_nor_apscheduler(
 
 
 def test_bad_flags_exit_2() -> None:
-    for args in (["--config.file=x.yaml", "--shard=3", "--total-shards=2"],
-                 ["--demo", "--web.listen-address=nope"], []):
+    shard = "--shard must be between 0 and --total-shards - 1"
+    for args, said in ((["--config.file=x.yaml", "--shard=3", "--total-shards=2"], shard),
+                       (["--config.file=x.yaml", "--total-shards=0"], shard),
+                       (["--demo", "--web.listen-address=nope"], "nope"), ([], "--config.file")):
         out = subprocess.run([*CMD, *args], capture_output=True, text=True, timeout=30)
         assert out.returncode == 2, args
         assert "Traceback" not in out.stderr
+        assert said in out.stderr, (args, out.stderr)
 
 
 class Running:

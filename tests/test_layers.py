@@ -48,3 +48,10 @@ def test_a_cycle_in_a_room_breaks_the_contracts(tmp_path: Path) -> None:
                                     "import qf_exporter.polling.discovery"))
     assert result.returncode == 1
     assert "No import cycle between the modules of a room BROKEN" in result.stdout
+
+
+def test_parsing_may_not_import_the_configuration(tmp_path: Path) -> None:
+    result = lint_imports(copy_with(tmp_path, "qianfan/models.py",
+                                    "import qf_exporter.config.file"))
+    assert result.returncode == 1
+    assert "Parsing Qianfan's answers does not depend on the configuration BROKEN" in result.stdout

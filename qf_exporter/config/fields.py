@@ -325,7 +325,8 @@ def _finite_seconds(number: float) -> float:
     return number
 
 
-def number(value: Any) -> float:
+def number_or_raise(value: Any) -> float:
+    """A finite number (a numeric string too); ``ValueError`` saying what it must be."""
     # A numeric string is accepted: ``qps: ${QPS}`` gives one.
     if isinstance(value, str):
         try:

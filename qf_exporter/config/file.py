@@ -35,7 +35,7 @@ from qf_exporter.config.fields import (
     join,
     key,
     keys_of,
-    number,
+    number_or_raise,
     parse_duration,
     read_by,
     read_fields,
@@ -50,7 +50,7 @@ from qf_exporter.config.fields import (
 )
 from qf_exporter.config.patterns import Pattern
 from qf_exporter.util import yamlfile
-from qf_exporter.util.secrets import Secret, redact
+from qf_exporter.util.secrets import Secret
 
 __all__ = [
     "DEFAULT_ENDPOINT",
@@ -61,14 +61,12 @@ __all__ = [
     "ConfigError",
     "Discovery",
     "Poll",
-    "Secret",  # lives in util/secrets.py; still importable from here for older imports
     "TeamRule",
     "V1Target",
     "V2Job",
     "load_config",
     "parse_config",
     "parse_duration",
-    "redact",  # lives in util/secrets.py; still importable from here for older imports
 ]
 
 DEFAULT_ENDPOINT = "https://qianfan.baidubce.com"
@@ -115,7 +113,8 @@ def _account_name(name: str) -> list[tuple[str, str]]:
 
 
 def _team(team: str) -> list[Problem]:
-    """The ``team`` label's value (SPEC §3, "Ownership"); empty means no owner."""
+    """The ``team`` label's value (who owns a run, for alert routing); empty means no
+    owner."""
     if _TEAM.match(team):
         return []
     return [("", "must be at most 64 characters of letters, digits, _ . : -")]
@@ -270,8 +269,9 @@ class Account:
     access_key: Secret = field(metadata=read_by(None))
     secret_key: Secret = field(metadata=read_by(None, also=("secret_key_file",)))
     endpoint: str = field(default=DEFAULT_ENDPOINT, metadata=key(_endpoint))
-    qps: float = field(default=5.0, metadata=key(number, Bound(*QPS_BOUNDS, above_zero=True)))
-    # The default owner of the account's runs (SPEC §3, "Ownership"): "" for none.
+    qps: float = field(default=5.0,
+                       metadata=key(number_or_raise, Bound(*QPS_BOUNDS, above_zero=True)))
+    # The default owner of the account's runs (the ``team`` label): "" for none.
     team: str = field(default="", metadata=key(string, _team))
     jobs: tuple[str, ...] = field(default=(), metadata=read_by(_jobs))
     tasks: tuple[V1Target, ...] = field(default=(), metadata=read_by(_tasks))

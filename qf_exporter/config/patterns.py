@@ -5,22 +5,17 @@ and holds the GIL, so one pattern in a config file could freeze the whole proces
 RE2 (Google's engine, the one Prometheus uses through Go's regexp) matches in time
 linear in the input and refuses what it cannot do that way (backreferences,
 lookaround). The ``google-re2`` binding has no type information; this module is the
-only place that touches it.
+only place the configuration touches it (util/secrets.py uses it for its byte scan).
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable
 from typing import Any, Protocol
 
 import re2  # type: ignore[import-not-found,unused-ignore]
 
 _OPTIONS = re2.Options()
 _OPTIONS.log_errors = False  # the reason goes into the problem line, not onto stderr
-_BYTES = re2.Options()
-_BYTES.log_errors = False
-_BYTES.encoding = re2.Options.Encoding.LATIN1  # byte for byte, whatever the bytes are
 
 
 class Pattern(Protocol):
@@ -45,17 +40,4 @@ def compile_pattern(text: str) -> Pattern:
         if isinstance(reason, bytes):
             reason = reason.decode("utf-8", "replace")
         raise PatternError(str(reason)) from None
-    return compiled
-
-
-class BytesPattern(Protocol):
-    """A compiled pattern over bytes."""
-
-    def search(self, data: bytes | bytearray, /) -> Any: ...
-
-
-def any_of(literals: Iterable[bytes]) -> BytesPattern:
-    """A pattern that finds any of ``literals`` in bytes, in time linear in the input
-    (a scan of megabytes takes milliseconds, where ``re`` takes a tenth of a second)."""
-    compiled: BytesPattern = re2.compile(b"|".join(map(re.escape, literals)), _BYTES)
     return compiled

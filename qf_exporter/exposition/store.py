@@ -39,9 +39,9 @@ from functools import cached_property
 
 from qf_exporter.exposition import gzipstream
 from qf_exporter.exposition.render import FAMILIES, HEADERS, gc_paused, render_families
+from qf_exporter.polling.snapshot import RunKey as Key
 from qf_exporter.qianfan.models import Run
 
-Key = tuple[str, str, str, str]
 Bytes = bytes | memoryview
 
 # Runs per bucket, measured (README "How the exposition is kept"): smaller buckets make a

@@ -1,8 +1,9 @@
-"""When to read: which targets are due and in which order, how far behind the schedule
-is, when discovery lists again, what is stale.
+"""What is due: which targets a poll reads and in which order, how far behind the
+schedule they are, when discovery lists again, and which runs are stale.
 
 Pure functions of (state, now, settings) that return values; the poller calls them
-and acts on what they return.
+and acts on what they return. When a poll happens is ``scheduler``'s (it fires each
+account's poll every ``poll.interval``); what that poll reads is decided here.
 """
 
 from __future__ import annotations

@@ -13,9 +13,10 @@ from collections.abc import Callable
 
 from qf_exporter.config.file import Account, Discovery, Poll
 from qf_exporter.polling import cadence
+from qf_exporter.polling.reader import bug_as_bad_answer
 from qf_exporter.qianfan.budget import Deadline, NotSent
 from qf_exporter.qianfan.client import QianfanClient
-from qf_exporter.qianfan.errors import InvalidResponse, QianfanError
+from qf_exporter.qianfan.errors import QianfanError
 from qf_exporter.qianfan.models import Job, parse_job
 
 log = logging.getLogger(__name__)
@@ -74,10 +75,9 @@ class JobDiscovery:
         except NotSent:  # stopping: the listing never happened
             return None
         except Exception as exc:  # a bug must not stop the configured targets' reads
-            log.exception("unexpected error in job discovery",
-                          extra={"account": self.account.name})
-            self._failed(str(InvalidResponse(f"unexpected {type(exc).__name__}")),
-                         "invalid_response")
+            err = bug_as_bad_answer(exc, log, "unexpected error in job discovery",
+                                    account=self.account.name)
+            self._failed(str(err), err.reason)
             return False
         self.jobs = frozenset(
             job.job_id

@@ -14,7 +14,7 @@ An account's poll is a sequence of steps, each in a module of its own:
    (``retention.py``).
 
 ``Poller`` swaps each account's new state into the snapshot in one step and hands
-the snapshot before and after to its subscriber (``pages.Pages``, which renders);
+the snapshot before and after to its subscriber (the page, ``exposition/pages.py``);
 ``scheduler.py`` fires each account's polls every ``poll.interval``. Accounts never
 share a worker, a client, a budget or a scheduler thread, so one account's failures,
 slowness or throttling never delay another's poll.
@@ -42,10 +42,10 @@ from qf_exporter.polling import cadence
 from qf_exporter.polling.discovery import JobDiscovery
 from qf_exporter.polling.reachability import Health, Outcome
 from qf_exporter.polling.reader import TargetReader
-from qf_exporter.polling.retention import LeftOutCounter, TargetKey, retain
+from qf_exporter.polling.retention import LeftOutCounter, retain
 from qf_exporter.polling.scheduler import AccountScheduler
 from qf_exporter.polling.shard import Shard
-from qf_exporter.polling.snapshot import AccountState, Budget, Snapshot
+from qf_exporter.polling.snapshot import AccountState, Budget, Snapshot, TargetKey
 from qf_exporter.polling.targets import Targets
 from qf_exporter.qianfan.budget import Deadline, RateLimiter
 from qf_exporter.qianfan.client import QianfanClient
@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 
 
 class Subscriber(Protocol):
-    """What the poller publishes each new snapshot to (``pages.Pages``)."""
+    """What the poller publishes each new snapshot to (the page, ``exposition/pages.py``)."""
 
     def publish(self, before: Snapshot, after: Snapshot, accounts: Iterable[str]) -> None: ...
 
@@ -100,7 +100,7 @@ class AccountPoller:
         # How long one read may spend on Qianfan (answers, retries, backoff): a poll's
         # interval, or the request timeout when that is longer (the configured timeout
         # of one request is never cut short). Waits for budget come on top.
-        self.read_budget = max(poll.interval, poll.timeout)
+        self.time_per_read = max(poll.interval, poll.timeout)
         # Set when this poller closes (the exporter stops, or a reload replaces it):
         # every wait for budget or backoff of its reads ends at once, sending nothing.
         self.halt = threading.Event()
@@ -115,7 +115,7 @@ class AccountPoller:
         owns = functools.partial(shard.owns, account.name)
         self.targets = Targets(account, owns)
         self.discovery = JobDiscovery(account, poll, self.client, owns)
-        self.reader = TargetReader(account.name, self.client, clock, self.read_budget)
+        self.reader = TargetReader(account.name, self.client, clock, self.time_per_read)
         self.left_out = LeftOutCounter(account.name, metrics.runs_left_out)
         self.health = Health()
         self.workers = ThreadPoolExecutor(
@@ -166,7 +166,7 @@ class AccountPoller:
             outcomes: list[Outcome] = []
             listed: bool | None = None
             if self.account.discover and not self.stop.is_set():
-                listed = self.discovery.refresh(now, Deadline(now + self.read_budget))
+                listed = self.discovery.refresh(now, Deadline(now + self.time_per_read))
                 if listed is not None:
                     outcomes.append(Outcome() if listed
                                     else Outcome("listing", self.discovery.error))
@@ -263,22 +263,20 @@ class Poller:
         *,
         shard: Shard | None = None,
         clock: Callable[[], float] = time.time,
-        on_change: Callable[[Snapshot], None] | None = None,
         subscriber: Subscriber | None = None,
     ) -> None:
         self.metrics = metrics
         self.shard = shard or Shard()
         self.clock = clock
-        self.on_change = on_change
         self.subscriber = subscriber
         self.stop_event = threading.Event()
         self.config = config
-        self.accounts: dict[str, AccountPoller] = {}
+        self.accounts = {account.name: self._account_poller(account, config.poll)
+                         for account in config.accounts}
         self._snapshot = Snapshot()
         self._swap = threading.Lock()
         self.ready = threading.Event()
         self._scheduler: AccountScheduler | None = None
-        self._build(config)
         self._publish(self._snapshot)
 
     def _publish(self, before: Snapshot) -> None:
@@ -287,12 +285,10 @@ class Poller:
         if self.subscriber is not None:
             self.subscriber.publish(before, self._snapshot, list(self.accounts))
 
-    def _build(self, config: Config) -> None:
-        for account in config.accounts:
-            self.accounts[account.name] = AccountPoller(
-                account, config.poll, self.metrics, shard=self.shard, clock=self.clock,
-                stop=self.stop_event,
-            )
+    def _account_poller(self, account: Account, poll: Poll) -> AccountPoller:
+        """A new poller of one account, on this replica's shard, clock and stop."""
+        return AccountPoller(account, poll, self.metrics, shard=self.shard, clock=self.clock,
+                             stop=self.stop_event)
 
     # --- reading the state -------------------------------------------------------------
 
@@ -318,8 +314,6 @@ class Poller:
             snapshot = self._snapshot
         if snapshot.ready:
             self.ready.set()
-        if self.on_change:
-            self.on_change(snapshot)
         return state
 
     def poll_all(self, force: bool = True) -> Snapshot:
@@ -374,8 +368,6 @@ class Poller:
             keep = self._replace_pollers(config)
         if self._scheduler is not None:
             self._reschedule(keep)
-        if self.on_change:
-            self.on_change(self._snapshot)
 
     def _replace_pollers(self, config: Config) -> frozenset[str]:
         """Swap in the pollers of ``config`` and the snapshot they serve (under the swap
@@ -394,8 +386,7 @@ class Poller:
                 if last is not None:
                     shown[account.name] = last
                 continue
-            poller = AccountPoller(account, config.poll, self.metrics, shard=self.shard,
-                                   clock=self.clock, stop=self.stop_event)
+            poller = self._account_poller(account, config.poll)
             if before is not None:
                 poller.limiter.adopt(before.limiter)
             self.accounts[account.name] = poller

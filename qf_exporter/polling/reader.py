@@ -2,33 +2,40 @@
 
 ``TargetReader.read`` returns the target's new state as a ``Read``: the state, and
 whether the API says the target no longer exists. A read never raises a failure: a
-failure is the target's (``up`` false, with the error and its reason). Only a stop
+failure is the target's (``up`` false, with the error and its reason), and so is a bug
+(as ``invalid_response``: ``bug_as_bad_answer``, which discovery uses too). Only a stop
 while it waits for budget ends it with ``NotSent``: then it did not happen, and
-``read_all`` leaves it out. Each run's progress
-history carries over from the target's previous runs (``with_estimates``).
+``read_all`` leaves it out. Each run's progress history carries over from the
+target's previous runs (``with_estimates``).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import CancelledError, Executor, Future
 from dataclasses import dataclass, replace
-from typing import TypeVar
 
 from qf_exporter.config.file import V1Target
 from qf_exporter.polling.estimate import with_estimates
-from qf_exporter.polling.snapshot import TargetState
+from qf_exporter.polling.snapshot import TargetKey, TargetState
+from qf_exporter.qianfan.bounded import ReadBudget
 from qf_exporter.qianfan.budget import Deadline, NotSent
 from qf_exporter.qianfan.client import QianfanClient
 from qf_exporter.qianfan.errors import InvalidResponse, NotFound, QianfanError
 from qf_exporter.qianfan.models import Fields, Run, parse_v1_run, parse_v2_run, running, v2_listing
-from qf_exporter.qianfan.upstream import ReadBudget
 
 log = logging.getLogger(__name__)
 
-K = TypeVar("K", bound=Hashable)
+
+def bug_as_bad_answer(exc: Exception, logger: logging.Logger, message: str,
+                      **context: str) -> InvalidResponse:
+    """A bug met while reading an answer (any exception that is not a ``QianfanError``),
+    logged with its traceback, as the bad answer it costs: the one read or listing fails
+    as ``invalid_response`` and the poll carries on. Call it in the ``except`` block."""
+    logger.exception(message, extra=context)
+    return InvalidResponse(f"unexpected {type(exc).__name__}")
 
 
 @dataclass(frozen=True)
@@ -50,21 +57,21 @@ class _V2Runs:
 
 
 class TargetReader:
-    """Reads the targets of one account with its client, within a time budget."""
+    """Reads the targets of one account with its client, each within ``time_per_read``."""
 
     def __init__(
         self,
         account: str,
         client: QianfanClient,
         clock: Callable[[], float],
-        budget: float,
+        time_per_read: float,
     ) -> None:
         self.account = account
         self.client = client
         self.clock = clock
         # How long one read may spend on Qianfan (answers, retries, backoff); its
         # waits for the account's budget come on top (``Deadline``).
-        self.budget = budget
+        self.time_per_read = time_per_read
 
     def read(self, state: TargetState, started: float, pair: V1Target | None = None) -> Read:
         """The target's state after reading it (``pair`` for a V1 target); its runs
@@ -73,7 +80,7 @@ class TargetReader:
         return replace(read, state=read.state.owned_by(state.team))
 
     def _read(self, state: TargetState, started: float, pair: V1Target | None) -> Read:
-        deadline = Deadline(self.clock() + self.budget)
+        deadline = Deadline(self.clock() + self.time_per_read)
         runs: tuple[Run, ...]
         try:
             if pair is not None:
@@ -88,10 +95,9 @@ class TargetReader:
             return self._failed(state, started, exc)
         except NotSent:
             raise
-        except Exception as exc:  # a bug must not kill the poller: report it as a bad answer
-            log.exception("unexpected error reading target",
-                          extra={"account": self.account, "target": state.name})
-            err = InvalidResponse(f"unexpected {type(exc).__name__}")
+        except Exception as exc:  # a bug must not kill the poller
+            err = bug_as_bad_answer(exc, log, "unexpected error reading target",
+                                    account=self.account, target=state.name)
             return Read(replace(state, up=False, last_attempt=started, error=str(err),
                                 reason=err.reason))
         # Each run's progress history goes from this target's previous runs to the new ones.
@@ -101,16 +107,16 @@ class TargetReader:
     def read_all(
         self,
         workers: Executor,
-        due: Mapping[K, tuple[TargetState, V1Target | None]],
+        due: Mapping[TargetKey, tuple[TargetState, V1Target | None]],
         started: float,
         stop: threading.Event,
-    ) -> dict[K, Read]:
+    ) -> dict[TargetKey, Read]:
         """Read the ``due`` targets (state and pair, by key) in parallel on ``workers``.
 
         Once ``stop`` is set, no more reads start; reads that never started, or whose
         wait for budget the stop cut short, are left out of the answer.
         """
-        futures: dict[K, Future[Read]] = {}
+        futures: dict[TargetKey, Future[Read]] = {}
         for key, (state, pair) in due.items():
             if stop.is_set():
                 break

@@ -14,11 +14,9 @@ from dataclasses import dataclass
 
 from prometheus_client import Counter
 
-from qf_exporter.polling.snapshot import TargetState
+from qf_exporter.polling.snapshot import RunKey, TargetKey, TargetState
 from qf_exporter.qianfan.models import Run
 
-TargetKey = tuple[str, str]  # (api, name): ("v2", "job-..."), ("v1", "10250/6205")
-RunKey = tuple[str, str, str, str]  # Run.key: (account, api, job_id, task_id)
 LEFT_OUT_REASONS = ("retention", "max_runs")
 
 

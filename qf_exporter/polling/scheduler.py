@@ -1,5 +1,5 @@
-"""What fires each account's polls: one APScheduler job per account, each in a
-scheduler thread (executor) of its own.
+"""When polls happen: one APScheduler job per account fires its polls, each in a
+scheduler thread (executor) of its own. What a poll reads is ``cadence``'s.
 
 A poll that hangs (a server that never answers, a stuck DNS lookup) holds only its
 own account's thread: every other account keeps its schedule. A replaced account

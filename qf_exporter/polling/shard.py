@@ -1,8 +1,8 @@
 """This replica's share of the targets (``--shard`` of ``--total-shards``).
 
-Kept apart from the poller so that the command line can check the flags, and
-``--version`` and ``--config.check`` can run, without importing the HTTP client or
-the scheduler.
+The command line checks the two flags by building a ``Shard`` (its error names them).
+Kept apart from the poller so that the flag check, ``--version`` and ``--config.check``
+run without importing the HTTP client or the scheduler.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ class Shard:
 
     def __post_init__(self) -> None:
         if self.total < 1 or not 0 <= self.index < self.total:
-            raise ValueError(f"shard {self.index} of {self.total}: need 0 <= shard < total")
+            raise ValueError(f"--shard must be between 0 and --total-shards - 1 "
+                             f"(--shard={self.index} --total-shards={self.total})")
 
     def owns(self, account: str, target: str) -> bool:
         if self.total <= 1:

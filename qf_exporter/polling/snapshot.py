@@ -7,11 +7,16 @@ snapshot and never see half of a poll.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 from qf_exporter.qianfan.models import STATUSES, Run
+
+# A target's key: its api and its ``target`` label, ("v2", "job-...") or ("v1", "10250/6205").
+TargetKey = tuple[str, str]
+# A run's key, ``Run.key``: (account, api, job_id, task_id).
+RunKey = tuple[str, str, str, str]
 
 
 @dataclass(frozen=True)
@@ -27,7 +32,7 @@ class TargetState:
     error: str = ""  # the latest failure, already free of secrets
     reason: str = ""
     discovered: bool = False  # found by discovery, not configured
-    team: str = ""  # who owns the target's runs (SPEC §3, "Ownership"); "" for nobody
+    team: str = ""  # who owns the target's runs (``targets.Targets.owner``); "" for nobody
 
     def owned_by(self, team: str) -> TargetState:
         """This state with ``team`` as the owner of the target and of each of its runs."""
@@ -48,7 +53,7 @@ class Budget:
 
     ``qps`` is the account's ``qps`` divided by ``--total-shards``; ``lag`` how far
     behind its schedule the most overdue target was at the latest poll
-    (``schedule.lag``); ``needs`` and ``holds`` are set while the budget cannot hold
+    (``cadence.lag``); ``needs`` and ``holds`` are set while the budget cannot hold
     ``poll.interval``: the requests the latest poll needed, and the interval that
     budget can actually hold.
     """
@@ -69,7 +74,7 @@ class AccountState:
     """
 
     name: str
-    targets: Mapping[tuple[str, str], TargetState] = field(
+    targets: Mapping[TargetKey, TargetState] = field(
         default_factory=lambda: MappingProxyType({})
     )
     up: bool = False
@@ -117,10 +122,6 @@ class Snapshot:
         """Every account's state replaced at once (a reload)."""
         return replace(self, accounts=MappingProxyType(dict(accounts)),
                        generation=self.generation + 1)
-
-    def runs(self) -> Iterator[Run]:
-        for account in self.accounts.values():
-            yield from account.runs
 
     @property
     def ready(self) -> bool:

@@ -3,19 +3,18 @@ and each one's latest state.
 
 A target's key is ``(api, name)``: ``("v2", job_id)`` or ``("v1", "task/job")``; the
 name is its ``target`` label. A V1 target keeps its typed pair (``V1Target``) for
-reading. Each target has an owner, the ``team`` label of its health and its runs
-(SPEC §3, "Ownership"): the team the file names for that job or pair, else the team
-of the first ``discovery.teams`` rule that matches the job's name, else the account's.
+reading. Each target has an owner, the ``team`` label of its health and its runs: the
+team the file names for that job or pair, else the team of the first
+``discovery.teams`` rule that matches the job's name, else the account's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 
 from qf_exporter.config.file import Account, V1Target, V2Job
-from qf_exporter.polling.retention import TargetKey
-from qf_exporter.polling.snapshot import TargetState
+from qf_exporter.polling.snapshot import TargetKey, TargetState
 
 
 class Targets:
@@ -40,9 +39,6 @@ class Targets:
             key: TargetState(api=key[0], name=key[1], team=self.owner(key))
             for key in sorted(self.configured)
         }
-
-    def __iter__(self) -> Iterator[TargetKey]:
-        return iter(self.states)
 
     def pair(self, key: TargetKey) -> V1Target | None:
         """A V1 target's pair (None for a V2 job)."""

@@ -7,7 +7,8 @@ second; instead each caller reserves a start time at least one window after the
 start ``qps`` places before it. Reservations are handed out under a lock, then
 the caller waits outside it, so workers queue fairly and never busy-wait.
 
-Waiting for budget is never a failure (SPEC §3): a caller waits for its turn however
+Waiting for budget is never a failure (only Qianfan's answers, or their absence
+within the timeout, fail a read): a caller waits for its turn however
 far away it is, and only a stop (the exporter or the account's poller closing) ends
 the wait, with ``NotSent``. ``Deadline`` is how a read bounds its time with Qianfan
 without counting those waits.

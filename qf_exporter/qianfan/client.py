@@ -5,12 +5,13 @@ policy (honouring ``Retry-After``, never past the caller's deadline), sleeping w
 the injected ``sleep`` and giving up when the ``stop`` event is set; ``_attempt``
 waits for the request's turn in the account's ``RateLimiter``, however long (a
 ``Deadline`` moves later by that wait; a stop during it raises ``NotSent``, which is
-no failure and is counted nowhere); the session's
-``BceAuth`` signs the request as it goes out, after that wait (a signature made
-before a wait could expire); ``upstream`` reads the answer within its bounds; and
-the pure ``classify`` turns it into a result or a typed ``QianfanError`` whose
-``reason`` is counted. Paging is the client's own: callers get the raw items, and
-``models`` turns them into runs.
+no failure and is counted nowhere); the session's ``BceAuth`` signs the request as
+it goes out, after that wait (a signature made before a wait could expire); the
+``transport`` reads the answer within its bounds (``watchdog``, ``bounded``), every
+answer of one read counting against its ``ReadBudget``; and the pure ``classify``
+turns it into a result or a typed ``QianfanError`` whose ``reason`` is counted.
+Paging is the client's own: callers get the raw items, and ``models`` turns them into
+runs.
 """
 
 from __future__ import annotations
@@ -23,14 +24,14 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
-from qf_exporter.config.file import Account, V1Target
-from qf_exporter.qianfan import errors, upstream
+from qf_exporter.config.file import Account
+from qf_exporter.qianfan import bounded, errors
 from qf_exporter.qianfan.auth import BceAuth
 from qf_exporter.qianfan.backoff import Backoff
 from qf_exporter.qianfan.budget import Deadline, NotSent, RateLimiter
 from qf_exporter.qianfan.classify import classify
 from qf_exporter.qianfan.errors import InvalidResponse, QianfanError
-from qf_exporter.qianfan.models import Page, parse_page, v1_detail
+from qf_exporter.qianfan.models import Page, V1Ids, json_object, parse_page
 from qf_exporter.qianfan.telemetry import ApiMetrics
 from qf_exporter.qianfan.transport import Transport
 
@@ -107,14 +108,9 @@ class QianfanClient:
 
     # --- the API calls -----------------------------------------------------------------
 
-    def job_detail(
-        self,
-        pair: V1Target,
-        deadline: When = None,
-        read: Callable[[Any], T] = lambda result: v1_detail(result).raw,  # type: ignore[assignment,return-value]
-    ) -> T:
-        """V1: one run's detail, as ``read`` makes it of the ``result`` object (by
-        default the object itself, once ``models`` has checked it is a run's detail).
+    def job_detail(self, pair: V1Ids, deadline: When = None, *,
+                   read: Callable[[Any], T]) -> T:
+        """V1: one run's detail, as ``read`` makes it of the ``result`` object.
 
         ``read`` (``models.parse_v1_run``) runs inside the retry loop, so an answer of
         the wrong shape is counted as ``invalid_response`` and retried like any other.
@@ -123,14 +119,15 @@ class QianfanClient:
         return self.call("jobDetail", V1_JOB_DETAIL, None, body, deadline, parse=read)
 
     def describe_task(self, task_id: str, deadline: When = None,
-                      budget: upstream.ReadBudget | None = None) -> Item:
+                      budget: bounded.ReadBudget | None = None) -> Item:
         """V2: one run's detail (``result`` object); the only answer with ``runProgress``."""
         action = "DescribeFineTuningTask"
         return self.call(action, V2_FINETUNING, {"Action": action}, {"taskId": task_id},
-                         deadline, parse=lambda result: _object(result, action), budget=budget)
+                         deadline, parse=lambda result: json_object(result, f"{action}: result"),
+                         budget=budget)
 
     def describe_tasks(self, job_id: str, deadline: When = None,
-                       budget: upstream.ReadBudget | None = None) -> list[Item]:
+                       budget: bounded.ReadBudget | None = None) -> list[Item]:
         """V2: every run of a job, all pages, as the answers hold them."""
         return self._list("DescribeFineTuningTasks", {"jobId": job_id}, "taskList", deadline,
                           budget or self.read_budget())
@@ -140,13 +137,13 @@ class QianfanClient:
         return self._list("DescribeFineTuningJobs", {}, "jobList", deadline,
                           self.read_budget())
 
-    def read_budget(self) -> upstream.ReadBudget:
-        """The bounds of one read (``upstream.ReadBudget``): never less than one answer."""
-        return upstream.ReadBudget(max(upstream.MAX_READ_BYTES,
+    def read_budget(self) -> bounded.ReadBudget:
+        """The bounds of one read (``bounded.ReadBudget``): never less than one answer."""
+        return bounded.ReadBudget(max(bounded.MAX_READ_BYTES,
                                        self.transport.max_response_bytes))
 
     def _list(self, action: str, body: dict[str, Any], list_key: str,
-              deadline: When, budget: upstream.ReadBudget) -> list[Item]:
+              deadline: When, budget: bounded.ReadBudget) -> list[Item]:
         items: list[Item] = []
         for page in self._pages(action, body, list_key, deadline, budget):
             items.extend(page.items)
@@ -154,7 +151,7 @@ class QianfanClient:
 
     def _pages(
         self, action: str, body: dict[str, Any], list_key: str, deadline: When,
-        budget: upstream.ReadBudget,
+        budget: bounded.ReadBudget,
     ) -> Iterator[Page]:
         marker: str | None = None
         seen: set[str] = set()
@@ -168,8 +165,10 @@ class QianfanClient:
             yield page
             if not page.truncated:
                 return
-            # SPEC marks nextMarker optional: without one, go on from the last item's id
-            # (the BCE marker convention); a marker seen before means no progress.
+            # nextMarker is documented only as "returned when isTruncated is true"
+            # (DescribeFineTuningTasks, https://cloud.baidu.com/doc/WENXINWORKSHOP/s/klt73okdd):
+            # without one, go on from the last item's id (the BCE marker convention); a
+            # marker seen before means no progress.
             next_marker = page.next_marker or page.last_id
             if not next_marker or next_marker in seen:
                 raise InvalidResponse(f"{action}: isTruncated without a new nextMarker")
@@ -180,7 +179,7 @@ class QianfanClient:
 
     def call(self, action: str, path: str, query: dict[str, str] | None, body: dict[str, Any],
              deadline: When = None, parse: Callable[[Any], T] = lambda result: result,
-             budget: upstream.ReadBudget | None = None) -> T:
+             budget: bounded.ReadBudget | None = None) -> T:
         """Send one API call, retrying what can be retried; returns ``parse(result)``.
 
         ``parse`` checks the answer's shape inside the retry loop, so an answer of the
@@ -223,7 +222,7 @@ class QianfanClient:
 
     def _attempt(self, action: str, path: str, query: dict[str, str] | None,
                  body: dict[str, Any], deadline: When,
-                 budget: upstream.ReadBudget) -> Any:
+                 budget: bounded.ReadBudget) -> Any:
         """One request: wait for budget, send, read, classify."""
         self._wait_for_budget(action, deadline)
         payload = json.dumps(body, separators=(",", ":")).encode()
@@ -254,7 +253,8 @@ class QianfanClient:
 
     def _wait_for_budget(self, action: str, deadline: When) -> None:
         """Wait for this request's turn in the account's budget, however long: waiting
-        is no failure (SPEC §3), and a ``Deadline`` moves later by the wait. A stop
+        is no failure (only Qianfan's answers fail a read), and a ``Deadline`` moves
+        later by the wait. A stop
         during the wait raises ``NotSent`` (the request was never sent)."""
         if self._closed:
             raise NotSent(f"{action}: the client was closed")
@@ -281,14 +281,8 @@ class _Listing:
         self.pages += 1
         self.items += len(page.items)
         if self.pages > MAX_PAGES:
-            raise upstream.final(f"{self.action}: more than {MAX_PAGES} pages (MAX_PAGES)")
+            raise bounded.final(f"{self.action}: more than {MAX_PAGES} pages (MAX_PAGES)")
         if self.items > MAX_LISTED:
-            raise upstream.final(f"{self.action}: more than {MAX_LISTED} items listed "
+            raise bounded.final(f"{self.action}: more than {MAX_LISTED} items listed "
                                  "(MAX_LISTED)")
         return page
-
-
-def _object(result: Any, action: str) -> Item:
-    if not isinstance(result, Mapping):
-        raise InvalidResponse(f"{action}: result is not a JSON object")
-    return result

@@ -1,8 +1,10 @@
-"""A small typed error hierarchy: every failure to read Qianfan has one ``reason``.
+"""The typed errors of a request to Qianfan: every failure has one ``reason``.
 
-The reasons are the values of the ``reason`` label of
-``qianfan_api_request_failures_total``. Messages never carry credentials: they are
-built from status codes and the API's own error codes and texts only.
+A small hierarchy, one class per reason (and ``NotFound``, the refused request that
+says a run or job is gone); ``REASONS`` are the values of the ``reason`` label of
+``qianfan_api_request_failures_total``. Which answer is which error is decided in
+``classify``. Messages never carry credentials: they are built from status codes and
+the API's own error codes and texts, scrubbed there.
 """
 
 from __future__ import annotations
@@ -90,82 +92,3 @@ class InvalidResponse(QianfanError):
 
     reason = "invalid_response"
     retryable = True
-
-
-# Qianfan's numeric error codes (V1 ``error_code``; sometimes seen in V2 bodies too),
-# in one place, each with where it comes from:
-# * 2, 4, 13, 14, 17, 18, 19, 110, 111, 336100, 336501, 500000: the official SDK's
-#   ``qianfan.consts.APIErrorCode`` (baidubce/bce-qianfan-sdk, python/qianfan/consts.py):
-#   ServiceUnavailable 2, RequestLimitReached 4, GetServiceTokenFailed 13,
-#   IAMCertificationFailed 14, DailyLimitReached 17, QPSLimitReached 18,
-#   TotalRequestLimitReached 19, APITokenInvalid 110, APITokenExpired 111,
-#   ServerHighLoad 336100, RPMLimitReached 336501, ConsoleInternalError 500000. The SDK
-#   retries 18, 336100 and 500000 on console calls (``ConsoleRetryErrCodes``) and adds
-#   2 and 336501 for its other calls (``RetryErrCodes``); 336501 is a rate limit.
-# * 500001 ("param invalid"): the V1 jobDetail reference page (seed 000), 错误码.
-# * 510202 (task not exist), 510301 (job not exist): Qianfan's error code page, as
-#   gathered in SPEC §1.
-RATE_LIMIT_CODES = frozenset({4, 17, 18, 19, 336501})
-AUTH_CODES = frozenset({13, 14, 110, 111})
-SERVER_CODES = frozenset({2, 336100, 500000})
-NOT_FOUND_CODES = frozenset({510202, 510301})
-
-
-def from_error_code(code: int, message: str, request_id: str | None = None) -> QianfanError:
-    """Classify a numeric Qianfan error code."""
-    kind: type[QianfanError] = ClientError
-    if code in RATE_LIMIT_CODES:
-        kind = RateLimited
-    elif code in AUTH_CODES:
-        kind = AuthError
-    elif code in SERVER_CODES:
-        kind = ServerError
-    elif code in NOT_FOUND_CODES:
-        kind = NotFound
-    return kind(f"Qianfan error {code}: {message}", code=str(code), request_id=request_id)
-
-
-# V2 and gateway error code names (``code`` in the body, or ``X-Bce-Error-Code``),
-# matched lower-cased on parts of the name.
-_RATE_LIMIT_WORDS = ("throttl", "ratelimit", "limitexceeded", "toomanyrequests", "qpslimit")
-_AUTH_WORDS = ("auth", "accessdenied", "signature", "accesskey", "expired", "forbidden",
-               "permission", "unauthorized")
-_SERVER_WORDS = ("internalerror", "serviceunavailable", "serverbusy", "internal_error",
-                 "backenderror", "gatewaytimeout")
-_NOT_FOUND_WORDS = ("notfound", "notexist", "nosuch")
-
-
-def from_http(
-    status: int,
-    code: str | None,
-    message: str,
-    request_id: str | None = None,
-    retry_after: float | None = None,
-) -> QianfanError:
-    """Classify a non-2xx answer from the V2 API or the gateway (or a 2xx with a code).
-
-    A known numeric code decides; otherwise the code's name, then the HTTP status.
-    """
-    text = f"HTTP {status}: {message}" if message else f"HTTP {status}"
-    if code and code.isdigit():
-        number = int(code)
-        known = number in RATE_LIMIT_CODES | AUTH_CODES | SERVER_CODES | NOT_FOUND_CODES
-        # An unknown number says nothing more than the status (a 503 stays retryable);
-        # under a 2xx or 4xx it is a refused request, as ``from_error_code`` has it.
-        if known or (status < 500 and status != 429):
-            err = from_error_code(number, message, request_id)
-            err.status = status
-            err.retry_after = retry_after
-            return err
-    lowered = (code or "").lower()
-    kind: type[QianfanError] = ClientError
-    if status == 429 or any(w in lowered for w in _RATE_LIMIT_WORDS):
-        kind = RateLimited
-    elif (status in (401, 403) or lowered.startswith("iam")
-          or any(w in lowered for w in _AUTH_WORDS)):
-        kind = AuthError
-    elif status >= 500 or any(w in lowered for w in _SERVER_WORDS):
-        kind = ServerError
-    elif status == 404 or any(w in lowered for w in _NOT_FOUND_WORDS):
-        kind = NotFound
-    return kind(text, status=status, code=code, request_id=request_id, retry_after=retry_after)

@@ -18,9 +18,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
-from qf_exporter.config.file import V1Target
 from qf_exporter.qianfan import console
 from qf_exporter.qianfan.errors import InvalidResponse
 
@@ -38,7 +37,8 @@ _V2_STATUS = {
 
 BEIJING = timezone(timedelta(hours=8))
 # Label values are upstream strings; very long ones are cut so that one odd run
-# cannot blow up every scrape. Error messages are cut shorter, as SPEC fixes.
+# cannot blow up every scrape. Error messages are cut shorter: the exported
+# qianfan_finetune_run_error_info keeps at most 200 characters of one.
 MAX_LABEL_LENGTH = 256
 MAX_ERROR_MESSAGE_LENGTH = 200
 # qianfan_finetune_run_training_loss_recent_min is the lowest loss of this many latest
@@ -52,6 +52,17 @@ MAX_EVALUATION_METRICS = 100
 MAX_CHECKPOINTS = 10_000
 # Times outside 1970-01-01 .. 9999-12-31 are unreadable, like any other odd value.
 LATEST_TIME = 253402300799.0
+
+
+class V1Ids(Protocol):
+    """What parsing needs of a configured V1 pair (the configuration's ``V1Target`` is
+    one): the ids a V1 run is labelled with, whatever the answer echoes."""
+
+    @property
+    def task_id(self) -> int: ...
+
+    @property
+    def job_id(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,7 +235,7 @@ def distinct_label(text: str, limit: int = MAX_LABEL_LENGTH) -> str:
     return cut(text, limit - 9) + "~" + digest
 
 
-def number(value: Any) -> float | None:
+def number_or_none(value: Any) -> float | None:
     """A finite number from an int, float or numeric string; otherwise ``None``."""
     if isinstance(value, bool) or value is None:
         return None
@@ -264,7 +275,7 @@ def percent(value: Any) -> float | None:
     """
     if isinstance(value, str):
         value = value.strip().removesuffix("%").strip()
-    parsed = number(value)
+    parsed = number_or_none(value)
     if parsed is None:
         return None
     # Divide in decimal: "30.83%" is 0.3083, not 0.30829999999999996 (what 30.83 / 100
@@ -285,7 +296,7 @@ def timestamp(value: Any, naive_zone: timezone) -> float | None:
     if isinstance(value, str):
         seconds = _time_text(value, naive_zone)
     else:
-        seconds = number(value)  # bools, huge ints and non-numbers: None
+        seconds = number_or_none(value)  # bools, huge ints and non-numbers: None
         if seconds is not None and seconds > 1e11:
             seconds /= 1000.0
     if seconds is None or not 0 < seconds <= LATEST_TIME:
@@ -313,7 +324,8 @@ def map_status(raw: str, api: str) -> str:
     return table.get(raw.strip().lower(), "unknown")
 
 
-def _object(value: Any, what: str) -> Mapping[str, Any]:
+def json_object(value: Any, what: str) -> Mapping[str, Any]:
+    """``value`` when it is a JSON object; else ``InvalidResponse`` naming ``what``."""
     if not isinstance(value, Mapping):
         raise InvalidResponse(f"{what} is not a JSON object")
     return value
@@ -324,16 +336,14 @@ def _object(value: Any, what: str) -> Mapping[str, Any]:
 
 def v1_detail(result: Any) -> Fields:
     """The fields of a V1 ``jobDetail`` result, refused when it is not one."""
-    if not isinstance(result, Mapping):
-        raise InvalidResponse("jobDetail: result is not a JSON object")
-    f = Fields(result)
+    f = Fields(json_object(result, "jobDetail: result"))
     # Every real jobDetail answer names the run's status; one without it is not one.
     if not f.has("trainStatus"):
         raise InvalidResponse("jobDetail: result has no trainStatus")
     return f
 
 
-def parse_v1_run(result: Any, *, account: str, pair: V1Target, read_at: float) -> Run:
+def parse_v1_run(result: Any, *, account: str, pair: V1Ids, read_at: float) -> Run:
     """A V1 ``jobDetail`` result. Labelled with the configured pair, not echoed ids."""
     f = v1_detail(result)
     raw_status = f.text("trainStatus")
@@ -354,8 +364,8 @@ def parse_v1_run(result: Any, *, account: str, pair: V1Target, read_at: float) -
         version=f.text("version"),
         vdl_link=f.text("vdlLink", limit=1024),
         progress=None if progress is None else min(max(progress, 0.0), 1.0),
-        duration=_non_negative(number(f.get("runTime"))),
-        train_duration=_non_negative(number(f.get("trainTime"))),
+        duration=_non_negative(number_or_none(f.get("runTime"))),
+        train_duration=_non_negative(number_or_none(f.get("trainTime"))),
         start_time=timestamp(f.get("startTime"), BEIJING),
         finish_time=_finish(status, timestamp(f.get("finishTime"), BEIJING)),
         last_read=read_at,
@@ -376,14 +386,14 @@ def _non_negative(value: float | None) -> float | None:
 
 def parse_page(result: Any, list_key: str) -> Page:
     """The list and ``pageInfo`` of a V2 listing (``taskList`` or ``jobList``)."""
-    f = Fields(_object(result, "result"))
+    f = Fields(json_object(result, "result"))
     items = f.get(list_key)
     if items is None:
         items = []
     if not isinstance(items, list):
         raise InvalidResponse(f"result.{list_key} is not a list")
     for i, item in enumerate(items):
-        _object(item, f"result.{list_key}[{i}]")
+        json_object(item, f"result.{list_key}[{i}]")
     info_raw = f.get("pageInfo")
     info = Fields(info_raw) if isinstance(info_raw, Mapping) else Fields({})
     truncated = info.get("isTruncated")
@@ -528,9 +538,9 @@ def _checkpoints(raw: Any) -> list[Checkpoint]:
         perplexity = f.get("perplexity")
         result.append(
             Checkpoint(
-                step=number(f.get("step")),
-                perplexity=number(perplexity),
-                training_loss=number(loss),
+                step=number_or_none(f.get("step")),
+                perplexity=number_or_none(perplexity),
+                training_loss=number_or_none(loss),
                 not_finite=not_finite(loss) or not_finite(perplexity),
             )
         )

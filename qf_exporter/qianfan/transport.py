@@ -2,9 +2,9 @@
 
 ``Transport`` owns the pooled connections (never through a proxy, never following a
 redirect), signs each request with its auth as it goes out, and reads the answer
-with ``upstream``'s bounds on size and time; a transport failure becomes a typed
-``QianfanError`` (timeout, connection, invalid response). What the answer means is
-``classify``'s.
+within ``watchdog``'s deadline and ``bounded``'s cap on size; a transport failure
+becomes a typed ``QianfanError`` (timeout, connection, invalid response). What the
+answer means is ``classify``'s.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase
 from urllib3.exceptions import HTTPError, ProtocolError, ReadTimeoutError
 
-from qf_exporter.qianfan import errors, upstream
+from qf_exporter.qianfan import bounded, errors, watchdog
 from qf_exporter.qianfan.errors import InvalidResponse
 
 
@@ -41,7 +41,7 @@ class Transport:
         self._session.auth = auth  # signs each request as it goes out
         self._session.trust_env = False  # never send IAM-signed calls through a stray proxy
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=max(pool_size, 1), max_retries=0)
-        upstream.watch_pools(adapter.poolmanager)  # each request's deadline can cut its socket
+        watchdog.watch_pools(adapter.poolmanager)  # each request's deadline can cut its socket
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
 
@@ -71,7 +71,7 @@ class Transport:
     ) -> tuple[int, Mapping[str, str], bytearray]:
         """POST ``payload`` and read the whole answer within ``timeout`` seconds (connect,
         headers and body): its status, headers and body."""
-        with upstream.watched(time.monotonic() + timeout) as watch:
+        with watchdog.watched(time.monotonic() + timeout) as watch:
             return self._send(action, url, payload, timeout, watch)
 
     def _send(
@@ -80,7 +80,7 @@ class Transport:
         url: str,
         payload: bytes,
         timeout: float,
-        watch: upstream.Watch,
+        watch: watchdog.Watch,
     ) -> tuple[int, Mapping[str, str], bytearray]:
         """Send one request and read its whole answer under ``watch``: status, headers, body."""
         try:
@@ -91,7 +91,7 @@ class Transport:
                                           timeout=(timeout, timeout),
                                           allow_redirects=False, stream=True)
             try:
-                content = upstream.read_body(
+                content = bounded.read_body(
                     response.raw, response.headers.get("Content-Encoding", ""), watch,
                     self.max_response_bytes,
                 )
@@ -99,9 +99,9 @@ class Transport:
                 watch.discard_connection()  # the rest of this answer must not be read
                 response.close()
                 raise
-        except upstream.DeadlinePassed:
+        except watchdog.DeadlinePassed:
             raise errors.Timeout(f"{action}: no whole answer within {timeout:g}s") from None
-        except upstream.TooLarge:
+        except bounded.TooLarge:
             raise InvalidResponse(
                 f"{action}: the answer is larger than {self.max_response_bytes} bytes"
             ) from None

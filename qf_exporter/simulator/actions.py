@@ -3,23 +3,26 @@
 Each takes the world and a decoded request (``Ask``) and returns the ``result`` to
 send or the error the real API would answer (``Failure``); the HTTP handler only
 wraps either in the API's envelope. Which answer carries what follows Baidu's
-reference pages (cited by title; the simulator must never be more lenient than they
-are):
+reference pages (cited by title and address, all under
+https://cloud.baidu.com/doc/WENXINWORKSHOP/s/; the simulator must never be more lenient
+than they are):
 
-* ``DescribeFineTuningTasks`` (获取模型精调任务列表, seed 001): ``result.taskList`` items
+* ``DescribeFineTuningTasks`` (获取模型精调任务列表, .../klt73okdd): ``result.taskList`` items
   with taskId, jobId, jobName, jobDescription, model, trainMode, parameterScale,
   runStatus, metrics (only when Done), checkpointList, createTime, finishTime,
   errorMessage, errorCode; and ``result.pageInfo`` {marker, maxKeys, isTruncated,
   nextMarker (only when isTruncated)}. The items carry **no runProgress and no
   vdlLink**: that page's taskList table lists neither.
-* ``DescribeFineTuningTask`` (获取模型精调任务详情): ``result`` with the fields above plus
-  ``runProgress`` ("51%"; "只有任务运行状态运行中,才会返回此参数", i.e. only while
-  runStatus is Running) and ``vdlLink``. The SDK's own mock server
-  (python/qianfan/tests/utils/mock_server.py, ``finetune_v2_task_detail``) answers the
-  same way, and its trainer and CLI read progress only from this call.
-* ``DescribeFineTuningJobs`` (获取模型精调作业列表): ``result.jobList`` items {jobId,
-  name, description, model, trainMode, createDate} and ``result.pageInfo``.
-* V1 ``jobDetail`` (获取任务运行详情, seed 000): ``result`` {id, description, taskId,
+* ``DescribeFineTuningTask`` (获取模型精调任务详情, .../4lt73p0ia): ``result`` with the
+  fields above plus ``runProgress`` ("51%"; "只有任务运行状态运行中,才会返回此参数", i.e.
+  only while runStatus is Running) and ``vdlLink``. The SDK's own mock server
+  (baidubce/bce-qianfan-sdk, python/qianfan/tests/utils/mock_server.py,
+  ``finetune_v2_task_detail``) answers the same way, and its trainer and CLI read
+  progress only from this call.
+* ``DescribeFineTuningJobs`` (获取模型精调作业列表, .../zlt73o1hv): ``result.jobList``
+  items {jobId, name, description, model, trainMode, createDate} and
+  ``result.pageInfo``.
+* V1 ``jobDetail`` (获取任务运行详情, .../wlmrgowee): ``result`` {id, description, taskId,
   taskName, version, jobRunType, trainType, trainMode, peftType, trainStatus, progress
   (0..100), runTime, trainTime, startTime, finishTime, vdlLink}; errors as HTTP 200
   with {error_code, error_msg}.
@@ -52,7 +55,7 @@ class Ask:
     body: dict[str, Any]
     now: float  # the world's clock when the request is answered
     odd: bool = False  # "odd_fields": the runs' fields come with the wrong types
-    next_marker: bool = True  # a truncated page names its nextMarker (SPEC: optional)
+    next_marker: bool = True  # a truncated page names its nextMarker (or leaves it out)
 
 
 @dataclass(frozen=True)

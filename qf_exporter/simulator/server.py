@@ -146,7 +146,8 @@ class QianfanSimulator:
         self.credentials = dict(credentials)  # access key -> secret key
         self.qps = qps  # enforce this budget per access key (None: do not)
         self.latency = latency
-        # Some answers leave out pageInfo.nextMarker (SPEC marks it optional).
+        # Some answers leave out pageInfo.nextMarker: the reference names it only as
+        # returned when isTruncated is true, and a client must cope without it.
         self.send_next_marker = True
         self.wall_clock = wall_clock
         # What the gateway stamps arrivals with, for its per-key budget: real time,

@@ -45,7 +45,7 @@ from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
 from qf_exporter.web.server import Request, Response
-from qf_exporter.web.webconfig import RateLimit, WebConfig
+from qf_exporter.web.webconfig.schema import RateLimit, WebConfig
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")

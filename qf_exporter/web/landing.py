@@ -1,9 +1,11 @@
 """The landing page at `/`: per account, reachability, targets and runs per status.
 
-Built once per snapshot (``Landing``) and capped in size: with 10,000 targets down the
-page was 4.2 MB and 85 ms of the event loop per request. It lists the first
-``MAX_DOWN_ROWS`` targets that are down and counts the rest; ``qianfan_target_up``
-has them all.
+Built on the event loop at the first request for each snapshot (``Landing``), then
+served as it is from the server's light slots, beside health and readiness (see
+``routes``), so it is capped in size: with 10,000 targets down an uncapped page was
+4.2 MB and 85 ms of the event loop per request. It lists the first ``MAX_DOWN_ROWS``
+targets that are down (and ``MAX_ACCOUNT_ROWS`` accounts) and counts the rest;
+``qianfan_target_up`` has them all.
 """
 
 from __future__ import annotations

@@ -1,9 +1,12 @@
 """The exporter's HTTP endpoints: /metrics, /-/healthy, /-/ready, /-/reload and `/`.
 
 Routing and the lifecycle gate; basic auth and the rate limit are in ``gate``, the
-connection handling in ``server`` and the metrics answer in ``exposition``. A scrape never calls
-Qianfan: it serves run metrics the poller already rendered (plain, or as a ready gzip
-member) after the few families prometheus_client renders on the spot.
+connection handling in ``server`` and the metrics answer in ``exposition``. A scrape
+never calls Qianfan: it serves the run metrics and health the poller already rendered,
+plain or as one gzip stream of the deflate segments compressed when they were rendered,
+followed by the few families prometheus_client renders on the spot. Health, readiness
+and the landing page take the server's light slots, so probes never wait behind
+scrapes.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from qf_exporter.polling.snapshot import Snapshot
 from qf_exporter.web.gate import Gate
 from qf_exporter.web.landing import Landing
 from qf_exporter.web.server import HTTPServer, Limits, Request, Response
-from qf_exporter.web.webconfig import LiveWebConfig, WebConfig
+from qf_exporter.web.webconfig.live import LiveWebConfig
+from qf_exporter.web.webconfig.schema import WebConfig
 
 ReloadResult = tuple[bool, str]
 _LIGHT_PATHS = frozenset({"/-/healthy", "/-/ready", "/"})
@@ -34,9 +38,12 @@ LIFECYCLE_DISABLED = (
 
 
 class ExporterHTTPServer:
+    """The exporter's endpoints served by an ``HTTPServer`` on listening ``sockets``,
+    with the web config's TLS, headers and client SANs, and the ``Gate`` before them."""
+
     def __init__(
         self,
-        address: tuple[str, int] | None = None,
+        sockets: Sequence[socket.socket],
         *,
         registry: CollectorRegistry,
         page: Callable[[], Page],
@@ -47,7 +54,6 @@ class ExporterHTTPServer:
         reload: Callable[[], concurrent.futures.Future[ReloadResult]] | None = None,
         lifecycle: bool = False,
         version: str = "",
-        sockets: Sequence[socket.socket] | None = None,
         limits: Limits | None = None,
     ) -> None:
         self.registry = registry
@@ -67,11 +73,6 @@ class ExporterHTTPServer:
         slots = (limits or Limits()).max_requests
         self.gate = Gate(max_checks=max(1, min(4, slots // 4)))
         self._landing = Landing(telemetry_path=telemetry_path, version=version)
-        if sockets is None:
-            from qf_exporter.web.listen import bind
-
-            assert address is not None
-            sockets = [bind(*address)]
         self.http = HTTPServer(
             sockets,
             self._handle,
@@ -83,25 +84,20 @@ class ExporterHTTPServer:
             admit=self._admit,
         )
 
-    # --- the old http.server-like surface, used by the app and the tests ----------------
+    # --- lifecycle -----------------------------------------------------------------------
 
     @property
     def port(self) -> int:
+        """The port of the first listener (with port 0, the one the kernel chose)."""
         return int(self.http.sockets[0].getsockname()[1])
-
-    @property
-    def addresses(self) -> list[tuple[str, int]]:
-        return [(str(s.getsockname()[0]), int(s.getsockname()[1])) for s in self.http.sockets]
 
     def serve_in_thread(self) -> threading.Thread:
         return self.http.start()
 
     def shutdown(self) -> None:
+        """Stop serving and close the listeners and the password checks' threads."""
         self.http.stop()
         self.gate.close()
-
-    def server_close(self) -> None:
-        """Kept for callers of the http.server API; ``shutdown`` closed everything."""
 
     # --- requests -----------------------------------------------------------------------
 

@@ -22,12 +22,15 @@ header size cap, and every policy a network-facing exporter needs is a few lines
   so the close does not reset the connection under the answer;
   conflicting framing (Transfer-Encoding with Content-Length, differing or invalid
   Content-Length) is a 400 and a close;
-- answers are a sequence of byte pieces, never joined whole: plain-TCP answers over
-  ``thread_send_bytes`` go from a bounded pool of sender threads, the pieces gathered
-  by ``sendmsg`` (see ``_send_all`` and ``_plain_socket``); the rest go through the
-  transport in slices of the page's blocks, each once the transport holds less than
-  half of ``write_buffer``, so a slow reader holds at most that (64 KiB); an answer not
-  taken whole within ``write_timeout`` of its start closes the connection;
+- answers are a sequence of byte pieces (the page's blocks of about 64 KB, and small
+  ones between them), never joined whole: plain-TCP answers over ``thread_send_bytes``
+  (4 MiB) go from a bounded pool of sender threads, the pieces gathered by ``sendmsg``
+  (see ``_send_all`` and ``_plain_socket``); the rest (TLS answers, and answers up to
+  4 MiB such as the gzip page of 10,000 runs) go through the transport in 32 KiB
+  slices (views of the blocks; small pieces joined), each written once the transport
+  holds at most half of ``write_buffer``, so a slow reader holds at most that
+  (64 KiB); an answer not taken whole within ``write_timeout`` of its start closes
+  the connection, and its request slot is held until then;
 - connections are closed gracefully (what is buffered sent, TLS closed with its
   close_notify), aborted only after ``close_timeout``;
 - TLS is started per connection with the context current at that moment, so a rotated
@@ -685,13 +688,15 @@ def _request(
 
 
 def _coalesce(pieces: Iterable[bytes], size: int) -> Iterator[bytes]:
-    """The pieces in writes of up to about ``size`` bytes: small ones joined (a copy of
-    at most ``size``), big ones as they are.
+    """The pieces in writes of up to about ``size`` bytes: consecutive small ones joined
+    (a copy of at most ``size``), big ones as they are (``_write_through`` then slices
+    them into views).
 
-    The run store's page is thousands of pieces of a few KB; an h11 event, a write, a
-    drain or a ``sendall`` each (with a return to Python, and a wait for the GIL, after
-    each) cost 100+ ms of CPU per scrape at 10,000 runs. Joined lazily, so a sender
-    thread does the copying of a big answer, never the event loop.
+    Used on the event loop's path. An answer's pieces are the page's blocks (about
+    64 KB of text each, a few hundred at 10,000 runs; one joined buffer for the gzip
+    page) with small ones between and after them: family headers, the health, the part
+    rendered per scrape, the gzip header and trailer. Each write may cost a drain and a
+    turn of the loop, so the small ones go out together rather than one write each.
     """
     batch: list[bytes] = []
     held = 0
@@ -722,12 +727,13 @@ def _send_within(sock: socket.socket, pieces: Iterator[bytes], timeout: float) -
 def _send_all(sock: socket.socket, pieces: Iterator[bytes], deadline: float) -> None:
     """Blocking vectored sends in a sender thread: the kernel gathers the pieces.
 
-    The run store's page is thousands of pieces of a few KB. Joining them into writes
-    held the GIL for 23 ms per plain scrape at 10,000 runs, and one ``sendall`` per
-    piece returned to Python (and waited for the GIL) thousands of times. One
-    ``sendmsg`` takes up to ``_IOV_MAX`` pieces, the GIL free while the kernel copies,
-    and returns after as much as the socket's buffer held: a few dozen calls per
-    scrape, and nothing copied in Python. The whole answer must be sent by ``deadline``.
+    Used for plain answers over ``Limits.thread_send_bytes``: the page's blocks (a few
+    hundred of about 64 KB at 10,000 runs) and the small pieces between them. Joining
+    them into writes would copy the whole answer in Python, holding the GIL; one
+    ``sendall`` per piece would return to Python (and wait for the GIL) after each.
+    One ``sendmsg`` takes up to ``_IOV_MAX`` pieces (a whole page), the GIL free while
+    the kernel copies, and returns after as much as the socket's buffer held; nothing
+    is copied in Python. The whole answer must be sent by ``deadline``.
     """
     batch: list[bytes] = []
     for piece in pieces:
@@ -765,10 +771,10 @@ def _plain_socket(writer: asyncio.StreamWriter) -> socket.socket | None:
     """A second handle on the connection's socket when it is plain TCP, else None.
 
     Big plain-TCP answers are sent from a sender thread with blocking ``sendmsg`` on
-    this handle, straight from the answer's pieces. Through the event loop they were
-    slower: Python 3.11's transports copy whatever the kernel does not take at once
-    into their own buffer (a copy of 28 MB per scrape), and one loop thread does the
-    kernel's copying for every connection on one core. asyncio lets nothing else use
+    this handle, straight from the answer's pieces. Through the event loop, a page of
+    many MB is hundreds of 32 KiB writes, each a turn of the loop, and one loop thread
+    does the kernel's copying for every connection on one core; a sender thread copies
+    with the GIL free, beside the loop. asyncio lets nothing else use
     a descriptor its transport owns, hence the duplicate. The duplicate shares the
     non-blocking mode; a timeout on it makes Python wait with poll() between sends.
     When no descriptor is left, answers go through the transport.

@@ -27,7 +27,7 @@ from qf_exporter.config.file import (
 )
 from qf_exporter.config.patterns import PatternError, compile_pattern
 from qf_exporter.util import yamlfile
-from qf_exporter.web.webconfig import load_web_config
+from qf_exporter.web.webconfig.schema import load_web_config
 from tests.config.test_corpus import CORPUS, clean_env
 from tests.helpers import parse_samples, value
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from qf_exporter.app import Exporter
-from qf_exporter.config.file import Account, Config, Secret
+from qf_exporter.config.file import Account, Config
+from qf_exporter.util.secrets import Secret
 
 
 def _exported_metric_names() -> set[str]:

@@ -1,6 +1,6 @@
 """The alert rules: promtool accepts them and their unit tests, each alert has its
 labels, annotations, firing and silent tests, known metrics, an absolute runbook link
-and a README runbook; run and target alerts carry the owning team."""
+and a runbook in docs/alerts.md; run and target alerts carry the owning team."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from tests.deploy.files import (
     metric_names,
     run,
 )
+from tests.docs.markdown import sections
 from tests.helpers import REPO, require_tool
 
 
@@ -145,23 +146,6 @@ def test_failed_run_alert_clears_after_its_window() -> None:
     pytest.fail("no test shows QianfanRunFailed clearing after it fired")
 
 
-def github_anchor(heading: str) -> str:
-    """The fragment GitHub gives a Markdown heading."""
-    slug = re.sub(r"[^\w\- ]", "", heading.strip().lower())
-    return slug.replace(" ", "-")
-
-
-def readme_sections() -> dict[str, tuple[str, str]]:
-    """anchor -> (heading, text up to the next heading of any level)."""
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    readme = re.sub(r"(?ms)^```.*?^```", "", readme)  # no headings inside code blocks
-    parts = re.split(r"(?m)^(#{1,6} .*)$", readme)
-    return {
-        github_anchor(parts[i].lstrip("#")): (parts[i], parts[i + 1])
-        for i in range(1, len(parts), 2)
-    }
-
-
 def test_every_runbook_url_is_absolute_under_one_base() -> None:
     """A notification (Slack, e-mail, pager) can only open an absolute link. The base is
     this release's runbook page, one literal in alerts.yml that a user (or a chart)
@@ -193,23 +177,24 @@ def test_the_rule_generator_puts_the_runbooks_elsewhere() -> None:
     assert RUNBOOK_BASE not in result.stdout
 
 
-def test_every_alert_has_a_runbook_in_the_readme() -> None:
-    """Each alert has its own section under "Runbooks", which says what the alert means
-    and what to do; the anchor of its runbook_url is that section's."""
-    sections = readme_sections()
-    assert "runbooks" in sections
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    runbooks = readme[readme.index("\n### Runbooks\n") :]
-    runbooks = runbooks[: runbooks.index("\n## ", 1)]
+def test_every_alert_has_a_runbook_in_the_docs() -> None:
+    """Each alert has its own section under "Runbooks" in docs/alerts.md, which says what
+    the alert means and what to do; the anchor of its runbook_url is that section's, and
+    the runbook base is that page of the release."""
+    page = REPO / "docs" / "alerts.md"
+    assert RUNBOOK_BASE.endswith("/docs/alerts.md")
+    text = page.read_text(encoding="utf-8")
+    found = sections(text)
+    assert "runbooks" in found
+    runbooks = text[text.index("\n## Runbooks\n") :]
+    end = runbooks.find("\n## ", 1)  # Runbooks may be the page's last section
+    runbooks = runbooks if end < 0 else runbooks[:end]
     for rule in alert_rules():
         name = rule["alert"]
         url = rule["annotations"]["runbook_url"]
         anchor = url.partition("#")[2]
         assert anchor == name.lower(), name
-        assert anchor in sections, f"{name}: no README heading for #{anchor}"
-        heading, text = sections[anchor]
-        assert heading == f"#### {name}" and f"\n{heading}\n" in runbooks, name
-        assert len(text.split()) >= 40, f"{name}: the runbook says too little"
-    assert github_anchor("Two identical replicas for availability") == (
-        "two-identical-replicas-for-availability"
-    )
+        assert anchor in found, f"{name}: no heading in docs/alerts.md for #{anchor}"
+        heading, body = found[anchor]
+        assert heading == f"### {name}" and f"\n{heading}\n" in runbooks, name
+        assert len(body.split()) >= 40, f"{name}: the runbook says too little"

@@ -27,7 +27,7 @@ _IMAGE_TAG = re.compile(r"(?<![\w/.-])qf-exporter:(latest|\d+\.\d+[\w.+-]*)")
 
 
 def test_images_are_tagged_with_the_package_version() -> None:
-    """No `latest`: the deploy files and README name the image of this version, and a
+    """No `latest`: the deploy files, README and docs name the image of this version, and a
     version bump in pyproject.toml fails here until they follow."""
     import qf_exporter
 
@@ -40,7 +40,8 @@ def test_images_are_tagged_with_the_package_version() -> None:
     for name in ("deployment.yaml", "statefulset-sharded.yaml"):
         (container,) = pod_spec(KUBERNETES / name)["containers"]
         assert container["image"] == f"qf-exporter:{version}", name
-    files = [REPO / "README.md", *sorted(p for p in DEPLOY.rglob("*") if p.is_file())]
+    files = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")),
+             *sorted(p for p in DEPLOY.rglob("*") if p.is_file())]
     tags: dict[str, list[str]] = {}
     for path in files:
         for tag in _IMAGE_TAG.findall(path.read_text(encoding="utf-8", errors="replace")):

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 from qf_exporter.app import Exporter
 from qf_exporter.exposition.answer import OPENMETRICS, TEXT, accepts_gzip, build, wants_openmetrics
 from qf_exporter.exposition.render import _HEALTH_HELP, FAMILIES
-from tests.helpers import promtool_check_metrics
+from tests.helpers import promtool_check_metrics, serve
 
 PROMETHEUS_ACCEPT = (
     "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.5,"
@@ -118,7 +118,7 @@ def test_text_answer_is_what_once_prints_and_promtool_accepts(exporter: Exporter
 
 
 def test_the_server_negotiates(exporter: Exporter) -> None:
-    server = exporter.serve("127.0.0.1", 0, "/metrics", None)
+    server = serve(exporter)
     url = f"http://127.0.0.1:{server.port}/metrics"
     om = requests.get(url, headers={"Accept": PROMETHEUS_ACCEPT}, timeout=10)
     assert om.headers["Content-Type"] == OPENMETRICS

@@ -34,6 +34,7 @@ from tests.helpers import (
     parse_samples,
     promql,
     require_tool,
+    serve,
 )
 
 pieces = st.lists(st.binary(max_size=3000), max_size=30)
@@ -79,7 +80,7 @@ def busy_exporter(world: World, sim: QianfanSimulator, clock: ManualClock,
     exporter = make_exporter(account(sim, jobs=tuple(world.jobs)))
     exporter.current_page.store = RunStore(bucket_runs=4, block_bytes=64)
     exporter.poller.poll_all()
-    exporter.serve("127.0.0.1", 0, "/metrics", None)
+    serve(exporter)
     assert len(exporter.current_page.page.runs) > 500
     return exporter
 

@@ -44,7 +44,7 @@ from tests.helpers import (
 def test_the_matrix_covers_every_fault_the_simulator_has() -> None:
     # "odd_fields" and "huge_numbers" are no failure: see
     # test_odd_field_types_are_absorbed_not_fatal and test_huge_numbers_lose_no_run;
-    # nor is "escaped_keys" (tests/qianfan/test_upstream_hostile.py).
+    # nor is "escaped_keys" (tests/qianfan/test_hostile_answers.py).
     assert set(REASON) | {"odd_fields", "huge_numbers", "escaped_keys"} == set(FAULT_KINDS)
 
 

@@ -20,6 +20,7 @@ from qf_exporter.app import Exporter
 from qf_exporter.polling.snapshot import AccountState
 from qf_exporter.qianfan import errors
 from qf_exporter.qianfan.budget import RateLimiter
+from qf_exporter.qianfan.classify import from_http
 from qf_exporter.qianfan.classify import retry_after as _retry_after
 from qf_exporter.simulator import QianfanSimulator, World
 from tests.fake_time import LockstepBudget
@@ -231,7 +232,7 @@ def test_an_interrupted_wait_for_budget_sends_nothing() -> None:
 )
 def test_error_classification(status: int, code: str, error: type[errors.QianfanError],
                               retried: bool) -> None:
-    err = errors.from_http(status, code, "message")
+    err = from_http(status, code, "message")
     assert type(err) is error and err.retryable is retried
 
 
@@ -261,7 +262,7 @@ def test_a_read_that_waits_long_for_budget_is_read_not_failed(
     fleet: Fleet, make_exporter: Callable[..., Exporter], caplog: pytest.LogCaptureFixture
 ) -> None:
     """With one request per 10 s and a 1 s interval, every target waits its turn and is
-    read: waiting for the account's own budget is no failure (SPEC §3), nothing is
+    read: waiting for the account's own budget is no failure, nothing is
     counted as failed, one log line says the budget cannot hold the interval, and the
     next poll's lag says how far behind it is."""
     clock, sim = fleet.clock, fleet.sim

@@ -227,7 +227,7 @@ def test_the_rate_seen_corrects_for_time_spent_queued(
     exporter = make_exporter(account(sim, jobs=("job-eta",)))
 
     def estimate() -> tuple[float | None, float]:
-        (got,) = exporter.poller.poll_all().runs()
+        (got,) = exporter.poller.poll_all().accounts["default"].runs
         return got.estimated_finish, got.last_read
 
     first, read_at = estimate()  # 20 % after 1h20m since creation

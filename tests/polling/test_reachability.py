@@ -1,4 +1,4 @@
-"""Health at the right grain (SPEC §4): an account is down only when Qianfan itself
+"""Health at the right grain: an account is down only when Qianfan itself
 cannot be used with its credentials; a target that cannot be read is that target's
 problem, named on the landing page and in ``qianfan_target_up``."""
 
@@ -24,6 +24,7 @@ from tests.helpers import (
     parse_samples,
     promtool_check_metrics,
     series,
+    serve,
     value,
 )
 
@@ -32,7 +33,7 @@ GOOD_JOBS = ("job-a", "job-b", "job-c", "job-d")
 
 def page_of(exporter: Exporter) -> str:
     if exporter.server is None:
-        exporter.serve("127.0.0.1", 0, "/metrics", None)
+        serve(exporter)
     assert exporter.server is not None
     answer = requests.get(f"http://127.0.0.1:{exporter.server.port}/", timeout=10)
     assert answer.status_code == 200

@@ -1,16 +1,23 @@
 """V2 progress from the run detail, and a simulator that is no kinder than Baidu's reference.
 
-Baidu's reference for ``DescribeFineTuningTasks`` (seed 001) has no ``runProgress`` in
-its ``taskList``; ``DescribeFineTuningTask`` has it only while the run is Running. The
-exporter reads the list, then the detail of every run the list shows as Running.
+Baidu's reference for ``DescribeFineTuningTasks``
+(https://cloud.baidu.com/doc/WENXINWORKSHOP/s/klt73okdd) has no ``runProgress`` in its
+``taskList``; ``DescribeFineTuningTask`` (https://cloud.baidu.com/doc/WENXINWORKSHOP/s/4lt73p0ia)
+has it only while the run is Running. The exporter reads the list, then the detail of
+every run the list shows as Running.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from typing import Any
+
+import pytest
 
 from qf_exporter.app import Exporter
 from qf_exporter.qianfan.client import QianfanClient
+from qf_exporter.qianfan.models import Run, parse_v2_run
 from qf_exporter.qianfan.telemetry import ApiMetrics
 from qf_exporter.simulator import QianfanSimulator, World
 from qf_exporter.simulator.scenario import demo_world
@@ -25,7 +32,8 @@ from tests.helpers import (
     value,
 )
 
-LIST_ONLY_FORBIDDEN = {"runprogress", "vdllink"}  # not in seed 001's taskList table
+# Not in the taskList table of Baidu's DescribeFineTuningTasks page (above).
+LIST_ONLY_FORBIDDEN = {"runprogress", "vdllink"}
 
 
 def _client(sim: QianfanSimulator, clock: Callable[[], float]) -> QianfanClient:
@@ -132,6 +140,37 @@ def test_a_failed_detail_read_keeps_the_run_and_downs_the_target(
     samples = parse_samples(exporter.exposition())
     assert value(samples, "qianfan_target_up", target="job-1") == 1
     assert value(samples, "qianfan_finetune_run_progress_ratio", task_id="task-run") is not None
+
+
+def test_a_bug_while_reading_downs_only_that_target_as_a_bad_answer(
+    world: World, sim: QianfanSimulator, clock: ManualClock,
+    make_exporter: Callable[..., Exporter], monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An exception that is no ``QianfanError`` (a bug in parsing, say) costs the one
+    target its read, as ``invalid_response``, and is logged with its traceback."""
+    for job_id in ("job-1", "job-2"):
+        world.add_job(job_id, created=clock() - 3600)
+        world.add_run(job_id, f"task-{job_id}", created=clock() - 100, duration=400)
+    def buggy(fields: Any, *, job_id: str, **kw: Any) -> Run:
+        if job_id == "job-1":
+            raise ZeroDivisionError("a bug")
+        return parse_v2_run(fields, job_id=job_id, **kw)
+
+    monkeypatch.setattr("qf_exporter.polling.reader.parse_v2_run", buggy)
+    exporter = make_exporter(account(sim, jobs=("job-1", "job-2")))
+    with caplog.at_level(logging.ERROR, logger="qf_exporter.polling.reader"):
+        exporter.poller.poll_all()
+    samples = parse_samples(exporter.exposition())
+    assert value(samples, "qianfan_target_up", target="job-1") == 0
+    assert value(samples, "qianfan_target_up", target="job-2") == 1
+    assert value(samples, "qianfan_up") == 1  # job-2's answer shows Qianfan was reached
+    state = exporter.poller.snapshot.accounts["default"].targets[("v2", "job-1")]
+    assert (state.reason, state.error) == ("invalid_response", "unexpected ZeroDivisionError")
+    (record,) = [r for r in caplog.records if r.name == "qf_exporter.polling.reader"]
+    assert record.getMessage() == "unexpected error reading target"
+    assert record.exc_info is not None and record.exc_info[0] is ZeroDivisionError
+    assert getattr(record, "target", None) == "job-1"
 
 
 def test_detail_reads_share_the_accounts_budget(

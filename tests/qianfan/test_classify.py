@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from qf_exporter.qianfan import errors
-from qf_exporter.qianfan.classify import classify
+from qf_exporter.qianfan.classify import MAX_UPSTREAM_MESSAGE, classify, cut_message, parse_json
 
 NOW = 1_700_000_000.0
 AK, SK = "AKexample0123", "SKsecret4567"
@@ -101,3 +101,23 @@ def test_a_secret_in_a_result_is_scrubbed_before_it_is_read() -> None:
     result = classify(200, {}, body({"result": {"taskName": f"run-{AK}"}}), action="A",
                       secrets=(AK, SK), now=NOW)
     assert result == {"taskName": "run-<redacted>"}
+
+
+@pytest.mark.parametrize("body", [
+    b"[" * 100_000 + b"]" * 100_000,
+    b'{"a":' * 100_000 + b"1" + b"}" * 100_000,  # not caught by the look at the start
+    b" \n[" + b"[" * 70 + b"]" * 71,
+])
+def test_pathological_nesting_is_a_value_error(body: bytes) -> None:
+    with pytest.raises(ValueError):
+        parse_json(body)
+
+
+def test_ordinary_nesting_parses() -> None:
+    assert parse_json(b'{"result": {"taskList": [{"metrics": {"a": [1]}}]}}')
+    assert parse_json(b"[" * 60 + b"]" * 60)
+
+
+def test_messages_are_cut() -> None:
+    assert cut_message("x" * 1000) == "x" * MAX_UPSTREAM_MESSAGE + "…"
+    assert cut_message("short") == "short"

@@ -10,12 +10,14 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from qf_exporter.config.file import Account, Secret, V1Target
+from qf_exporter.config.file import Account, V1Target
 from qf_exporter.qianfan import errors
 from qf_exporter.qianfan.budget import RateLimiter
 from qf_exporter.qianfan.client import QianfanClient
+from qf_exporter.qianfan.models import v1_detail
 from qf_exporter.qianfan.telemetry import ApiMetrics
 from qf_exporter.simulator import QianfanSimulator, World
+from qf_exporter.util.secrets import Secret
 from tests.fake_time import FakeSleep, LockstepBudget
 from tests.helpers import ACCESS_KEY, SECRET_KEY, ManualClock, account
 
@@ -23,6 +25,11 @@ from tests.helpers import ACCESS_KEY, SECRET_KEY, ManualClock, account
 def make_client(acc: Account, clock: ManualClock, **kw: Any) -> QianfanClient:
     kw.setdefault("retries", 0)
     return QianfanClient(acc, metrics=ApiMetrics(CollectorRegistry()), clock=clock, **kw)
+
+
+def job_detail(client: QianfanClient, pair: V1Target) -> Any:
+    """A V1 run's detail object, once ``models`` has checked it is one."""
+    return client.job_detail(pair, read=lambda result: v1_detail(result).raw)
 
 
 def failures(client: QianfanClient, action: str, reason: str) -> float:
@@ -57,13 +64,13 @@ def test_describe_jobs_and_task(world: World, sim: QianfanSimulator, clock: Manu
 def test_v1_job_detail(world: World, sim: QianfanSimulator, clock: ManualClock) -> None:
     world.add_v1_run(10250, 6205, "sdk_test_7", created=clock() - 100, duration=1000)
     client = make_client(account(sim, tasks=((10250, 6205),)), clock)
-    result: dict[str, Any] = client.job_detail(V1Target(10250, 6205))
+    result: dict[str, Any] = job_detail(client, V1Target(10250, 6205))
     assert result["trainStatus"] == "RUNNING" and result["taskName"] == "sdk_test_7"
     with pytest.raises(errors.NotFound) as info:
-        client.job_detail(V1Target(10250, 9999))
+        job_detail(client, V1Target(10250, 9999))
     assert info.value.code == "510301"
     with pytest.raises(errors.NotFound) as info:
-        client.job_detail(V1Target(1, 2))
+        job_detail(client, V1Target(1, 2))
     assert info.value.code == "510202"
 
 
@@ -103,14 +110,14 @@ def test_every_fault_is_classified(world: World, sim: QianfanSimulator, clock: M
     action = "jobDetail" if api == "v1" else "DescribeFineTuningTasks"
     with pytest.raises(error) as info:
         if api == "v1":
-            client.job_detail(V1Target(1, 2))
+            job_detail(client, V1Target(1, 2))
         else:
             client.describe_tasks("job-1")
     assert info.value.reason == reason  # type: ignore[attr-defined]
     assert failures(client, action, reason) == 1
     # The fault is spent: the next call works.
     if api == "v1":
-        assert client.job_detail(V1Target(1, 2))["taskId"] == 1
+        assert job_detail(client, V1Target(1, 2))["taskId"] == 1
     else:
         assert len(client.describe_tasks("job-1")) == 1
 

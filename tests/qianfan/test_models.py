@@ -1,4 +1,7 @@
-"""Parsing: every quirk of SPEC §1, starting from the seed pages' own examples."""
+"""Parsing: every quirk of Qianfan's answers, starting from the reference pages' own
+examples (V1 jobDetail, https://cloud.baidu.com/doc/WENXINWORKSHOP/s/wlmrgowee;
+DescribeFineTuningTasks, https://cloud.baidu.com/doc/WENXINWORKSHOP/s/klt73okdd) and the
+official SDK's (baidubce/bce-qianfan-sdk)."""
 
 from __future__ import annotations
 

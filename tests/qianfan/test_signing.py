@@ -1,4 +1,10 @@
-"""bce-auth-v1: SPEC's known answers, and agreement with Baidu's own signer."""
+"""bce-auth-v1: known answers, and agreement with Baidu's own signer.
+
+The PUT answer is the one Baidu's own SDK tests sign (baidubce/bce-sdk-js,
+test/sdk/auth.spec.js); the Qianfan call is the same keys and time on
+``POST /v2/finetuning``; and generated requests are signed as bce-python-sdk's
+``baidubce.auth.bce_v1_signer`` signs them.
+"""
 
 from __future__ import annotations
 

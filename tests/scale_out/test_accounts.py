@@ -11,6 +11,7 @@ import pytest
 
 from qf_exporter.app import Exporter
 from qf_exporter.config.file import Config, Poll
+from qf_exporter.polling.snapshot import AccountState
 from qf_exporter.simulator import QianfanSimulator, World
 from tests.helpers import GatedWorld, ManualClock, series, value
 from tests.scale_out.common import (
@@ -152,7 +153,7 @@ def test_a_hung_account_does_not_delay_another_accounts_poll(
 
 
 def test_the_scheduler_keeps_polling_an_account_while_another_hangs(
-    start_sim: Callable[..., QianfanSimulator]
+    start_sim: Callable[..., QianfanSimulator], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Real scheduler, real time: b is polled again and again while a's poll hangs."""
     world_a, world_b = GatedWorld(time.time), World(time.time)
@@ -169,12 +170,16 @@ def test_the_scheduler_keeps_polling_an_account_while_another_hangs(
         process_metrics=False,
     )
     polled = threading.Condition()
+    poll_account = exporter.poller.poll_account
 
-    def on_change(_snapshot: object) -> None:
-        with polled:
-            polled.notify_all()
+    def poll_and_tell(name: str, force: bool = False) -> AccountState:
+        try:
+            return poll_account(name, force)
+        finally:
+            with polled:
+                polled.notify_all()
 
-    exporter.poller.on_change = on_change
+    monkeypatch.setattr(exporter.poller, "poll_account", poll_and_tell)
 
     def b_reads() -> int:
         return sim_b.request_count("DescribeFineTuningTasks")

@@ -3,7 +3,11 @@ that vanish, and a listing that fails."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from typing import Any
+
+import pytest
 
 from qf_exporter.app import Exporter
 from qf_exporter.config.file import Discovery
@@ -201,3 +205,33 @@ def test_a_listing_that_never_worked_still_reads_the_configured_jobs(
     assert "jobList" in exporter.poller.snapshot.accounts["default"].discovery_error
     assert value(samples, "qianfan_api_request_failures_total",
                  action="DescribeFineTuningJobs", reason="invalid_response") == 1
+
+
+def test_a_bug_in_the_listing_fails_it_as_a_bad_answer_and_the_configured_jobs_are_read(
+    world: World, sim: QianfanSimulator, clock: ManualClock,
+    make_exporter: Callable[..., Exporter], monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An exception that is no ``QianfanError`` while listing fails the listing as
+    ``invalid_response`` (logged with its traceback); the configured jobs are read."""
+    world.add_job("job-conf", created=clock() - DAY)
+    world.add_run("job-conf", "task-conf", created=clock() - 100, duration=DAY)
+
+    def buggy(item: Any) -> None:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr("qf_exporter.polling.discovery.parse_job", buggy)
+    exporter = make_exporter(acct(sim, jobs=("job-conf",), discover=True))
+    with caplog.at_level(logging.ERROR, logger="qf_exporter.polling.discovery"):
+        exporter.poller.poll_all()
+    samples = samples_of(exporter)
+    assert value(samples, "qianfan_up") == 0
+    assert targets_up(samples) == {"job-conf": 1}
+    assert exported(samples) == {("default", "v2", "job-conf", "task-conf")}
+    state = exporter.poller.snapshot.accounts["default"]
+    assert state.discovery_error == "unexpected KeyError"
+    assert state.error == "job listing failed: unexpected KeyError"
+    (record,) = [r for r in caplog.records if r.name == "qf_exporter.polling.discovery"
+                 and r.levelno == logging.ERROR]
+    assert record.getMessage() == "unexpected error in job discovery"
+    assert record.exc_info is not None and record.exc_info[0] is KeyError

@@ -111,6 +111,7 @@ def test_shard_assignment_is_fixed_across_processes() -> None:
                              cwd=REPO)
         assert json.loads(out.stdout) == here
 
-    for bad in ((3, 3), (-1, 3), (0, 0)):
-        with pytest.raises(ValueError):
-            Shard(*bad)
+    for index, total in ((3, 3), (-1, 3), (0, 0)):
+        # The message is the one the command line reports for bad flags.
+        with pytest.raises(ValueError, match=f"--shard={index} --total-shards={total}"):
+            Shard(index, total)

@@ -20,7 +20,7 @@ import pytest
 
 from qf_exporter.app import Exporter
 from qf_exporter.config.file import Poll
-from qf_exporter.qianfan.upstream import MAX_UPSTREAM_MESSAGE
+from qf_exporter.qianfan.classify import MAX_UPSTREAM_MESSAGE
 from qf_exporter.simulator import QianfanSimulator, World
 from tests.helpers import (
     ACCESS_KEY,
@@ -31,6 +31,7 @@ from tests.helpers import (
     polled_without_keys,
     reset_peak_rss,
     scrape,
+    serve,
     status_bytes,
     value,
 )
@@ -72,7 +73,7 @@ def _exporter(sim: QianfanSimulator, make_exporter: Callable[..., Exporter]) -> 
     a = account(sim, name="a", jobs=("job-bad", "job-good"), tasks=((101, 201),))
     b = account(sim, name="b", jobs=("job-bad",), access_key=AK_B, secret_key=SK_B)
     exporter = make_exporter(a, b, poll=POLL)
-    exporter.serve("127.0.0.1", 0, "/metrics", None)
+    serve(exporter)
     return exporter
 
 

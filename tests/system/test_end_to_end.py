@@ -23,6 +23,7 @@ from tests.helpers import (
     promtool_check_metrics,
     scrape,
     series,
+    serve,
     value,
 )
 
@@ -243,7 +244,7 @@ def test_gzip_and_plain_agree(world: World, sim: QianfanSimulator, clock: Manual
     world.add_run("job-a", "task-a", created=clock() - 100)
     exporter = make_exporter(account(sim, jobs=("job-a",)))
     exporter.poller.poll_all()
-    exporter.serve("127.0.0.1", 0, "/metrics", None)
+    serve(exporter)
     import http.client
 
     conn = http.client.HTTPConnection("127.0.0.1", exporter.server.port)  # type: ignore[union-attr]

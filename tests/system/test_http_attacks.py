@@ -1,7 +1,7 @@
 """What a client on the network can do before authenticating, tried on loopback.
 
 Each attack is bounded in count and time. Memory and CPU bounds are asserted with wide
-margins (the README's Security section has the measured figures); the rest asserts
+margins (docs/security.md has the measured figures); the rest asserts
 behaviour: exactly one answer or a closed connection, a real scraper still answered.
 """
 

@@ -2,7 +2,7 @@
 
 Clients that never read their answer, heads of very many lines, a pipelined burst from
 one connection, TLS answers that end with the connection, bodies the server never reads.
-Bounds are wide (the README's Security section has the measured figures); counts and
+Bounds are wide (docs/security.md has the measured figures); counts and
 whether an answer arrived are exact. Timings are in the benchmark, not here.
 """
 
@@ -27,7 +27,7 @@ from qf_exporter.polling.snapshot import AccountState, Snapshot, TargetState
 from qf_exporter.web.landing import MAX_DOWN_ROWS, Landing, landing_page
 from qf_exporter.web.listen import bind
 from qf_exporter.web.server import HTTPServer, Limits, Request, Response, _HeadFields
-from qf_exporter.web.webconfig import LiveWebConfig
+from qf_exporter.web.webconfig.live import LiveWebConfig
 from tests.conftest import EmptyServer
 from tests.daemon import Daemon
 from tests.exposition.pages import page_text

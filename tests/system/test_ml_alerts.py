@@ -9,7 +9,6 @@ Prometheus and the exporter are started as in ``tests/system/test_prometheus_e2e
 
 from __future__ import annotations
 
-import re
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -24,6 +23,7 @@ from qf_exporter.app import Exporter
 from qf_exporter.config.file import Config, Poll
 from qf_exporter.simulator import QianfanSimulator, World, demo_world
 from tests.deploy.files import RUNBOOK_BASE
+from tests.docs.markdown import anchors
 from tests.helpers import (
     ACCESS_KEY,
     REPO,
@@ -35,6 +35,7 @@ from tests.helpers import (
     promql,
     require_tool,
     series,
+    serve,
     value,
 )
 
@@ -93,13 +94,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     prometheus = require_tool("prometheus")
     world = ml_world(time.time)
     simulator = QianfanSimulator(world, {ACCESS_KEY: SECRET_KEY}).start()
-    # Two identical replicas, as in the README's "Two identical replicas": every run's
+    # Two identical replicas, as in docs/scaling.md's "Two identical replicas": every run's
     # series come twice, differing only in `instance`, and each alert must come once.
     config = Config(accounts=(account(simulator, name="main", jobs=("job-ml",)),),
                     poll=Poll(interval=1, finished_interval=60, stale_after=60, timeout=5,
                               retries=2))
     exporters = [Exporter(config), Exporter(config)]
-    ports = [exporter.serve("127.0.0.1", 0, "/metrics", None).port for exporter in exporters]
+    ports = [serve(exporter).port for exporter in exporters]
     for exporter in exporters:
         exporter.start()
 
@@ -240,14 +241,11 @@ def test_demo_world_has_a_run_of_each_kind(
     assert len(long_waiting) == 1
 
 
-def test_each_new_alert_has_a_runbook_in_the_readme() -> None:
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    # GitHub's heading anchors: lower case, punctuation dropped, spaces to dashes.
-    anchors = {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
-               for h in re.findall(r"^#+ (.+)$", readme, flags=re.M)}
+def test_each_new_alert_has_a_runbook_in_the_docs() -> None:
+    found = set(anchors((REPO / "docs" / "alerts.md").read_text(encoding="utf-8")))
     rules = {r["alert"]: r for g in yaml.safe_load(ALERTS.read_text())["groups"]
              for r in g["rules"] if "alert" in r}
     for name in EXPECTED:
         url = rules[name]["annotations"]["runbook_url"]
         assert url == f"{RUNBOOK_BASE}#{name.lower()}", name
-        assert name.lower() in anchors, f"README has no section for {name}"
+        assert name.lower() in found, f"docs/alerts.md has no section for {name}"

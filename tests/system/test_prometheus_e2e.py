@@ -1,7 +1,7 @@
 """The shipped Prometheus config, rules and dashboards, proven against a real Prometheus.
 
 A real ``prometheus`` scrapes two real exporter processes (``python -m qf_exporter``, the
-same configuration, both reading one simulated Qianfan: identical replicas, as the README
+same configuration, both reading one simulated Qianfan: identical replicas, as docs/scaling.md
 recommends for availability) with the shipped scrape config and alert rules, under a
 scrape job that is NOT called ``qf-exporter`` (the rules and dashboards must not depend
 on the name). Then:

@@ -29,7 +29,7 @@ from qf_exporter.app import Exporter
 from qf_exporter.config.file import Config, Poll
 from qf_exporter.simulator import FAULT_KINDS, QianfanSimulator, World
 from tests.fake_time import FakeSleep
-from tests.helpers import ACCESS_KEY, SECRET_KEY, ManualClock, account, scrape, series
+from tests.helpers import ACCESS_KEY, SECRET_KEY, ManualClock, account, scrape, series, serve
 
 AK_B, SK_B = "AKsoak0123456789abcdef", "SKsoak-0123456789abcdef-secret"
 POLLS = 3000
@@ -158,7 +158,7 @@ def test_soak_nothing_grows(clock: ManualClock) -> None:
     b = account(sim, name="b", jobs=("job-1", "job-4"), tasks=((101, 201),), access_key=AK_B,
                 secret_key=SK_B, qps=300)
     exporter = Exporter(Config(accounts=(a, b), poll=POLL), clock=clock, process_metrics=False)
-    exporter.serve("127.0.0.1", 0, "/metrics", None)
+    serve(exporter)
     poller = exporter.poller
     for account_poller in poller.accounts.values():
         account_poller.client.sleep = FakeSleep()  # retries at once

@@ -26,7 +26,9 @@ import pytest
 from qf_exporter.web.gate import Gate, client_key
 from qf_exporter.web.routes import ExporterHTTPServer
 from qf_exporter.web.server import Limits, Request
-from qf_exporter.web.webconfig import CheckCache, LiveWebConfig, RateLimit, WebConfig
+from qf_exporter.web.webconfig.basic_auth import CheckCache
+from qf_exporter.web.webconfig.live import LiveWebConfig
+from qf_exporter.web.webconfig.schema import RateLimit, WebConfig
 from tests.conftest import EmptyServer
 from tests.webconfig_fixtures import hashpw
 

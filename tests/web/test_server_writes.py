@@ -1,21 +1,40 @@
-"""How the server writes an answer's pieces: through the event loop, joined into writes
-of about 1 MiB; from a sender thread, gathered by sendmsg() as they are."""
+"""How the server writes an answer's pieces (the page's blocks of about 64 KB and the
+small pieces between them), on its two paths: through the event loop in slices of half
+``Limits.write_buffer`` (32 KiB), small pieces joined and blocks sliced as views; and,
+for plain answers over ``Limits.thread_send_bytes`` (4 MiB), from a sender thread that
+hands the pieces as they are to ``sendmsg()``."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 import requests
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from qf_exporter.exposition.answer import gzip_answer, plain_answer
+from qf_exporter.exposition.store import Page
 from qf_exporter.qianfan.models import Run
-from qf_exporter.web.server import _coalesce, _send_all
+from qf_exporter.web import server as http_server
+from qf_exporter.web.server import Limits, _coalesce, _send_all, _write_through
 from tests.conftest import EmptyServer
 from tests.exposition.pages import full_page, page_text
+
+STEP = Limits().write_buffer // 2  # the event loop's slice: 32 KiB
+
+
+def page_of(runs: int) -> Page:
+    return full_page(
+        [Run("a", "v2", f"job-{i % 40}", f"task-{i:05d}", "running", "Running",
+             job_name="j" * 200, task_name="t" * 200, progress=0.5, last_read=float(i))
+         for i in range(runs)],
+        1,
+    )
 
 
 @given(st.lists(st.binary(max_size=300), max_size=60), st.integers(min_value=1, max_value=500))
@@ -28,25 +47,93 @@ def test_writes_keep_every_byte_in_order_within_the_size(pieces: list[bytes], si
     assert all(writes)
 
 
-def test_thousands_of_small_pieces_are_a_few_writes() -> None:
-    pieces = [b"x" * 3000] * 9400  # the run store's page at 10,000 runs
-    writes = list(_coalesce(pieces, 1 << 20))
-    assert len(writes) == 27 and b"".join(writes) == b"".join(pieces)
+class _Transport:
+    """What ``_write_through`` asks of a transport; ``held`` bytes after each write."""
+
+    def __init__(self, held: int) -> None:
+        self.held = held
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        return self.held
 
 
-def test_a_big_plain_answer_goes_out_whole(empty_server: EmptyServer) -> None:
-    # Over Limits.thread_send_bytes (4 MiB): sent from a sender thread, vectored.
-    runs = [Run("a", "v2", f"job-{i % 40}", f"task-{i:05d}", "running", "Running",
-                job_name="j" * 200, task_name="t" * 200, progress=0.5, last_read=float(i))
-            for i in range(6000)]
-    page = full_page(runs, 1)
-    assert len(page_text(page)) > 4 << 20
+class _Writer:
+    """Records each write (a view or a joined copy) and each drain."""
+
+    def __init__(self, held: int = 0) -> None:
+        self.transport = _Transport(held)
+        self.writes: list[bytes | memoryview] = []
+        self.drains = 0
+
+    def write(self, data: bytes | memoryview) -> None:
+        self.writes.append(data)
+
+    async def drain(self) -> None:
+        self.drains += 1
+
+
+def _through_the_loop(pieces: Iterator[bytes], held: int = 0) -> tuple[_Writer, bool]:
+    writer = _Writer(held)
+    slow = asyncio.run(_write_through(writer, pieces, STEP))  # type: ignore[arg-type]
+    return writer, slow
+
+
+def test_the_loop_writes_the_page_blocks_in_slices_of_32_kib_without_copying_them() -> None:
+    page = page_of(3000)
+    answer = plain_answer(page, b"# the part rendered per scrape\n")
+    blocks = [piece for piece in page.runs if len(piece) >= STEP]
+    assert len(blocks) > 10  # a page of blocks, not of thousands of small pieces
+    writer, slow = _through_the_loop(iter(answer))
+    assert not slow and writer.drains == 0
+    assert b"".join(bytes(w) for w in writer.writes) == b"".join(answer)
+    assert all(0 < len(w) <= STEP for w in writer.writes)
+    # Each block goes out as views into it, never joined with others or copied.
+    views = [w for w in writer.writes if isinstance(w, memoryview)]
+    for block in blocks:
+        mine = [v for v in views if v.obj is block]
+        assert b"".join(bytes(v) for v in mine) == block
+    # Small pieces (family headers, the health, the per-scrape part) ride together:
+    # about one write per 32 KiB of the answer, not one per piece.
+    assert len(writer.writes) <= answer.size // STEP + 2 * len(blocks) + 2
+
+
+def test_a_slow_reader_is_waited_for_after_each_slice() -> None:
+    answer = gzip_answer(page_of(300))
+    writer, slow = _through_the_loop(iter(answer), held=1)
+    assert slow
+    assert writer.drains == len(writer.writes) > answer.size // STEP
+    assert b"".join(bytes(w) for w in writer.writes) == b"".join(answer)
+
+
+def test_a_big_plain_answer_goes_out_from_a_sender_thread_whole(
+    empty_server: EmptyServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent: list[list[bytes]] = []
+    send_within = http_server._send_within
+
+    def recording(sock: socket.socket, pieces: Iterator[bytes], timeout: float) -> None:
+        given = list(pieces)
+        sent.append(given)
+        send_within(sock, iter(given), timeout)
+
+    monkeypatch.setattr(http_server, "_send_within", recording)
+    page = page_of(6000)
+    assert len(page_text(page)) > Limits().thread_send_bytes
     server = empty_server(page=page)
     url = f"http://127.0.0.1:{server.port}/metrics"
     plain = requests.get(url, headers={"Accept-Encoding": "identity"}, timeout=30)
-    zipped = requests.get(url, timeout=30)
-    assert plain.content.startswith(page_text(page)) and zipped.content == plain.content
+    assert plain.content.startswith(page_text(page))
     assert int(plain.headers["Content-Length"]) == len(plain.content)
+    # Over 4 MiB: one sender thread, handed the page's own blocks (nothing joined).
+    (pieces,) = sent
+    handed = {id(piece) for piece in pieces}
+    assert all(id(block) in handed for block in page.runs if block)
+    # The gzip answer (well under 4 MiB) goes through the event loop.
+    zipped = requests.get(url, timeout=30)
+    assert zipped.content == plain.content and len(sent) == 1
 
 
 def _drain(sock: socket.socket, into: bytearray) -> None:
@@ -75,3 +162,5 @@ def test_a_reader_that_stops_reading_is_given_up_at_the_deadline() -> None:
     sender, receiver = socket.socketpair()
     with sender, receiver, pytest.raises(TimeoutError):
         _send_all(sender, iter([b"x" * (1 << 20)] * 64), time.monotonic() + 0.5)
+
+

@@ -18,8 +18,9 @@ import requests
 from prometheus_client import CollectorRegistry, Gauge
 
 from qf_exporter.polling.snapshot import Snapshot
+from qf_exporter.web.listen import bind
 from qf_exporter.web.routes import ExporterHTTPServer
-from qf_exporter.web.webconfig import WebConfig, load_web_config
+from qf_exporter.web.webconfig.schema import WebConfig, load_web_config
 from tests.exposition.pages import full_page
 from tests.webconfig_fixtures import (
     PKI,
@@ -58,7 +59,7 @@ def serve() -> Iterator[Serve]:
         ready.set()
         empty = full_page((), 0)
         server = ExporterHTTPServer(
-            ("127.0.0.1", 0),
+            [bind("127.0.0.1", 0)],
             registry=registry,
             page=lambda: empty,
             snapshot=Snapshot,
@@ -73,7 +74,6 @@ def serve() -> Iterator[Serve]:
     yield start
     for server in started:
         server.shutdown()
-        server.server_close()
 
 
 # --- TLS -------------------------------------------------------------------------------

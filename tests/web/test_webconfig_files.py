@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from qf_exporter.config.file import ConfigError
-from qf_exporter.web.webconfig import load_web_config
+from qf_exporter.web.webconfig.schema import load_web_config
 from tests.webconfig_fixtures import (
     PKI,
     basic_auth_config,
@@ -207,6 +207,22 @@ def test_every_web_config_problem_at_once(pki: PKI, tmp_path: Path) -> None:
             "tls_server_config.min_version",
         ]
     )
+
+
+def test_a_misspelt_key_gets_a_did_you_mean_at_every_level(tmp_path: Path) -> None:
+    found = web_config_problems(
+        tmp_path,
+        "tls_server_config:\n  cert_fil: a.crt\n  key_file: a.key\n"
+        "http_server_config:\n  header: {}\n"
+        "rate_limit:\n  intervall: 1s\n  burst: 1\n"
+        "basic_auth_user: {}\n",
+    )
+    assert set(found) >= {
+        "basic_auth_user: unknown key (did you mean basic_auth_users?)",
+        "tls_server_config.cert_fil: unknown key (did you mean cert_file?)",
+        "http_server_config.header: unknown key (did you mean headers?)",
+        "rate_limit.intervall: unknown key (did you mean interval?)",
+    }
 
 
 def test_missing_and_empty_web_config_files(tmp_path: Path) -> None:

@@ -12,13 +12,15 @@ import subprocess
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import bcrypt
 import pytest
 import requests
 
+from qf_exporter.util import yamlfile
 from qf_exporter.web.routes import ExporterHTTPServer
-from qf_exporter.web.webconfig import LiveWebConfig
+from qf_exporter.web.webconfig.live import LiveWebConfig
 from tests.conftest import EmptyServer
 from tests.webconfig_fixtures import CA, PKI, hashpw
 
@@ -92,6 +94,33 @@ def test_a_changed_password_takes_effect_and_a_broken_file_keeps_the_last_good(
     refused = [r for r in caplog.records if "web config change refused" in r.getMessage()]
     assert len(refused) == 1  # logged once, not on every request
     assert "new-secret" not in caplog.text and "old-secret" not in caplog.text
+
+
+def test_a_change_parses_each_file_once(
+    pki: PKI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "web.yml"
+    config.write_text(tls_config(pki.server.cert, pki.server.key))
+    parsed: list[str] = []
+    load = yamlfile.load
+
+    def counting(path: str, *args: Any, **kwargs: Any) -> yamlfile.Loaded:
+        parsed.append(str(path))
+        return load(path, *args, **kwargs)
+
+    monkeypatch.setattr(yamlfile, "load", counting)
+    web_config = LiveWebConfig(str(config))
+    assert parsed == [str(config)]
+    first = web_config.current()
+    assert parsed == [str(config)]  # nothing changed: no parse, only stat calls
+    replace(config, tls_config(pki.server.cert, pki.server.key,
+                               "  min_version: TLS13\n"))
+    second = web_config.current()
+    assert second is not first and second.ssl_context is not None
+    assert second.ssl_context.minimum_version == ssl.TLSVersion.TLSv1_3
+    assert parsed == [str(config)] * 2
+    web_config.current()
+    assert parsed == [str(config)] * 2
 
 
 def test_switching_to_https_needs_a_restart(
@@ -262,7 +291,7 @@ def test_the_basic_scheme_is_case_insensitive(live: Live, tmp_path: Path) -> Non
 
 def test_bcrypt_truncates_like_go() -> None:
     """The bcrypt package (5.x) refuses passwords over 72 bytes; Go and htpasswd cut."""
-    from qf_exporter.web.webconfig import WebConfig
+    from qf_exporter.web.webconfig.schema import WebConfig
 
     long = b"x" * 100
     hashed = bcrypt.hashpw(long[:72], bcrypt.gensalt(rounds=4))

@@ -25,7 +25,8 @@ import pytest
 import yaml
 
 from qf_exporter.app import Exporter
-from qf_exporter.config.file import Account, Secret, V1Target
+from qf_exporter.config.file import Account, V1Target
+from qf_exporter.util.secrets import Secret
 from tests.helpers import (
     ACCESS_KEY,
     FAST_POLL,
@@ -44,7 +45,12 @@ _EMPTY_PAGE = {"DescribeFineTuningJobs": "jobList", "DescribeFineTuningTasks": "
 
 
 def test_the_corpus_has_every_documented_answer() -> None:
-    """Both seed pages' examples, the SDK mock's V1 and V2 answers, and the errors."""
+    """Both reference pages' examples, the SDK mock's V1 and V2 answers, and the errors.
+
+    ``seed000-*``: V1 jobDetail, https://cloud.baidu.com/doc/WENXINWORKSHOP/s/wlmrgowee;
+    ``seed001-*``: DescribeFineTuningTasks,
+    https://cloud.baidu.com/doc/WENXINWORKSHOP/s/klt73okdd.
+    """
     assert {"seed000-v1-response", "seed000-v1-sdk-example", "seed000-v1-error-param-invalid",
             "seed001-list", "seed001-list-python-repr", "sdk-mock-v2-list-and-detail",
             "sdk-mock-v2-job-list", "sdk-mock-v1-get-job"} <= set(CASES)

@@ -82,7 +82,7 @@ class ConfigError(Exception):
         self.problems = problems
 
 
-# --- bounds (README, "Configuration") ---------------------------------------------------
+# --- bounds (docs/configuration.md, "What is refused, and why") ---------------------------
 # What lies outside them is a mistake, or would make the exporter misbehave, so
 # --config.check refuses it.
 INTERVAL_BOUNDS = (1.0, DAY)  # poll.interval, poll.finished_interval, discovery.interval

@@ -1,7 +1,7 @@
 """A small hardened HTTP/1.1 server: asyncio for the connections, h11 for the protocol.
 
-Why this and not ``http.server`` (or uvicorn, hypercorn, cheroot): see the README's
-"HTTP server" section. In short, h11 is a well-kept, strict HTTP/1.1 parser with a
+Why this and not ``http.server`` (or uvicorn, hypercorn, cheroot): see "Why this HTTP
+server" in docs/security.md. In short, h11 is a well-kept, strict HTTP/1.1 parser with a
 header size cap, and every policy a network-facing exporter needs is a few lines here:
 
 - request line and headers capped (``max_header_bytes`` and ``max_header_fields``, 431

@@ -48,7 +48,8 @@ def account(url: str, jobs: int, ak: str, sk: str) -> Account:
 
 def changed_costs(store: RunStore, runs: tuple[Run, ...], snapshot: Snapshot) -> dict[int, float]:
     """Median ms per poll that changed k runs, for every k of ``CHANGED``."""
-    from qf_exporter.exposition.render import render_health, render_runs
+    from qf_exporter.exposition.render import render_health
+    from tests.exposition.pages import page_text, render_runs
 
     rng = random.Random(1)
     per_k = {}
@@ -60,46 +61,47 @@ def changed_costs(store: RunStore, runs: tuple[Run, ...], snapshot: Snapshot) ->
                 new[i] = replace(new[i], last_read=new[i].last_read + 5.0)
             started = time.perf_counter()
             store.replace(runs, new)
-            store.rendered(0, render_health(snapshot, [ACCOUNT]))
+            store.page(0, render_health(snapshot, [ACCOUNT]))
             times.append(time.perf_counter() - started)
             runs = tuple(new)
         per_k[k] = statistics.median(times) * 1000
-    assert store.rendered(0).text == render_runs(runs)
+    assert page_text(store.page(0)) == render_runs(runs)
     return per_k
 
 
 def measure(jobs: int) -> ExpositionResult:
     from prometheus_client import CollectorRegistry
 
-    from qf_exporter.exposition.pages import Pages
-    from qf_exporter.exposition.render import render_runs
+    from qf_exporter.exposition.answer import gzip_answer, plain_answer
+    from qf_exporter.exposition.pages import CurrentPage
     from qf_exporter.polling.poller import Poller
     from qf_exporter.qianfan.telemetry import ApiMetrics
+    from tests.exposition.pages import page_text, render_runs
 
     ak, sk = "AK" + secrets.token_hex(8), secrets.token_hex(16)
     sim = QianfanSimulator(fleet_world(time.time, jobs, RUNS_PER_JOB, ACTIVE_FRACTION),
                            {ak: sk}).start()
     try:
-        pages = Pages()
+        current = CurrentPage()
         poller = Poller(Config(accounts=(account(sim.url, jobs, ak, sk),),
                                poll=Poll(concurrency=4)), ApiMetrics(CollectorRegistry()),
-                        subscriber=pages)
+                        subscriber=current)
         poller.poll_account(ACCOUNT, force=True)
         poller.stop()
     finally:
         sim.stop()
-    snapshot, store = poller.snapshot, pages.store
+    snapshot, store = poller.snapshot, current.store
     runs: tuple[Run, ...] = snapshot.accounts[ACCOUNT].runs
     text = render_runs(runs)
     started = time.perf_counter()
     render_runs(runs)
     one_stream = gzip.compress(text, compresslevel=1, mtime=0)
     full_s = time.perf_counter() - started
-    answer = b"".join(pages.rendered.gzipped())
-    assert gzip.decompress(answer) == b"".join(pages.rendered.plain())
-    assert text == pages.rendered.text
+    answer = b"".join(gzip_answer(current.page))
+    assert gzip.decompress(answer) == b"".join(plain_answer(current.page))
+    assert text == page_text(current.page)
     return ExpositionResult(
         runs=len(runs), full_render_ms=full_s * 1000,
         changed_ms=changed_costs(store, runs, snapshot), plain_bytes=len(text),
         gzip_one_stream=len(one_stream), gzip_pieces=len(answer),
-        pieces=len(pages.rendered.runs))
+        pieces=len(current.page.runs))

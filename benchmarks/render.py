@@ -89,8 +89,8 @@ def child(url: str, jobs: int, fast_reps: int, generic_reps: int) -> None:
 
     from qf_exporter.app import Exporter
     from qf_exporter.config.file import Config, Poll
-    from qf_exporter.exposition.render import render_runs
-    from qf_exporter.exposition.store import render
+    from qf_exporter.exposition.answer import gzip_answer
+    from tests.exposition.pages import full_page, page_text, render_runs
     from tests.generic_collector import GenericRunCollector
 
     exporter = Exporter(Config(accounts=(make_account(url, jobs, ak, sk, qps=100_000),),
@@ -108,10 +108,10 @@ def child(url: str, jobs: int, fast_reps: int, generic_reps: int) -> None:
         "targets": len(state.targets),
         "check": asdict(check),
         "fast_text_s": timed(lambda: render_runs(runs), fast_reps),
-        "fast_full_s": timed(lambda: render(runs, 1), fast_reps),
+        "fast_full_s": timed(lambda: full_page(runs, 1), fast_reps),
         "generic_s": timed(lambda: generate_latest(registry), generic_reps),
-        "plain_bytes": len(exporter.pages.rendered.text),
-        "gzip_bytes": len(b"".join(exporter.pages.rendered.gzipped())),
+        "plain_bytes": len(page_text(exporter.current_page.page)),
+        "gzip_bytes": gzip_answer(exporter.current_page.page).size,
     })
     exporter.stop()
 

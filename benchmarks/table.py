@@ -134,7 +134,7 @@ RENDER_ROWS: list[Row[SizeResults]] = [
         "identical sample sets", lambda r: r.render.check.identical, every_size=True),
     Row("render", "fast `render_runs`, text only (median of {fast_reps})",
         lambda r: fmt_s(med(r.render.fast_text_s))),
-    Row("render", "fast `render` per snapshot, text + gzip (median of {fast_reps})",
+    Row("render", "fast `full_page` per snapshot, text + gzip (median of {fast_reps})",
         lambda r: fmt_s(med(r.render.fast_full_s)),
         f"≤ {T_RENDER_S} s", lambda r: med(r.render.fast_full_s) <= T_RENDER_S),
     Row("render", "generic: `generate_latest` + `GenericRunCollector` (median of "

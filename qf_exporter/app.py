@@ -18,8 +18,8 @@ from prometheus_client.registry import Collector
 from qf_exporter import __version__
 from qf_exporter.config.file import Config, ConfigError, load_config
 from qf_exporter.exposition.answer import build
-from qf_exporter.exposition.info import HealthCollector, ReloadState
-from qf_exporter.exposition.pages import Pages
+from qf_exporter.exposition.info import InfoCollector, ReloadState
+from qf_exporter.exposition.pages import CurrentPage
 from qf_exporter.logs import REDACTOR
 from qf_exporter.polling.poller import Poller
 from qf_exporter.polling.shard import Shard
@@ -49,12 +49,12 @@ class Exporter:
         self.shard = shard or Shard()
         self.registry = CollectorRegistry(auto_describe=False)
         self.metrics = ApiMetrics(self.registry)
-        self.pages = Pages()
+        self.current_page = CurrentPage()
         self.poller = Poller(config, self.metrics, shard=self.shard, clock=clock,
-                             subscriber=self.pages)
+                             subscriber=self.current_page)
         self.reload_state = ReloadState(successful=True, last_success=time.time())
         self.registry.register(
-            HealthCollector(__version__, self.reload_state, (self.shard.index, self.shard.total))
+            InfoCollector(__version__, self.reload_state, (self.shard.index, self.shard.total))
         )
         if process_metrics:
             extra: tuple[Collector, ...] = (PROCESS_COLLECTOR, PLATFORM_COLLECTOR)
@@ -67,8 +67,9 @@ class Exporter:
 
     def exposition(self, *, openmetrics_format: bool = False) -> bytes:
         """The whole answer as one bytes object (``--once`` and tests)."""
-        answer = build(self.registry, self.pages.rendered, openmetrics_format=openmetrics_format)
-        return b"".join(answer.pieces)
+        answer = build(self.registry, self.current_page.page,
+                       openmetrics_format=openmetrics_format)
+        return b"".join(answer)
 
     def serve(
         self,
@@ -86,7 +87,7 @@ class Exporter:
             lifecycle=lifecycle,
             limits=limits,
             registry=self.registry,
-            rendered=lambda: self.pages.rendered,
+            page=lambda: self.current_page.page,
             snapshot=lambda: self.poller.snapshot,
             ready=self.poller.ready,
             telemetry_path=telemetry_path,

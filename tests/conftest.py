@@ -11,9 +11,10 @@ import pytest
 
 from qf_exporter.app import Exporter
 from qf_exporter.config.file import Account, Config, Poll
-from qf_exporter.exposition.store import Rendered, render
+from qf_exporter.exposition.store import Page
 from qf_exporter.simulator import QianfanSimulator, World
 from qf_exporter.web.routes import ExporterHTTPServer
+from tests.exposition.pages import full_page
 from tests.helpers import ACCESS_KEY, FAST_POLL, SECRET_KEY, ManualClock
 from tests.page_server import serve_page
 from tests.webconfig_fixtures import pki, users  # noqa: F401  (fixtures of the web tests)
@@ -61,9 +62,9 @@ def empty_server() -> Iterator[EmptyServer]:
     """Start in-process HTTP servers with no runs on their page, or ``page`` (their
     settings as keywords of ``ExporterHTTPServer``); they are shut down after the test."""
     started: list[ExporterHTTPServer] = []
-    empty = render((), 0)
+    empty = full_page((), 0)
 
-    def start(page: Rendered = empty, **settings: object) -> ExporterHTTPServer:
+    def start(page: Page = empty, **settings: object) -> ExporterHTTPServer:
         server = serve_page(page, **settings)
         started.append(server)
         return server

@@ -13,17 +13,18 @@ import threading
 
 from prometheus_client import CollectorRegistry
 
-from qf_exporter.exposition.store import Rendered, render
+from qf_exporter.exposition.store import Page
 from qf_exporter.polling.snapshot import Snapshot
 from qf_exporter.qianfan.models import Run
 from qf_exporter.web.listen import bind
 from qf_exporter.web.routes import ExporterHTTPServer
 from qf_exporter.web.webconfig.live import LiveWebConfig
+from tests.exposition.pages import full_page
 
 
-def page(runs: int) -> Rendered:
+def page(runs: int) -> Page:
     """About 1.4 KB of text per run: 2,400 runs make the 3.4 MB page of the issue."""
-    return render(
+    return full_page(
         [Run("a", "v2", f"job-{i % 40}", f"task-{i:05d}", "running", "Running",
              job_name="j" * 200, task_name="t" * 200, progress=0.5, last_read=float(i))
          for i in range(runs)],
@@ -31,7 +32,7 @@ def page(runs: int) -> Rendered:
     )
 
 
-def serve_page(rendered: Rendered, **settings: object) -> ExporterHTTPServer:
+def serve_page(rendered: Page, **settings: object) -> ExporterHTTPServer:
     """A started server of ``rendered`` on loopback, ready, with an empty snapshot and
     registry (its other settings as keywords of ``ExporterHTTPServer``)."""
     ready = threading.Event()
@@ -39,7 +40,7 @@ def serve_page(rendered: Rendered, **settings: object) -> ExporterHTTPServer:
     server = ExporterHTTPServer(
         [bind("127.0.0.1", 0)],
         registry=CollectorRegistry(auto_describe=False),
-        rendered=lambda: rendered,
+        page=lambda: rendered,
         snapshot=Snapshot,
         ready=ready,
         version="test",

@@ -1,11 +1,13 @@
 """The whole metrics answer, for `--once` and for every scrape, in the format asked for.
 
-One answer is, in order: the run metrics and the per-account and per-target health,
-kept pre-rendered (``store.py``), then the families prometheus_client renders on the
-spot (build and reload info, shard, the API counters, process metrics). The per-scrape
-part goes last so that the gzip answer's CRC continues from the page's, computed once
-(``gzipstream.py``). The answer is a sequence of byte pieces, never joined: the server
-writes them one after another, and its Content-Length is the sum of their lengths.
+One answer is, in order: the page, that is the run metrics and the per-account and
+per-target health kept pre-rendered (``store.py``), then the head: the families
+prometheus_client renders on the spot (build and reload info, shard, the API
+counters, process metrics). The head goes last so that the gzip answer's CRC
+continues from the page's, computed once (``gzipstream.py``). The answer is a
+sequence of byte strings that the server writes one after another (its
+Content-Length is their total size): the plain page's blocks as they are, and the
+gzip page's segments as one buffer, joined once per page at its first gzip answer.
 
 Formats are negotiated from ``Accept`` as prometheus_client's ``choose_encoder`` does:
 OpenMetrics 1.0.0 when the client lists ``application/openmetrics-text``, the text
@@ -13,33 +15,61 @@ format 0.0.4 otherwise. Every pre-rendered family is a gauge with no ``"`` in it
 and for such families the two formats have the same bytes; OpenMetrics only adds
 ``# EOF``, written last with the per-scrape part. So nothing is rendered twice or
 converted per scrape: only the small registry part is rendered per format
-(``test_exposition`` holds the pre-rendered bytes to that).
+(``tests/exposition/test_answer.py`` holds the pre-rendered bytes to that).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+import zlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.openmetrics import exposition as openmetrics
 
-from qf_exporter.exposition.store import Answer, Rendered
+from qf_exporter.exposition import gzipstream
+from qf_exporter.exposition.store import Page
 
 TEXT = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
 
-@dataclass(frozen=True)
-class Exposition:
-    """An answer's body as pieces, with the headers that describe it."""
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """One reply's body as byte strings to send in order, their total ``size``, and the
+    headers that describe them.
 
-    pieces: Answer
-    content_type: str
-    gzipped: bool
+    The server writes them without joining them: a big plain-TCP answer goes to
+    the kernel as it is (``web/server.py``'s ``_send_all``), so a scrape of the plain
+    page copies nothing in Python; the rest goes through the event loop in slices.
+    """
 
-    def __len__(self) -> int:
-        return self.pieces.size
+    parts: tuple[Sequence[bytes], ...]
+    size: int
+    content_type: str = TEXT
+    gzipped: bool = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        return itertools.chain.from_iterable(self.parts)
+
+
+def plain_answer(page: Page, head: bytes = b"", content_type: str = TEXT) -> Answer:
+    """The page's text, with ``head`` (rendered per scrape) last."""
+    return Answer((page.runs, (page.health, head)), page.size + len(head), content_type)
+
+
+def gzip_answer(page: Page, head: bytes = b"", content_type: str = TEXT) -> Answer:
+    """The page as one gzip stream, with ``head`` (rendered per scrape) last."""
+    crc = zlib.crc32(head, page.crc)
+    tail = (
+        page.health_deflated,
+        gzipstream.segment(head),
+        gzipstream.END,
+        gzipstream.trailer(crc, page.size + len(head)),
+    )
+    body = (gzipstream.HEADER, page.deflated)
+    return Answer((body, tail), sum(map(len, body)) + sum(map(len, tail)), content_type, True)
 
 
 def _q(params: Sequence[str]) -> float:
@@ -85,12 +115,12 @@ def accepts_gzip(accept_encoding: str | None) -> bool:
 
 def build(
     registry: CollectorRegistry,
-    rendered: Rendered,
+    page: Page,
     *,
     openmetrics_format: bool = False,
     gzipped: bool = False,
-) -> Exposition:
-    """The answer to one scrape (or to ``--once``), as pieces to send in order."""
+) -> Answer:
+    """The answer to one scrape (or to ``--once``), as byte strings to send in order."""
     if openmetrics_format:
         # prometheus_client's OpenMetrics output ends with "# EOF", and it goes last.
         head = openmetrics.generate_latest(registry)  # type: ignore[no-untyped-call]
@@ -98,5 +128,6 @@ def build(
     else:
         head = generate_latest(registry)
         content_type = TEXT
-    pieces = rendered.gzipped(head) if gzipped else rendered.plain(head)
-    return Exposition(pieces, content_type, gzipped)
+    if gzipped:
+        return gzip_answer(page, head, content_type)
+    return plain_answer(page, head, content_type)

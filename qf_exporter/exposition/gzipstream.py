@@ -16,7 +16,7 @@ So every gzip answer is one member:
 - the answer is the gzip header, the segments in order, one final empty block, and
   the trailer: the CRC-32 and the length of all the text. ``zlib.crc32`` continues a
   CRC over the next bytes, so the per-scrape text goes last and its CRC follows on
-  from that of the pieces before it, computed once per page.
+  from that of the page before it, computed once per page.
 """
 
 from __future__ import annotations

@@ -18,11 +18,15 @@ from prometheus_client.registry import Collector
 
 @dataclass
 class ReloadState:
+    """Whether the latest configuration reload succeeded, and when one last did."""
+
     successful: bool = True
     last_success: float = 0.0
 
 
-class HealthCollector(Collector):
+class InfoCollector(Collector):
+    """The exporter's build, configuration reload and shard metadata, at each scrape."""
+
     def __init__(
         self,
         version: str,

@@ -7,7 +7,7 @@ The text format wants each family's lines together, so the page is family-major:
 Runs, in key order, are split into buckets of at most ``BUCKET_RUNS`` runs (like the
 leaves of a B-tree: a full bucket splits in two, an emptied one goes away). A bucket
 renders each family's lines of its runs as one piece, and compresses each piece as a
-deflate segment of its own (``gzipstream.py`` joins segments into one gzip stream). A
+deflate segment of its own (``gzipstream.py``: how segments join into one gzip stream). A
 poll that changes k runs marks their buckets dirty; only those are rendered again,
 and only the pieces whose text changed are compressed again.
 
@@ -31,16 +31,14 @@ it.
 
 from __future__ import annotations
 
-import gc
-import itertools
 import zlib
 from bisect import bisect_right, insort
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
 from qf_exporter.exposition import gzipstream
-from qf_exporter.exposition.render import FAMILIES, HEADERS, render_families
+from qf_exporter.exposition.render import FAMILIES, HEADERS, gc_paused, render_families
 from qf_exporter.polling.snapshot import RunKey as Key
 from qf_exporter.qianfan.models import Run
 
@@ -145,14 +143,15 @@ class _Block:
 
 
 @dataclass(frozen=True)
-class Rendered:
-    """Everything a scrape serves that only a poll changes, as pieces to write in order.
+class Page:
+    """What every scrape serves until the next poll: the run metrics and the health.
 
     ``runs``/``runs_deflated`` are the run metrics (family headers and blocks, and
     the same as deflate segments); ``health``/``health_deflated`` the per-account and
-    per-target health. A scrape adds its own ``head`` (what prometheus_client renders
-    on the spot) after them: the text format does not mind the order of families, and
-    the gzip trailer's CRC then follows on from the page's, computed once.
+    per-target health. A scrape adds its own head (what prometheus_client renders on
+    the spot) after them (``answer.py``): the text format does not mind the order of
+    families, and the gzip trailer's CRC then follows on from the page's ``crc``,
+    computed once.
     """
 
     runs: tuple[bytes, ...]
@@ -161,13 +160,9 @@ class Rendered:
     health: bytes = b""
     health_deflated: bytes = b""
 
-    @property
-    def text(self) -> bytes:
-        """The run metrics as one string (for ``--once`` and the tests, not for scrapes)."""
-        return b"".join(self.runs)
-
     @cached_property
-    def _crc(self) -> int:
+    def crc(self) -> int:
+        """The CRC-32 of the page's text."""
         # At the first gzip answer for this page, not per poll: at 10,000 runs the CRC of
         # 28 MB costs a few ms, which a poll that changed one run should not pay.
         crc = 0
@@ -176,56 +171,17 @@ class Rendered:
         return zlib.crc32(self.health, crc)
 
     @cached_property
-    def _size(self) -> int:
+    def size(self) -> int:
+        """The length of the page's text."""
         return sum(map(len, self.runs)) + len(self.health)
 
     @cached_property
-    def _deflated(self) -> bytes:
+    def deflated(self) -> bytes:
+        """The run metrics' deflate segments, joined."""
         # The compressed page is small (1.2 MB at 10,000 runs): joined once per page, at
         # its first gzip answer, it is one buffer to send instead of ~600 segments of a
         # few KB each, which the kernel gathers at a cost per segment.
         return b"".join(self.runs_deflated)
-
-    def plain(self, head: bytes = b"") -> Answer:
-        """The answer's text, with ``head`` (rendered per scrape) last."""
-        return Answer((self.runs, (self.health, head)), self._size + len(head))
-
-    def gzipped(self, head: bytes = b"") -> Answer:
-        """The answer as one gzip stream, with ``head`` (rendered per scrape) last."""
-        crc = zlib.crc32(head, self._crc)
-        tail = (
-            self.health_deflated,
-            gzipstream.segment(head),
-            gzipstream.END,
-            gzipstream.trailer(crc, self._size + len(head)),
-        )
-        body = (gzipstream.HEADER, self._deflated)
-        return Answer((body, tail), sum(map(len, body)) + sum(map(len, tail)))
-
-
-class Answer:
-    """One answer as the page's pieces in order, and their total ``size``.
-
-    A big answer goes to the kernel as it is (``server._send_all``), so a scrape of
-    the plain page copies nothing in Python; a small one is joined into writes of
-    about 1 MiB on its way through the event loop.
-    """
-
-    __slots__ = ("_parts", "size")
-
-    def __init__(self, parts: tuple[Sequence[bytes], ...], size: int) -> None:
-        self._parts = parts
-        self.size = size
-
-    def __iter__(self) -> Iterator[bytes]:
-        return itertools.chain.from_iterable(self._parts)
-
-
-def render(runs: Iterable[Run], generation: int, health: bytes = b"") -> Rendered:
-    """Render ``runs`` from scratch (what the store holds after adding them all)."""
-    store = RunStore()
-    store.replace((), list(runs))
-    return store.rendered(generation, health)
 
 
 class RunStore:
@@ -338,60 +294,59 @@ class RunStore:
         bucket.dirty = True
         self._regroup = True
 
-    def rendered(self, generation: int, health: bytes = b"") -> Rendered:
+    def page(self, generation: int, health: bytes = b"") -> Page:
         """The page as it stands, with ``health`` (rendered per snapshot) beside it."""
-        return Rendered(
+        return Page(
             self._plain, self._deflated, generation, health, gzipstream.segment(health)
         )
 
     # --- the page -------------------------------------------------------------------------
 
     def _refresh(self) -> None:
-        """Render the dirty buckets, join the blocks they changed, list the page's blocks.
-
-        The cyclic garbage collector is paused meanwhile: rendering makes many objects
-        and no cycles, and the collections it would trigger cost ~15 % of the time.
-        """
-        paused = gc.isenabled()
-        gc.disable()
-        try:
+        """Bring the buckets up to date, join the blocks they changed, list the page's
+        blocks (with the cyclic garbage collector paused: ``render.gc_paused``)."""
+        with gc_paused():
             if self._regroup:
                 self._group()
             else:
-                stale = {block for bucket, _ in self._walk(everything=False)
-                         for block in bucket.blocks if block is not None and block.stale}
-                for block in stale:
-                    block.join()
+                self._rejoin()
             self._list()
-        finally:
-            if paused:
-                gc.enable()
 
-    def _walk(self, *, everything: bool) -> Iterator[tuple[_Bucket, int]]:
-        """The buckets in page order, each brought up to date first: rendered again when
-        dirty, compressed again where its text or the text before it changed, and the
-        blocks holding what changed marked stale.
+    def _update(self, bucket: _Bucket, before: _Bucket | None,
+                changed_before: list[int]) -> list[int]:
+        """Bring ``bucket`` up to date, ``before`` (the bucket before it) being so
+        already: render it again when dirty, compress it again where its text or the
+        text before it (``changed_before``, the families whose text changed in
+        ``before``) changed, and mark stale the blocks holding what changed.
 
-        Yields, with their index, the buckets that changed, or ``everything``.
+        Returns the families whose text changed in ``bucket``.
         """
-        changed_before: Iterable[int] = ()
+        changed = bucket.render(self._block_bytes) if bucket.dirty else []
+        redo: Iterable[int] = ()
+        if bucket.after is not before:
+            redo = range(len(FAMILIES))
+        elif changed or changed_before:
+            redo = sorted({*changed, *changed_before})
+        if redo:
+            bucket.compress(redo, before)
+            for f in redo:
+                block = bucket.blocks[f]
+                if block is not None:
+                    block.stale = True
+        return changed
+
+    def _rejoin(self) -> None:
+        """Bring every bucket up to date in page order, then join again the blocks that
+        hold what changed (no bucket came or went, so the blocks stay where they are)."""
+        changed: list[int] = []
         before: _Bucket | None = None
-        for i, bucket in enumerate(self._buckets):
-            changed = bucket.render(self._block_bytes) if bucket.dirty else []
-            redo: Iterable[int] = ()
-            if bucket.after is not before:
-                redo = range(len(FAMILIES))
-            elif changed or changed_before:
-                redo = sorted({*changed, *changed_before})
-            if redo:
-                bucket.compress(redo, before)
-                for f in redo:
-                    block = bucket.blocks[f]
-                    if block is not None:
-                        block.stale = True
-            if everything or redo:
-                yield bucket, i
-            changed_before, before = changed, bucket
+        for bucket in self._buckets:
+            changed = self._update(bucket, before, changed)
+            before = bucket
+        for blocks in self._blocks:
+            for block in blocks:
+                if block.stale:
+                    block.join()
 
     def _group(self) -> None:
         """Bring every bucket up to date and cut every family into blocks again, after
@@ -408,7 +363,11 @@ class RunStore:
         grouped: list[list[_Block]] = [[] for _ in FAMILIES]
         starts = [0] * len(FAMILIES)
         last = len(self._buckets) - 1
-        for bucket, i in self._walk(everything=True):
+        changed: list[int] = []
+        before: _Bucket | None = None
+        for i, bucket in enumerate(self._buckets):
+            changed = self._update(bucket, before, changed)
+            before = bucket
             for f, cut in enumerate(bucket.cuts):
                 if cut or i == last:
                     members = tuple(self._buckets[starts[f] : i + 1])

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from prometheus_client import CollectorRegistry
 
 from qf_exporter.exposition.answer import accepts_gzip, build, wants_openmetrics
-from qf_exporter.exposition.store import Rendered
+from qf_exporter.exposition.store import Page
 from qf_exporter.polling.snapshot import Snapshot
 from qf_exporter.web.gate import Gate
 from qf_exporter.web.landing import Landing
@@ -46,7 +46,7 @@ class ExporterHTTPServer:
         sockets: Sequence[socket.socket],
         *,
         registry: CollectorRegistry,
-        rendered: Callable[[], Rendered],
+        page: Callable[[], Page],
         snapshot: Callable[[], Snapshot],
         ready: threading.Event,
         telemetry_path: str = "/metrics",
@@ -57,7 +57,7 @@ class ExporterHTTPServer:
         limits: Limits | None = None,
     ) -> None:
         self.registry = registry
-        self.rendered = rendered
+        self.page = page
         self.snapshot = snapshot
         self.ready = ready
         self.telemetry_path = telemetry_path
@@ -150,12 +150,11 @@ class ExporterHTTPServer:
     def _metrics(self, request: Request) -> Response:
         answer = build(
             self.registry,
-            self.rendered(),
+            self.page(),
             openmetrics_format=wants_openmetrics(request.headers.get("accept")),
             gzipped=accepts_gzip(request.headers.get("accept-encoding")),
         )
         headers = [("Vary", "Accept, Accept-Encoding")]
         if answer.gzipped:
             headers.append(("Content-Encoding", "gzip"))
-        return Response(200, answer.pieces, answer.content_type, headers,
-                        length=len(answer))
+        return Response(200, answer, answer.content_type, headers, length=answer.size)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from prometheus_client.parser import text_string_to_metric_families
 
 from qf_exporter.app import Exporter
-from qf_exporter.config.file import Account, Config, Secret
+from qf_exporter.config.file import Account, Config
+from qf_exporter.util.secrets import Secret
 from tests.docs import metrics_reference
 from tests.docs.markdown import REPO
 

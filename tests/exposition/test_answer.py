@@ -1,4 +1,4 @@
-"""One exposition for --once and /metrics, negotiated like the client libraries."""
+"""One answer for --once and /metrics, negotiated like the client libraries."""
 
 from __future__ import annotations
 
@@ -82,8 +82,8 @@ def exporter() -> Iterator[Exporter]:
 
 
 def test_openmetrics_answer_parses_strictly(exporter: Exporter) -> None:
-    answer = build(exporter.registry, exporter.pages.rendered, openmetrics_format=True)
-    text = b"".join(answer.pieces).decode()
+    answer = build(exporter.registry, exporter.current_page.page, openmetrics_format=True)
+    text = b"".join(answer).decode()
     assert answer.content_type == OPENMETRICS
     assert text.endswith("# EOF\n") and text.count("# EOF") == 1
     families = list(parse_om(text))  # type: ignore[no-untyped-call]  # strict: raises on any error
@@ -98,20 +98,20 @@ def test_openmetrics_answer_parses_strictly(exporter: Exporter) -> None:
 
 def test_gzip_answers_are_the_same_text(exporter: Exporter) -> None:
     for om in (False, True):
-        plain = build(exporter.registry, exporter.pages.rendered, openmetrics_format=om)
-        zipped = build(exporter.registry, exporter.pages.rendered, openmetrics_format=om,
+        plain = build(exporter.registry, exporter.current_page.page, openmetrics_format=om)
+        zipped = build(exporter.registry, exporter.current_page.page, openmetrics_format=om,
                        gzipped=True)
         assert zipped.gzipped and not plain.gzipped
-        unzipped = gzip.decompress(b"".join(zipped.pieces))
+        unzipped = gzip.decompress(b"".join(zipped))
         # Process metrics move between two calls: compare the families, not the values.
         names = [f.name for f in (parse_om if om else parse_text)(unzipped.decode())]
         assert names == [f.name for f in (parse_om if om else parse_text)(
-            b"".join(plain.pieces).decode())]
+            b"".join(plain).decode())]
 
 
 def test_text_answer_is_what_once_prints_and_promtool_accepts(exporter: Exporter) -> None:
     text = exporter.exposition()
-    assert build(exporter.registry, exporter.pages.rendered).content_type == TEXT
+    assert build(exporter.registry, exporter.current_page.page).content_type == TEXT
     assert not text.endswith(b"# EOF\n")
     list(parse_text(text.decode()))
     promtool_check_metrics(text)

@@ -78,10 +78,10 @@ def busy_exporter(world: World, sim: QianfanSimulator, clock: ManualClock,
             world.add_run(f"job-{j}", f"task-{j}-{r:02d}", created=clock() - 3000 + r,
                           wait=0, duration=600 + 100 * r)
     exporter = make_exporter(account(sim, jobs=tuple(world.jobs)))
-    exporter.pages.store = RunStore(bucket_runs=4, block_bytes=64)
+    exporter.current_page.store = RunStore(bucket_runs=4, block_bytes=64)
     exporter.poller.poll_all()
     serve(exporter)
-    assert len(exporter.pages.rendered.runs) > 500
+    assert len(exporter.current_page.page.runs) > 500
     return exporter
 
 

@@ -7,16 +7,15 @@ import gzip
 import os
 from pathlib import Path
 
-import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from qf_exporter.config.file import V1Target
-from qf_exporter.exposition import render as render_module
-from qf_exporter.exposition.render import FAMILIES, render_runs
-from qf_exporter.exposition.store import render
+from qf_exporter.exposition.answer import gzip_answer
+from qf_exporter.exposition.render import FAMILIES
 from qf_exporter.polling.estimate import with_estimates
 from qf_exporter.qianfan.models import Run, parse_v1_run, parse_v2_run
 from tests.examples import V1_SDK_EXAMPLE, V2_EXAMPLE
+from tests.exposition.pages import full_page, page_text, render_runs
 from tests.generic_collector import GenericRunCollector
 from tests.helpers import parse_samples, promtool_check_metrics, series, value
 
@@ -26,7 +25,7 @@ GOLDEN = Path(__file__).parent.parent / "golden" / "runs.prom"
 def sample_runs() -> list[Run]:
     read = 1_705_400_000.25
     runs = [
-        # An owned run (SPEC §3, "Ownership"): the team comes from the configuration.
+        # An owned run: the team comes from the configuration (README, "Who owns a run").
         dataclasses.replace(
             parse_v2_run(V2_EXAMPLE, account="team-a", job_id="job-ftp4icwebtnc", read_at=read),
             team="nlp",
@@ -70,8 +69,9 @@ def test_fast_and_generic_paths_parse_to_the_same_samples() -> None:
     assert parse_samples(render_runs(runs)) == parse_samples(generate_latest(registry))
 
 
-def test_pieces_do_not_change_the_text(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The text is built in pieces of ``_CHUNK`` runs: where they are cut must not show."""
+def test_pieces_do_not_change_the_text() -> None:
+    """Runs rendered apart and joined family by family (as the run store's buckets are)
+    give the text of all of them rendered at once: where they are cut must not show."""
     runs = [
         dataclasses.replace(run, job_id=f"job-{i:04d}")
         for i in range(211)
@@ -79,8 +79,7 @@ def test_pieces_do_not_change_the_text(monkeypatch: pytest.MonkeyPatch) -> None:
     ]
     whole = render_runs(runs)
     for size in (1, 2, 7, 500):
-        monkeypatch.setattr(render_module, "_CHUNK", size)
-        assert render_runs(runs) == whole
+        assert render_runs(runs, size) == whole
     assert whole.count(b"\n# HELP ") == len(FAMILIES) - 1
     assert len(series(parse_samples(whole), "qianfan_finetune_run_info")) == len(runs)
 
@@ -133,7 +132,7 @@ def test_every_family_has_help_and_type() -> None:
         assert "_total" not in family.name
 
 
-def test_gzip_member_matches_text() -> None:
-    rendered = render(sample_runs(), 7)
-    assert gzip.decompress(b"".join(rendered.gzipped())) == rendered.text
-    assert rendered.generation == 7
+def test_gzip_answer_matches_text() -> None:
+    page = full_page(sample_runs(), 7)
+    assert gzip.decompress(b"".join(gzip_answer(page))) == page_text(page)
+    assert page.generation == 7

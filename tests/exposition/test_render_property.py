@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from unittest import mock
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 
-from qf_exporter.exposition import render as render_module
-from qf_exporter.exposition.render import render_runs
 from qf_exporter.qianfan.models import STATUSES, Run, cut
+from tests.exposition.pages import render_runs
 from tests.generic_collector import GenericRunCollector
 from tests.helpers import parse_samples, series, value
 
@@ -60,8 +57,7 @@ def runs(draw: st.DrawFn) -> list[Run]:
 @given(runs(), st.integers(min_value=1, max_value=9))
 def test_rendered_text_parses_back_to_the_snapshot(snapshot: list[Run], chunk: int) -> None:
     # Small pieces, so that a piece boundary falls inside most snapshots.
-    with mock.patch.object(render_module, "_CHUNK", chunk):
-        text = render_runs(snapshot)
+    text = render_runs(snapshot, chunk)
     samples = parse_samples(text)
     registry = CollectorRegistry()
     registry.register(GenericRunCollector(lambda: snapshot))

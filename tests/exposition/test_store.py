@@ -12,9 +12,11 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qf_exporter.exposition.render import FAMILIES, render_runs
+from qf_exporter.exposition.answer import gzip_answer, plain_answer
+from qf_exporter.exposition.render import FAMILIES
 from qf_exporter.exposition.store import RunStore
 from qf_exporter.qianfan.models import STATUSES, Run
+from tests.exposition.pages import page_text, render_runs
 from tests.helpers import parse_samples, promtool_check_metrics
 
 ACCOUNTS = ("team-a", "team-b")
@@ -76,9 +78,9 @@ def test_incremental_equals_full_render(
         store.replace(held[account], new)
         held[account] = new
         everything = [run for runs in held.values() for run in runs]
-        rendered = store.rendered(1)
-        assert rendered.text == render_runs(everything)
-        plain, zipped = rendered.plain(b"head\n"), rendered.gzipped(b"head\n")
+        page = store.page(1)
+        assert page_text(page) == render_runs(everything)
+        plain, zipped = plain_answer(page, b"head\n"), gzip_answer(page, b"head\n")
         assert gzip.decompress(b"".join(zipped)) == b"".join(plain)
         # Content-Length comes from these, without joining the answer.
         assert plain.size == len(b"".join(plain)) and zipped.size == len(b"".join(zipped))
@@ -90,14 +92,14 @@ def test_a_change_renders_only_its_bucket() -> None:
             for i in range(200)]
     store = RunStore(bucket_runs=16)
     store.replace((), runs)
-    before = store.rendered(1)
+    before = store.page(1)
     changed = list(runs)
     changed[100] = replace(runs[100], last_read=2.0)
     assert store.replace(runs, changed) == 1
-    after = store.rendered(2)
-    assert after.text == render_runs(changed)
+    after = store.page(2)
+    assert page_text(after) == render_runs(changed)
     # Only the last-read piece of the bucket holding run 100 is new; every other piece
-    # (and gzip member) is the very object it was.
+    # (and deflate segment) is the very object it was.
     fresh = [b for a, b in zip(before.runs, after.runs, strict=True) if a is not b]
     assert len(fresh) == 1 and b'task_id="t100"} 2.0' in fresh[0]
     deflated = [b for a, b in zip(before.runs_deflated, after.runs_deflated, strict=True)
@@ -105,7 +107,7 @@ def test_a_change_renders_only_its_bucket() -> None:
     inflate = zlib.decompressobj(-zlib.MAX_WBITS)
     assert len(deflated) == 1 and inflate.decompress(deflated[0]) == fresh[0]
     assert store.replace(changed, list(changed)) == 0
-    assert store.rendered(3).runs is after.runs
+    assert store.page(3).runs is after.runs
 
 
 def test_the_pieces_pass_promtool_and_the_parser() -> None:
@@ -122,9 +124,9 @@ def test_the_pieces_pass_promtool_and_the_parser() -> None:
     kept = [r for i, r in enumerate(runs) if i % 3] + [
         replace(r, task_id=r.task_id + "-new") for r in runs[:40]]
     store.replace(runs, kept)
-    text = store.rendered(1).text
+    text = page_text(store.page(1))
     assert text == render_runs(kept)
-    answer = b"".join(store.rendered(1).gzipped())
+    answer = b"".join(gzip_answer(store.page(1)))
     assert parse_samples(gzip.decompress(answer)) == parse_samples(text)
     promtool_check_metrics(text)
 
@@ -137,16 +139,16 @@ def test_a_changed_piece_compresses_the_next_one_again() -> None:
             for i in range(64)]
     store = RunStore(bucket_runs=8, block_bytes=1)  # a block per piece
     store.replace((), runs)
-    before = store.rendered(1)
+    before = store.page(1)
     changed = list(runs)
     changed[20] = replace(runs[20], last_read=2.0)
     store.replace(runs, changed)
-    after = store.rendered(2)
+    after = store.page(2)
     plain = [b for a, b in zip(before.runs, after.runs, strict=True) if a != b]
     deflated = [b for a, b in zip(before.runs_deflated, after.runs_deflated, strict=True)
                 if a is not b]
     assert len(plain) == 1 and len(deflated) == 2
-    assert gzip.decompress(b"".join(after.gzipped())) == after.text
+    assert gzip.decompress(b"".join(gzip_answer(after))) == page_text(after)
 
 
 def test_blocks_hold_many_pieces_and_a_new_bucket_joins_only_its_neighbours() -> None:
@@ -154,14 +156,14 @@ def test_blocks_hold_many_pieces_and_a_new_bucket_joins_only_its_neighbours() ->
             for i in range(2000)]
     store = RunStore(bucket_runs=16, block_bytes=4096)
     store.replace((), runs)
-    before = store.rendered(1)
+    before = store.page(1)
     pieces_per_family = len(before.runs) / len(FAMILIES)
     assert 4 < pieces_per_family < 2000 / 16  # blocks of several buckets, many blocks
     # Runs added at the end split the last bucket: only blocks at the end are new.
     more = runs + [replace(runs[0], task_id=f"t9{i:03d}") for i in range(20)]
     store.replace(runs, more)
-    after = store.rendered(2)
-    assert after.text == render_runs(more)
+    after = store.page(2)
+    assert page_text(after) == render_runs(more)
     kept = {id(piece) for piece in before.runs}
     fresh = [piece for piece in after.runs if id(piece) not in kept]
     assert len(fresh) <= 3 * len(FAMILIES)
@@ -210,5 +212,5 @@ def test_memory_stays_flat_over_many_polls() -> None:
         grown = tracemalloc.get_traced_memory()[0] - start
     finally:
         tracemalloc.stop()
-    assert store.rendered(1).text == render_runs(runs)
+    assert page_text(store.page(1)) == render_runs(runs)
     assert grown < 300_000, f"{grown} bytes more after 200 polls"

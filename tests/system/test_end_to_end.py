@@ -325,17 +325,17 @@ def test_unchanged_snapshot_is_not_rendered_again(
     world.add_run("job-a", "task-a", created=clock() - 10_000, duration=60)
     exporter = make_exporter(account(sim, jobs=("job-a",)))
     exporter.poller.poll_all()
-    first = exporter.pages.rendered
+    first = exporter.current_page.page
     clock.advance(60)
     exporter.poller.poll_all(force=False)  # nothing due: the job is final
     # The run text is reused as it is; only the small health part (poll time) is new.
-    assert exporter.pages.rendered.runs is first.runs
-    assert exporter.pages.rendered.runs_deflated is first.runs_deflated
+    assert exporter.current_page.page.runs is first.runs
+    assert exporter.current_page.page.runs_deflated is first.runs_deflated
     samples = parse_samples(exporter.exposition())
     assert value(samples, "qianfan_last_successful_poll_timestamp_seconds") == clock()
     clock.advance(1800)
     exporter.poller.poll_all(force=False)
-    assert exporter.pages.rendered.text is not first.text
+    assert exporter.current_page.page.runs is not first.runs
 
 
 def test_failure_counters_start_at_zero(world: World, sim: QianfanSimulator, clock: ManualClock,

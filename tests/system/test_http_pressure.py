@@ -30,6 +30,7 @@ from qf_exporter.web.server import HTTPServer, Limits, Request, Response, _HeadF
 from qf_exporter.web.webconfig.live import LiveWebConfig
 from tests.conftest import EmptyServer
 from tests.daemon import Daemon
+from tests.exposition.pages import page_text
 from tests.page_server import page
 from tests.system.test_http_attacks import exchange, statuses
 from tests.webconfig_fixtures import PKI
@@ -111,7 +112,7 @@ def test_a_plain_scrape_behind_senders_that_never_read_is_refused_at_once(
 ) -> None:
     # Over 4 MiB: each answer goes from a sender thread, holding its request slot.
     rendered = page(4000)
-    assert len(rendered.text) > 4 << 20
+    assert len(page_text(rendered)) > 4 << 20
     server = empty_server(page=rendered, limits=Limits(max_requests=40))
     url = f"http://127.0.0.1:{server.port}/metrics"
     readers = [not_reading(server.port) for _ in range(40)]
@@ -126,7 +127,7 @@ def test_a_plain_scrape_behind_senders_that_never_read_is_refused_at_once(
         for sock in readers:
             sock.close()
     served = scrape_until_served(url, headers={"Accept-Encoding": "identity"})
-    assert served.content.startswith(rendered.text)
+    assert served.content.startswith(page_text(rendered))
 
 
 def test_an_answer_not_taken_in_time_frees_its_slot(empty_server: EmptyServer) -> None:
@@ -327,7 +328,7 @@ def test_tls_answers_with_connection_close_arrive_whole(pki: PKI, tmp_path: Path
     running = Daemon([str(PAGE_RUNS), str(config)], module="tests.page_server")
     try:
         context = ssl.create_default_context(cafile=str(pki.ca))
-        want = page(PAGE_RUNS).text
+        want = page_text(page(PAGE_RUNS))
         for _ in range(10):
             length, body = fetch_slowly(running.port, context)
             assert length == len(body) > 3_000_000  # measured before: 3 of 5 cut short
@@ -354,7 +355,7 @@ def test_a_body_never_read_does_not_cost_the_answer(
         response = requests.get(url, data=b"x" * 200_000, verify=str(pki.ca), timeout=60,
                                 headers={"Accept-Encoding": "identity"})
         assert response.status_code == 200
-        assert response.content.startswith(rendered.text)
+        assert response.content.startswith(page_text(rendered))
 
 
 # --- the landing page ------------------------------------------------------------------------

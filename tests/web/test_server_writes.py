@@ -17,17 +17,19 @@ import requests
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qf_exporter.exposition.store import Rendered, render
+from qf_exporter.exposition.answer import gzip_answer, plain_answer
+from qf_exporter.exposition.store import Page
 from qf_exporter.qianfan.models import Run
 from qf_exporter.web import server as http_server
 from qf_exporter.web.server import Limits, _coalesce, _send_all, _write_through
 from tests.conftest import EmptyServer
+from tests.exposition.pages import full_page, page_text
 
 STEP = Limits().write_buffer // 2  # the event loop's slice: 32 KiB
 
 
-def page_of(runs: int) -> Rendered:
-    return render(
+def page_of(runs: int) -> Page:
+    return full_page(
         [Run("a", "v2", f"job-{i % 40}", f"task-{i:05d}", "running", "Running",
              job_name="j" * 200, task_name="t" * 200, progress=0.5, last_read=float(i))
          for i in range(runs)],
@@ -81,7 +83,7 @@ def _through_the_loop(pieces: Iterator[bytes], held: int = 0) -> tuple[_Writer, 
 
 def test_the_loop_writes_the_page_blocks_in_slices_of_32_kib_without_copying_them() -> None:
     page = page_of(3000)
-    answer = page.plain(b"# the part rendered per scrape\n")
+    answer = plain_answer(page, b"# the part rendered per scrape\n")
     blocks = [piece for piece in page.runs if len(piece) >= STEP]
     assert len(blocks) > 10  # a page of blocks, not of thousands of small pieces
     writer, slow = _through_the_loop(iter(answer))
@@ -99,7 +101,7 @@ def test_the_loop_writes_the_page_blocks_in_slices_of_32_kib_without_copying_the
 
 
 def test_a_slow_reader_is_waited_for_after_each_slice() -> None:
-    answer = page_of(300).gzipped()
+    answer = gzip_answer(page_of(300))
     writer, slow = _through_the_loop(iter(answer), held=1)
     assert slow
     assert writer.drains == len(writer.writes) > answer.size // STEP
@@ -119,11 +121,11 @@ def test_a_big_plain_answer_goes_out_from_a_sender_thread_whole(
 
     monkeypatch.setattr(http_server, "_send_within", recording)
     page = page_of(6000)
-    assert len(page.text) > Limits().thread_send_bytes
+    assert len(page_text(page)) > Limits().thread_send_bytes
     server = empty_server(page=page)
     url = f"http://127.0.0.1:{server.port}/metrics"
     plain = requests.get(url, headers={"Accept-Encoding": "identity"}, timeout=30)
-    assert plain.content.startswith(page.text)
+    assert plain.content.startswith(page_text(page))
     assert int(plain.headers["Content-Length"]) == len(plain.content)
     # Over 4 MiB: one sender thread, handed the page's own blocks (nothing joined).
     (pieces,) = sent

@@ -17,11 +17,11 @@ import pytest
 import requests
 from prometheus_client import CollectorRegistry, Gauge
 
-from qf_exporter.exposition.store import render
 from qf_exporter.polling.snapshot import Snapshot
 from qf_exporter.web.listen import bind
 from qf_exporter.web.routes import ExporterHTTPServer
 from qf_exporter.web.webconfig.schema import WebConfig, load_web_config
+from tests.exposition.pages import full_page
 from tests.webconfig_fixtures import (
     PKI,
     basic_auth_config,
@@ -57,11 +57,11 @@ def serve() -> Iterator[Serve]:
         Gauge("qf_webconfig_test_marker", "Marks this test's registry.", registry=registry).set(7)
         ready = threading.Event()
         ready.set()
-        empty = render((), 0)
+        empty = full_page((), 0)
         server = ExporterHTTPServer(
             [bind("127.0.0.1", 0)],
             registry=registry,
-            rendered=lambda: empty,
+            page=lambda: empty,
             snapshot=Snapshot,
             ready=ready,
             web_config=web_config,

@@ -44,10 +44,11 @@ from qf_exporter.qianfan.models import Run
 
 Bytes = bytes | memoryview
 
-# Runs per bucket, measured (README "How the exposition is kept"): smaller buckets make a
-# poll that changes a few runs cheaper, larger ones compress better and make fewer pieces.
+# Runs per bucket, measured (docs/design.md, "How the exposition is kept"): smaller
+# buckets make a poll that changes a few runs cheaper, larger ones compress better and
+# make fewer pieces.
 BUCKET_RUNS = 32
-# Bytes of text per block, measured (README): the kernel takes blocks of 32 KiB and more,
+# Bytes of text per block, measured (docs/design.md): the kernel takes blocks of 32 KiB and more,
 # gathered by one sendmsg(), as fast as one buffer; smaller ones cost it per block.
 BLOCK_BYTES = 64 << 10
 # And about this many buckets at most, so that joining a family with short lines again

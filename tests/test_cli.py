@@ -20,6 +20,7 @@ import yaml
 
 from qf_exporter import __version__
 from qf_exporter.simulator import QianfanSimulator, World
+from tests.config_text import AK, assert_refused, check
 from tests.daemon import Daemon
 from tests.helpers import ACCESS_KEY, SECRET_KEY, parse_samples, promtool_check_metrics, value
 
@@ -393,3 +394,31 @@ def test_the_daemon_on_a_tight_budget_reads_late_never_down(tmp_path: Path) -> N
         assert log.count("the request budget cannot hold poll.interval") == 1
         assert "requests_per_cycle=10 budget_qps=3.0 interval=2.0" in log
         assert sim.stats.throttled == 0
+
+
+# --- a config file that is not a regular file is refused, not waited on ------------
+
+
+def test_fifo_as_config_file_is_refused_not_waited_on(tmp_path: Path) -> None:
+    fifo = tmp_path / "config.yaml"
+    os.mkfifo(fifo)
+    assert_refused(check(fifo), f"{fifo}: not a regular file (a FIFO)")
+
+
+def test_fifo_as_secret_key_file_is_refused_not_waited_on(tmp_path: Path) -> None:
+    fifo = tmp_path / "sk"
+    os.mkfifo(fifo)
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"accounts:\n  - {{name: prod, access_key: {AK}, secret_key_file: {fifo}, "
+        "jobs: [job-a]}\n",
+        encoding="utf-8",
+    )
+    assert_refused(
+        check(config), f"accounts[0].secret_key_file: {fifo} is not a regular file (a FIFO)"
+    )
+
+
+def test_device_as_config_file_is_refused() -> None:
+    assert_refused(check("/dev/zero"), "/dev/zero: not a regular file (a character device)")
+

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent.parent
-CORPUS = Path(__file__).resolve().parent.parent / "bad_configs"
+from tests.config_text import CORPUS, ROOT, clean_env
+
 EXPECTED: dict[str, object] = yaml.safe_load((CORPUS / "expected.yaml").read_text("utf-8"))
 
 CORPUS_AK = "AKcorpus0123456789abcdef"
@@ -31,15 +31,6 @@ class Result:
     returncode: int
     stdout: str
     stderr: str
-
-
-def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The test process's environment without any QIANFAN_* variable, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("QIANFAN_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    env["PYTHONWARNINGS"] = "ignore"  # a library's DeprecationWarning is not a problem line
-    env.update(extra or {})
-    return env
 
 
 def check(config: Path | str, env: Mapping[str, str] | None = None) -> Result:

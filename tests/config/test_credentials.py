@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from qf_exporter.config.file import ConfigError, load_config
+from qf_exporter.config.file import ConfigError, load_config, parse_config
+from qf_exporter.util import yamlfile
 from tests.config_text import AK, CREDS, MINIMAL, SK, parse, problems, write
 
 # --- credentials -----------------------------------------------------------------------
@@ -221,3 +222,14 @@ def test_world_readable_secret_key_file_warns(tmp_path: Path) -> None:
     assert SK not in config.warnings[0]
     os.chmod(secret_file, 0o600)
     assert load_config(config_file, environ={}).warnings == ()
+
+
+def test_secret_key_file_over_a_few_kib_is_refused(tmp_path: Path) -> None:
+    big = tmp_path / "sk"
+    big.write_text("x" * (yamlfile.MAX_SECRET_BYTES + 1), encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        parse_config(
+            f"accounts: [{{name: a, access_key: {AK}, secret_key_file: {big}, jobs: [j]}}]"
+        )
+    assert info.value.problems == [f"accounts[0].secret_key_file: {big} is larger than 4 KiB"]
+

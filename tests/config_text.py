@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from qf_exporter.config.file import ConfigError, parse_config
+from tests.checks import assert_no_keys
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository's root
 CORPUS = ROOT / "tests" / "bad_configs"
@@ -94,4 +95,4 @@ def assert_refused(result: subprocess.CompletedProcess[str], *lines: str) -> Non
     assert result.stdout == "", where
     assert "Traceback" not in result.stderr, where
     assert result.stderr.splitlines() == list(lines), where
-    assert SK not in result.stderr and AK not in result.stderr
+    assert_no_keys(result.stderr, keys=(AK, SK))

@@ -181,23 +181,6 @@ def promql(api: str, expr: str) -> list[dict[str, Any]]:
     return result if isinstance(result, list) else [result]
 
 
-def polled_without_keys(exporter: Exporter, logs: pytest.LogCaptureFixture,
-                        keys: tuple[str, ...] = (ACCESS_KEY, SECRET_KEY)) -> Samples:
-    """Poll once, then check that no key reaches ``/metrics``, ``/`` or the logs
-    (the exporter serving on a free port); the samples of ``/metrics``."""
-    exporter.serve("127.0.0.1", 0, "/metrics", None)
-    logs.set_level("DEBUG")
-    exporter.poller.poll_all()
-    assert exporter.server is not None
-    base = f"http://127.0.0.1:{exporter.server.port}"
-    metrics = requests.get(base + "/metrics", timeout=10).text
-    landing = requests.get(base + "/", timeout=10).text
-    for text in (metrics, landing, logs.text):
-        for key in keys:
-            assert key not in text
-    return parse_samples(metrics)
-
-
 def status_bytes(field: str) -> int:
     """A memory figure of this process from /proc/self/status (``VmRSS``, ``VmHWM``)."""
     with open("/proc/self/status") as status:

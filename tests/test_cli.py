@@ -20,6 +20,7 @@ import yaml
 
 from qf_exporter import __version__
 from qf_exporter.simulator import QianfanSimulator, World
+from tests.checks import assert_no_keys
 from tests.config_text import AK, assert_refused, check
 from tests.daemon import Daemon
 from tests.helpers import ACCESS_KEY, SECRET_KEY, parse_samples, promtool_check_metrics, value
@@ -97,8 +98,7 @@ def test_once_prints_every_metric(tmp_path: Path, live_sim: QianfanSimulator) ->
                  status="running") == 1
     assert value(samples, "qianfan_api_requests_total", action="DescribeFineTuningTasks") == 3
     promtool_check_metrics(out.stdout)
-    for stream in (out.stdout, out.stderr):
-        assert ACCESS_KEY.encode() not in stream and SECRET_KEY.encode() not in stream
+    assert_no_keys(out.stdout, out.stderr)
 
 
 def test_once_exits_1_when_a_target_is_unreadable(tmp_path: Path,
@@ -276,7 +276,7 @@ def test_reload_by_sighup_and_http(tmp_path: Path, live_sim: QianfanSimulator) -
         code, err = running.stop()
     assert code == 0
     assert "level=debug" in err  # debug logging was on...
-    assert ACCESS_KEY not in err and SECRET_KEY not in err  # ...and still no credentials
+    assert_no_keys(err)  # ...and still no credentials
 
 
 def tight_budget_config(tmp_path: Path, sim: QianfanSimulator, name: str,

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.checks import assert_no_keys
 from tests.config_text import CORPUS, ROOT, clean_env
 
 EXPECTED: dict[str, object] = yaml.safe_load((CORPUS / "expected.yaml").read_text("utf-8"))
@@ -100,9 +101,7 @@ def test_broken_config_output_holds_no_credentials(results: dict[str, Result], n
     result = results[name]
     env, _expected = case(name)
     secrets = {CORPUS_AK, CORPUS_SK, *(v for k, v in env.items() if k.startswith("QIANFAN_"))}
-    for secret in filter(None, secrets):
-        assert secret not in result.stdout
-        assert secret not in result.stderr
+    assert_no_keys(result.stdout, result.stderr, keys=tuple(filter(None, secrets)))
 
 
 # --- the other side: valid files ------------------------------------------------------
@@ -132,9 +131,7 @@ def test_valid_config_from_environment_passes_without_showing_keys(tmp_path: Pat
     assert "configuration is valid" in result.stdout
     assert "account default" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
-    for secret in (AK, SK):
-        assert secret not in result.stdout
-        assert secret not in result.stderr
+    assert_no_keys(result.stdout, result.stderr, keys=(AK, SK))
 
 
 def test_valid_config_with_literal_keys_warns_without_showing_them(tmp_path: Path) -> None:
@@ -156,8 +153,7 @@ def test_valid_config_with_literal_keys_warns_without_showing_them(tmp_path: Pat
     assert "can be read by every user" in output  # the config file and the secret file
     assert "accounts[1].secret_key_file" in output
     assert "Traceback" not in output
-    for secret in (AK, SK, SK + "-file"):
-        assert secret not in output
+    assert_no_keys(output, keys=(AK, SK, SK + "-file"))
 
 
 def test_check_of_invalid_config_never_shows_credentials(tmp_path: Path) -> None:
@@ -190,8 +186,7 @@ def test_check_of_invalid_config_never_shows_credentials(tmp_path: Path) -> None
     assert result.stdout == ""
     assert "Traceback" not in result.stderr
     assert len(result.stderr.splitlines()) >= 8, result.stderr
-    for secret in (AK, SK, SK + "-file", AK + "-env", SK + "-env"):
-        assert secret not in result.stderr, result.stderr
+    assert_no_keys(result.stderr, keys=(AK, SK, SK + "-file", AK + "-env", SK + "-env"))
 
 
 def test_missing_config_file_is_exit_2(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import sys
 import pytest
 import yaml
 
+from tests.checks import assert_runbook, github_anchor, readme_sections, runbook_url
 from tests.deploy.files import (
     ALERTS,
     ALERTS_TEST,
@@ -22,7 +23,7 @@ from tests.deploy.files import (
     metric_names,
     run,
 )
-from tests.helpers import REPO, require_tool
+from tests.helpers import require_tool
 
 
 def test_promtool_check_rules() -> None:
@@ -145,23 +146,6 @@ def test_failed_run_alert_clears_after_its_window() -> None:
     pytest.fail("no test shows QianfanRunFailed clearing after it fired")
 
 
-def github_anchor(heading: str) -> str:
-    """The fragment GitHub gives a Markdown heading."""
-    slug = re.sub(r"[^\w\- ]", "", heading.strip().lower())
-    return slug.replace(" ", "-")
-
-
-def readme_sections() -> dict[str, tuple[str, str]]:
-    """anchor -> (heading, text up to the next heading of any level)."""
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    readme = re.sub(r"(?ms)^```.*?^```", "", readme)  # no headings inside code blocks
-    parts = re.split(r"(?m)^(#{1,6} .*)$", readme)
-    return {
-        github_anchor(parts[i].lstrip("#")): (parts[i], parts[i + 1])
-        for i in range(1, len(parts), 2)
-    }
-
-
 def test_every_runbook_url_is_absolute_under_one_base() -> None:
     """A notification (Slack, e-mail, pager) can only open an absolute link. The base is
     this release's runbook page, one literal in alerts.yml that a user (or a chart)
@@ -169,7 +153,7 @@ def test_every_runbook_url_is_absolute_under_one_base() -> None:
     text = ALERTS.read_text(encoding="utf-8")
     for rule in alert_rules():
         name = rule["alert"]
-        assert rule["annotations"]["runbook_url"] == f"{RUNBOOK_BASE}#{name.lower()}", name
+        assert rule["annotations"]["runbook_url"] == runbook_url(name), name
     # Outside comments, the base appears only in runbook links: replacing it changes
     # nothing else.
     uses = [line.strip() for line in text.splitlines()
@@ -196,20 +180,9 @@ def test_the_rule_generator_puts_the_runbooks_elsewhere() -> None:
 def test_every_alert_has_a_runbook_in_the_readme() -> None:
     """Each alert has its own section under "Runbooks", which says what the alert means
     and what to do; the anchor of its runbook_url is that section's."""
-    sections = readme_sections()
-    assert "runbooks" in sections
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    runbooks = readme[readme.index("\n### Runbooks\n") :]
-    runbooks = runbooks[: runbooks.index("\n## ", 1)]
+    assert "runbooks" in readme_sections()
     for rule in alert_rules():
-        name = rule["alert"]
-        url = rule["annotations"]["runbook_url"]
-        anchor = url.partition("#")[2]
-        assert anchor == name.lower(), name
-        assert anchor in sections, f"{name}: no README heading for #{anchor}"
-        heading, text = sections[anchor]
-        assert heading == f"#### {name}" and f"\n{heading}\n" in runbooks, name
-        assert len(text.split()) >= 40, f"{name}: the runbook says too little"
+        assert_runbook(rule["alert"], rule["annotations"]["runbook_url"])
     assert github_anchor("Two identical replicas for availability") == (
         "two-identical-replicas-for-availability"
     )

@@ -16,6 +16,7 @@ from qf_exporter.exposition.render import render_health
 from qf_exporter.polling.snapshot import AccountState, Budget, Snapshot, TargetState
 from qf_exporter.simulator import QianfanSimulator, World
 from qf_exporter.web.landing import MESSAGE_LIMIT, landing_page
+from tests.checks import assert_no_keys
 from tests.helpers import (
     ACCESS_KEY,
     SECRET_KEY,
@@ -129,7 +130,7 @@ def test_bad_credentials_make_the_account_down(
     rows = down_rows(page)
     assert sorted((r[0], r[2], r[3]) for r in rows) == sorted(
         [("bad", job, "auth") for job in GOOD_JOBS] + [("bad", "1/2", "auth")])
-    assert ACCESS_KEY not in page and SECRET_KEY not in page and "not-the-secret" not in page
+    assert_no_keys(page, keys=(ACCESS_KEY, SECRET_KEY, "not-the-secret"))
 
 
 def test_the_account_is_down_only_when_every_call_fails(

@@ -9,6 +9,7 @@ import pytest
 
 from qf_exporter.qianfan import errors
 from qf_exporter.qianfan.classify import classify
+from tests.checks import assert_no_keys
 
 NOW = 1_700_000_000.0
 AK, SK = "AKexample0123", "SKsecret4567"
@@ -93,7 +94,7 @@ def test_credentials_never_come_back(answer: bytes) -> None:
     for status in (200, 403):
         error = classify(status, {}, answer, action="A", secrets=(AK, SK), now=NOW)
         assert isinstance(error, errors.QianfanError)
-        assert AK not in str(error) and SK not in str(error)
+        assert_no_keys(str(error), keys=(AK, SK))
         assert "<redacted>" in str(error)
 
 

@@ -16,6 +16,7 @@ from qf_exporter.qianfan.budget import RateLimiter
 from qf_exporter.qianfan.client import QianfanClient
 from qf_exporter.qianfan.telemetry import ApiMetrics
 from qf_exporter.simulator import QianfanSimulator, World
+from tests.checks import assert_no_keys
 from tests.fake_time import FakeSleep, LockstepBudget
 from tests.helpers import ACCESS_KEY, SECRET_KEY, ManualClock, account
 
@@ -147,7 +148,7 @@ def test_wrong_secret_is_auth_and_not_retried(world: World, sim: QianfanSimulato
         client.describe_tasks("job-1")
     assert info.value.code == "IamSignatureInvalid"
     assert sim.request_count() == 1 and sleep.delays == []
-    assert "wrong" not in str(info.value) and SECRET_KEY not in str(info.value)
+    assert_no_keys(str(info.value), keys=("wrong", SECRET_KEY))
 
 
 def test_client_errors_are_not_retried(world: World, sim: QianfanSimulator,
@@ -261,7 +262,7 @@ def test_upstream_messages_never_echo_credentials(clock: ManualClock) -> None:
         with pytest.raises(errors.AuthError) as info:
             make_client(acc, clock).describe_tasks("j")
         text = str(info.value) + repr(info.value) + info.value.message
-        assert ACCESS_KEY not in text and SECRET_KEY not in text
+        assert_no_keys(text)
         assert "<redacted>" in text
     finally:
         server.shutdown()

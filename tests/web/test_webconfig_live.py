@@ -19,6 +19,7 @@ import requests
 
 from qf_exporter.web.routes import ExporterHTTPServer
 from qf_exporter.web.webconfig import LiveWebConfig
+from tests.checks import assert_no_keys
 from tests.conftest import EmptyServer
 from tests.webconfig_fixtures import CA, PKI, hashpw
 
@@ -91,7 +92,7 @@ def test_a_changed_password_takes_effect_and_a_broken_file_keeps_the_last_good(
     assert requests.get(url, timeout=10).status_code == 401
     refused = [r for r in caplog.records if "web config change refused" in r.getMessage()]
     assert len(refused) == 1  # logged once, not on every request
-    assert "new-secret" not in caplog.text and "old-secret" not in caplog.text
+    assert_no_keys(caplog.text, keys=("new-secret", "old-secret"))
 
 
 def test_switching_to_https_needs_a_restart(

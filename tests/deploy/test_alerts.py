@@ -81,7 +81,7 @@ def test_run_alerts_name_the_job_and_run() -> None:
 
 
 def test_run_and_target_alerts_carry_the_team_and_run_alerts_link_the_console() -> None:
-    """SPEC §4: every run and target alert has the owner's `team` label, for routing; a
+    """README, "Metrics": every run and target alert has the owner's `team` label, for routing; a
     run alert's console_url annotation is its info series' console_url label."""
     console = re.compile(
         r"query \(printf \"topk\(1, qianfan_finetune_run_info\{account=%q,api=%q,job_id=%q,"

@@ -26,7 +26,7 @@ GOLDEN = Path(__file__).parent.parent / "golden" / "runs.prom"
 def sample_runs() -> list[Run]:
     read = 1_705_400_000.25
     runs = [
-        # An owned run (SPEC §3, "Ownership"): the team comes from the configuration.
+        # An owned run (README, "Configuration", `team`): the team comes from the configuration.
         dataclasses.replace(
             parse_v2_run(V2_EXAMPLE, account="team-a", job_id="job-ftp4icwebtnc", read_at=read),
             team="nlp",

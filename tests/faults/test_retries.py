@@ -261,9 +261,9 @@ def test_a_read_that_waits_long_for_budget_is_read_not_failed(
     fleet: Fleet, make_exporter: Callable[..., Exporter], caplog: pytest.LogCaptureFixture
 ) -> None:
     """With one request per 10 s and a 1 s interval, every target waits its turn and is
-    read: waiting for the account's own budget is no failure (SPEC §3), nothing is
-    counted as failed, one log line says the budget cannot hold the interval, and the
-    next poll's lag says how far behind it is."""
+    read: waiting for the account's own budget is no failure (README, "Configuration",
+    `qps`), nothing is counted as failed, one log line says the budget cannot hold the
+    interval, and the next poll's lag says how far behind it is."""
     clock, sim = fleet.clock, fleet.sim
     a = account(sim, name="a", jobs=("job-1", "job-2"), tasks=((101, 201), (102, 202)),
                 qps=0.1)

@@ -1,4 +1,4 @@
-"""Health at the right grain (SPEC §4): an account is down only when Qianfan itself
+"""Health at the right grain (README, "Metrics"): an account is down only when Qianfan itself
 cannot be used with its credentials; a target that cannot be read is that target's
 problem, named on the landing page and in ``qianfan_target_up``."""
 

@@ -1,7 +1,8 @@
 """V2 progress from the run detail, and a simulator that is no kinder than Baidu's reference.
 
-Baidu's reference for ``DescribeFineTuningTasks`` (seed 001) has no ``runProgress`` in
-its ``taskList``; ``DescribeFineTuningTask`` has it only while the run is Running. The
+Baidu's reference for ``DescribeFineTuningTasks`` (https://cloud.baidu.com/doc/WENXINWORKSHOP/s/klt73okdd)
+has no ``runProgress`` in its ``taskList``; ``DescribeFineTuningTask``
+(https://cloud.baidu.com/doc/WENXINWORKSHOP/s/4lt73p0ia) has it only while the run is Running. The
 exporter reads the list, then the detail of every run the list shows as Running.
 """
 
@@ -25,7 +26,7 @@ from tests.helpers import (
     value,
 )
 
-LIST_ONLY_FORBIDDEN = {"runprogress", "vdllink"}  # not in seed 001's taskList table
+LIST_ONLY_FORBIDDEN = {"runprogress", "vdllink"}  # not in DescribeFineTuningTasks' taskList table
 
 
 def _client(sim: QianfanSimulator, clock: Callable[[], float]) -> QianfanClient:

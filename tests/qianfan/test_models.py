@@ -1,4 +1,6 @@
-"""Parsing: every quirk of SPEC §1, starting from the seed pages' own examples."""
+"""Parsing: every quirk of Qianfan's answers, starting from the examples of Baidu's API
+pages: 获取任务运行详情 (V1 jobDetail, https://cloud.baidu.com/doc/WENXINWORKSHOP/s/wlmrgowee) and
+获取模型精调任务列表 (DescribeFineTuningTasks, https://cloud.baidu.com/doc/WENXINWORKSHOP/s/klt73okdd)."""
 
 from __future__ import annotations
 

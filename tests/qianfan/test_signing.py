@@ -1,4 +1,6 @@
-"""bce-auth-v1: SPEC's known answers, and agreement with Baidu's own signer."""
+"""bce-auth-v1: the worked example of Baidu's 生成认证字符串 page
+(https://cloud.baidu.com/doc/Reference/s/njwvz1yfu), fixed answers for Qianfan's calls, and
+agreement with Baidu's own signer."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Who owns a run (SPEC §3, "Ownership"): the team of a job, a V1 pair, a discovery
+"""Who owns a run (README, "Configuration", `team`): the team of a job, a V1 pair, a discovery
 rule or the account, on the run's info series and on its target's health."""
 
 from __future__ import annotations

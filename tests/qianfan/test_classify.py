@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from qf_exporter.qianfan import errors
-from qf_exporter.qianfan.classify import classify
+from qf_exporter.qianfan.classify import classify, retry_after
 from tests.checks import assert_no_keys
 
 NOW = 1_700_000_000.0
@@ -102,3 +102,14 @@ def test_a_secret_in_a_result_is_scrubbed_before_it_is_read() -> None:
     result = classify(200, {}, body({"result": {"taskName": f"run-{AK}"}}), action="A",
                       secrets=(AK, SK), now=NOW)
     assert result == {"taskName": "run-<redacted>"}
+
+
+def test_retry_after_as_an_http_date() -> None:
+    now = 1_700_000_000.0  # 2023-11-14T22:13:20Z
+    assert retry_after("Tue, 14 Nov 2023 22:13:50 GMT", now) == 30.0
+    assert retry_after("Tue, 14 Nov 2023 22:13:00 GMT", now) == 0.0  # in the past
+    assert retry_after("12", now) == 12.0
+    assert retry_after("100000", now) == 300.0  # capped
+    assert retry_after("soon", now) is None
+    assert retry_after("nan", now) is None
+

@@ -6,6 +6,7 @@ Fixtures that build these live in ``tests/conftest.py``.
 
 from __future__ import annotations
 
+import html
 import os
 import re
 import shutil
@@ -142,6 +143,28 @@ def value(samples: Samples, name: str, **labels: str) -> float | None:
     found = series(samples, name, **labels)
     assert len(found) <= 1, f"{name}{labels} matches {len(found)} series"
     return next(iter(found.values()), None)
+
+
+# ---------------------------------------------------------- the landing page
+
+
+def down_rows(page: str) -> list[list[str]]:
+    """The cells of each row of the page's "Targets down" table, unescaped."""
+    section = page.split("<h2>Targets down</h2>", 1)[1]
+    rows = re.findall(r"<tr>(.*?)</tr>", section, flags=re.S)
+    return [[html.unescape(c) for c in re.findall(r"<td[^>]*>(.*?)</td>", row, flags=re.S)]
+            for row in rows if "<td" in row]
+
+
+def account_cell(page: str, name: str) -> str:
+    """The "Qianfan" cell of the account's row in the accounts table."""
+    section = page.split("<h2>Accounts</h2>", 1)[1].split("<h2>", 1)[0]
+    for row in re.findall(r"<tr>(.*?)</tr>", section, flags=re.S):
+        cells = re.findall(r"<td[^>]*>(.*?)</td>", row, flags=re.S)
+        if cells and html.unescape(cells[0]) == name:
+            return html.unescape(cells[1])
+    raise AssertionError(f"no row for account {name!r}")
+
 
 
 # ---------------------------------------------------------------- Prometheus tools

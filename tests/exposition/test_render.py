@@ -5,16 +5,19 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import os
+import re
 from pathlib import Path
+from types import MappingProxyType
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from qf_exporter.config.file import V1Target
 from qf_exporter.exposition import render as render_module
-from qf_exporter.exposition.render import FAMILIES, render_runs
+from qf_exporter.exposition.render import FAMILIES, render_health, render_runs
 from qf_exporter.exposition.store import render
 from qf_exporter.polling.estimate import with_estimates
+from qf_exporter.polling.snapshot import AccountState, Snapshot, TargetState
 from qf_exporter.qianfan.models import Run, parse_v1_run, parse_v2_run
 from tests.examples import V1_SDK_EXAMPLE, V2_EXAMPLE
 from tests.generic_collector import GenericRunCollector
@@ -137,3 +140,42 @@ def test_gzip_member_matches_text() -> None:
     rendered = render(sample_runs(), 7)
     assert gzip.decompress(b"".join(rendered.gzipped())) == rendered.text
     assert rendered.generation == 7
+
+
+def test_render_health_exposition() -> None:
+    targets = {
+        ("v1", "10250/6205"): TargetState(api="v1", name="10250/6205", up=True,
+                                          last_success=1700000000.5, team="nlp"),
+        ("v2", 'job-"q"'): TargetState(api="v2", name='job-"q"', up=False,
+                                       error="no such job", reason="client"),
+        ("v2", "job-b"): TargetState(api="v2", name="job-b", up=False, reason="server",
+                                     error="http=500", last_success=1699999000.0),
+    }
+    state = AccountState(name="team", targets=MappingProxyType(targets), up=True, polled=True,
+                         last_success=1700000001.0, poll_duration=0.25)
+    snapshot = Snapshot(MappingProxyType({"team": state}))
+    text = render_health(snapshot, ["team", "later"])
+    lines = [line for line in text.decode().splitlines() if not line.startswith("#")]
+    assert lines == [
+        'qianfan_up{account="later"} 0',
+        'qianfan_up{account="team"} 1',
+        'qianfan_target_up{account="team",api="v1",target="10250/6205",team="nlp"} 1',
+        'qianfan_target_up{account="team",api="v2",target="job-\\"q\\"",team=""} 0',
+        'qianfan_target_up{account="team",api="v2",target="job-b",team=""} 0',
+        'qianfan_target_last_success_timestamp_seconds{account="team",api="v1",'
+        'target="10250/6205",team="nlp"} 1700000000.5',
+        'qianfan_target_last_success_timestamp_seconds{account="team",api="v2",'
+        'target="job-b",team=""} 1699999000.0',
+        'qianfan_target_error_info{account="team",api="v2",target="job-\\"q\\"",team="",'
+        'reason="client"} 1',
+        'qianfan_target_error_info{account="team",api="v2",target="job-b",team="",'
+        'reason="server"} 1',
+        'qianfan_last_successful_poll_timestamp_seconds{account="team"} 1700000001.0',
+        'qianfan_poll_duration_seconds{account="team"} 0.25',
+    ]
+    helps = re.findall(r"^# HELP (\S+) ", text.decode(), flags=re.M)
+    assert {"qianfan_up", "qianfan_target_up", "qianfan_target_last_success_timestamp_seconds",
+            "qianfan_target_error_info",
+            "qianfan_last_successful_poll_timestamp_seconds"} <= set(helps)
+    promtool_check_metrics(text)
+

@@ -6,6 +6,7 @@ Fixtures that build these live in ``tests/conftest.py``.
 
 from __future__ import annotations
 
+import html
 import os
 import re
 import shutil
@@ -154,6 +155,28 @@ def value(samples: Samples, name: str, **labels: str) -> float | None:
     return next(iter(found.values()), None)
 
 
+# ---------------------------------------------------------- the landing page
+
+
+def down_rows(page: str) -> list[list[str]]:
+    """The cells of each row of the page's "Targets down" table, unescaped."""
+    section = page.split("<h2>Targets down</h2>", 1)[1]
+    rows = re.findall(r"<tr>(.*?)</tr>", section, flags=re.S)
+    return [[html.unescape(c) for c in re.findall(r"<td[^>]*>(.*?)</td>", row, flags=re.S)]
+            for row in rows if "<td" in row]
+
+
+def account_cell(page: str, name: str) -> str:
+    """The "Qianfan" cell of the account's row in the accounts table."""
+    section = page.split("<h2>Accounts</h2>", 1)[1].split("<h2>", 1)[0]
+    for row in re.findall(r"<tr>(.*?)</tr>", section, flags=re.S):
+        cells = re.findall(r"<td[^>]*>(.*?)</td>", row, flags=re.S)
+        if cells and html.unescape(cells[0]) == name:
+            return html.unescape(cells[1])
+    raise AssertionError(f"no row for account {name!r}")
+
+
+
 # ---------------------------------------------------------------- Prometheus tools
 
 
@@ -189,23 +212,6 @@ def promql(api: str, expr: str) -> list[dict[str, Any]]:
     assert answer["status"] == "success", f"{expr}: {answer}"
     result = answer["data"]["result"]
     return result if isinstance(result, list) else [result]
-
-
-def polled_without_keys(exporter: Exporter, logs: pytest.LogCaptureFixture,
-                        keys: tuple[str, ...] = (ACCESS_KEY, SECRET_KEY)) -> Samples:
-    """Poll once, then check that no key reaches ``/metrics``, ``/`` or the logs
-    (the exporter serving on a free port); the samples of ``/metrics``."""
-    serve(exporter)
-    logs.set_level("DEBUG")
-    exporter.poller.poll_all()
-    assert exporter.server is not None
-    base = f"http://127.0.0.1:{exporter.server.port}"
-    metrics = requests.get(base + "/metrics", timeout=10).text
-    landing = requests.get(base + "/", timeout=10).text
-    for text in (metrics, landing, logs.text):
-        for key in keys:
-            assert key not in text
-    return parse_samples(metrics)
 
 
 def status_bytes(field: str) -> int:

@@ -3,22 +3,28 @@
 A reload that changes an account or any ``poll:`` key keeps serving each surviving
 account's last snapshot (runs, ``qianfan_up``, target states) until that account's
 first poll under the new configuration completes; only removed accounts and removed
-targets disappear, and at once.
+targets disappear, and at once. A reload of a file that is refused (broken, a FIFO, or
+failing in an unexpected way) keeps the running configuration and sets
+``qianfan_config_last_reload_successful`` to 0.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import requests
 
 from qf_exporter.app import Exporter
-from qf_exporter.config.file import Config
+from qf_exporter.config.file import Config, load_config
 from qf_exporter.simulator import QianfanSimulator, World
 from qf_exporter.util.secrets import Secret
+from tests.checks import assert_no_keys
+from tests.config_text import AK, CORPUS, GOOD, SK
 from tests.helpers import (
     ACCESS_KEY,
     FAST_POLL,
@@ -269,3 +275,82 @@ def test_runs_left_out_are_not_counted_again_after_a_reload(
     exporter.poller.poll_all(force=False)
     samples = parse_samples(exporter.exposition())
     assert value(samples, "qianfan_runs_left_out_total", reason="retention") == 1
+
+
+# --- refused reloads keep the running configuration --------------------------------
+
+
+def reload_successful(exporter: Exporter) -> float | None:
+    return value(parse_samples(exporter.exposition()), "qianfan_config_last_reload_successful")
+
+
+@pytest.fixture
+def reloadable(tmp_path: Path) -> Iterator[tuple[Exporter, Path]]:
+    path = tmp_path / "config.yaml"
+    path.write_text(GOOD, encoding="utf-8")
+    exporter = Exporter(load_config(path), config_path=str(path), process_metrics=False)
+    yield exporter, path
+    exporter.stop()
+
+
+BROKEN_ON_RELOAD = [
+    *sorted(p.name for p in CORPUS.glob("yaml-*.yaml")),
+    "secret-file-dev-zero.yaml",
+    "interval-too-long.yaml",
+    "timeout-huge.yaml",
+    "regex-backreference.yaml",
+]
+
+
+@pytest.mark.parametrize("name", BROKEN_ON_RELOAD)
+def test_reload_refuses_a_broken_file_and_keeps_the_old_config(
+    reloadable: tuple[Exporter, Path], name: str
+) -> None:
+    exporter, path = reloadable
+    running = exporter.poller.config
+    assert reload_successful(exporter) == 1
+    path.write_text((CORPUS / name).read_text("utf-8"), encoding="utf-8")
+
+    ok, message = exporter.reload()
+
+    assert not ok
+    assert message.startswith("configuration refused, still running the previous one:")
+    assert reload_successful(exporter) == 0
+    assert exporter.poller.config is running
+
+    path.write_text(GOOD.replace("job-a", "job-b"), encoding="utf-8")
+    assert exporter.reload() == (True, "configuration reloaded")
+    assert reload_successful(exporter) == 1
+    assert exporter.poller.config.accounts[0].jobs == ("job-b",)
+
+
+def test_reload_refuses_a_fifo_secret_key_file(reloadable: tuple[Exporter, Path]) -> None:
+    exporter, path = reloadable
+    fifo = path.parent / "sk"
+    os.mkfifo(fifo)
+    path.write_text(
+        f"accounts: [{{name: prod, access_key: {AK}, secret_key_file: {fifo}, jobs: [j]}}]\n",
+        encoding="utf-8",
+    )
+    ok, message = exporter.reload()  # O_NONBLOCK: returns at once, no writer needed
+    assert not ok and "is not a regular file (a FIFO)" in message
+    assert reload_successful(exporter) == 0
+
+
+def test_reload_survives_an_unexpected_error(
+    reloadable: tuple[Exporter, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Should checking ever fail with something other than ConfigError, the reload is
+    still refused and reported, not a dead reload thread with the metric left at 1."""
+    exporter, path = reloadable
+
+    def broken(_path: str) -> Config:
+        raise RecursionError(f"maximum recursion depth exceeded near {SK}")
+
+    monkeypatch.setattr("qf_exporter.app.load_config", broken)
+    ok, message = exporter.reload()
+    assert not ok
+    assert message.endswith(f"{path}: cannot be loaded (RecursionError)")
+    assert_no_keys(message, keys=(SK,))
+    assert reload_successful(exporter) == 0
+

@@ -20,6 +20,8 @@ import yaml
 
 from qf_exporter import __version__
 from qf_exporter.simulator import QianfanSimulator, World
+from tests.checks import assert_no_keys
+from tests.config_text import AK, assert_refused, check
 from tests.daemon import Daemon
 from tests.helpers import ACCESS_KEY, SECRET_KEY, parse_samples, promtool_check_metrics, value
 
@@ -96,8 +98,7 @@ def test_once_prints_every_metric(tmp_path: Path, live_sim: QianfanSimulator) ->
                  status="running") == 1
     assert value(samples, "qianfan_api_requests_total", action="DescribeFineTuningTasks") == 3
     promtool_check_metrics(out.stdout)
-    for stream in (out.stdout, out.stderr):
-        assert ACCESS_KEY.encode() not in stream and SECRET_KEY.encode() not in stream
+    assert_no_keys(out.stdout, out.stderr)
 
 
 def test_once_exits_1_when_a_target_is_unreadable(tmp_path: Path,
@@ -278,7 +279,7 @@ def test_reload_by_sighup_and_http(tmp_path: Path, live_sim: QianfanSimulator) -
         code, err = running.stop()
     assert code == 0
     assert "level=debug" in err  # debug logging was on...
-    assert ACCESS_KEY not in err and SECRET_KEY not in err  # ...and still no credentials
+    assert_no_keys(err)  # ...and still no credentials
 
 
 def tight_budget_config(tmp_path: Path, sim: QianfanSimulator, name: str,
@@ -396,3 +397,31 @@ def test_the_daemon_on_a_tight_budget_reads_late_never_down(tmp_path: Path) -> N
         assert log.count("the request budget cannot hold poll.interval") == 1
         assert "requests_per_cycle=10 budget_qps=3.0 interval=2.0" in log
         assert sim.stats.throttled == 0
+
+
+# --- a config file that is not a regular file is refused, not waited on ------------
+
+
+def test_fifo_as_config_file_is_refused_not_waited_on(tmp_path: Path) -> None:
+    fifo = tmp_path / "config.yaml"
+    os.mkfifo(fifo)
+    assert_refused(check(fifo), f"{fifo}: not a regular file (a FIFO)")
+
+
+def test_fifo_as_secret_key_file_is_refused_not_waited_on(tmp_path: Path) -> None:
+    fifo = tmp_path / "sk"
+    os.mkfifo(fifo)
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"accounts:\n  - {{name: prod, access_key: {AK}, secret_key_file: {fifo}, "
+        "jobs: [job-a]}\n",
+        encoding="utf-8",
+    )
+    assert_refused(
+        check(config), f"accounts[0].secret_key_file: {fifo} is not a regular file (a FIFO)"
+    )
+
+
+def test_device_as_config_file_is_refused() -> None:
+    assert_refused(check("/dev/zero"), "/dev/zero: not a regular file (a character device)")
+

@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent.parent
-CORPUS = Path(__file__).resolve().parent.parent / "bad_configs"
+from tests.checks import assert_no_keys
+from tests.config_text import CORPUS, ROOT, clean_env
+
 EXPECTED: dict[str, object] = yaml.safe_load((CORPUS / "expected.yaml").read_text("utf-8"))
 
 CORPUS_AK = "AKcorpus0123456789abcdef"
@@ -31,15 +32,6 @@ class Result:
     returncode: int
     stdout: str
     stderr: str
-
-
-def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The test process's environment without any QIANFAN_* variable, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("QIANFAN_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    env["PYTHONWARNINGS"] = "ignore"  # a library's DeprecationWarning is not a problem line
-    env.update(extra or {})
-    return env
 
 
 def check(config: Path | str, env: Mapping[str, str] | None = None) -> Result:
@@ -109,9 +101,7 @@ def test_broken_config_output_holds_no_credentials(results: dict[str, Result], n
     result = results[name]
     env, _expected = case(name)
     secrets = {CORPUS_AK, CORPUS_SK, *(v for k, v in env.items() if k.startswith("QIANFAN_"))}
-    for secret in filter(None, secrets):
-        assert secret not in result.stdout
-        assert secret not in result.stderr
+    assert_no_keys(result.stdout, result.stderr, keys=tuple(filter(None, secrets)))
 
 
 # --- the other side: valid files ------------------------------------------------------
@@ -141,9 +131,7 @@ def test_valid_config_from_environment_passes_without_showing_keys(tmp_path: Pat
     assert "configuration is valid" in result.stdout
     assert "account default" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
-    for secret in (AK, SK):
-        assert secret not in result.stdout
-        assert secret not in result.stderr
+    assert_no_keys(result.stdout, result.stderr, keys=(AK, SK))
 
 
 def test_valid_config_with_literal_keys_warns_without_showing_them(tmp_path: Path) -> None:
@@ -165,8 +153,7 @@ def test_valid_config_with_literal_keys_warns_without_showing_them(tmp_path: Pat
     assert "can be read by every user" in output  # the config file and the secret file
     assert "accounts[1].secret_key_file" in output
     assert "Traceback" not in output
-    for secret in (AK, SK, SK + "-file"):
-        assert secret not in output
+    assert_no_keys(output, keys=(AK, SK, SK + "-file"))
 
 
 def test_check_of_invalid_config_never_shows_credentials(tmp_path: Path) -> None:
@@ -199,8 +186,7 @@ def test_check_of_invalid_config_never_shows_credentials(tmp_path: Path) -> None
     assert result.stdout == ""
     assert "Traceback" not in result.stderr
     assert len(result.stderr.splitlines()) >= 8, result.stderr
-    for secret in (AK, SK, SK + "-file", AK + "-env", SK + "-env"):
-        assert secret not in result.stderr, result.stderr
+    assert_no_keys(result.stderr, keys=(AK, SK, SK + "-file", AK + "-env", SK + "-env"))
 
 
 def test_missing_config_file_is_exit_2(tmp_path: Path) -> None:

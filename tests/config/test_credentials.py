@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from qf_exporter.config.file import ConfigError, load_config
+from qf_exporter.config.file import ConfigError, load_config, parse_config
+from qf_exporter.util import yamlfile
+from tests.checks import assert_no_keys
 from tests.config_text import AK, CREDS, MINIMAL, SK, parse, problems, write
 
 # --- credentials -----------------------------------------------------------------------
@@ -109,8 +111,7 @@ def test_config_repr_hides_credentials(tmp_path: Path) -> None:
         {},
     )
     for text in (repr(config), str(config), f"{config}", repr(config.accounts)):
-        assert SK not in text
-        assert AK not in text
+        assert_no_keys(text, keys=(AK, SK))
 
 
 def test_config_errors_never_show_credentials(tmp_path: Path) -> None:
@@ -141,8 +142,7 @@ def test_config_errors_never_show_credentials(tmp_path: Path) -> None:
     # Even where a value is quoted or a key named (a bad duration, an unknown key), a
     # credential that the file holds is replaced.
     assert "accounts[1].<redacted>: unknown key" in info.value.problems
-    assert AK not in text
-    assert SK not in text
+    assert_no_keys(text, keys=(AK, SK))
 
 
 # --- file permissions ------------------------------------------------------------------
@@ -162,7 +162,7 @@ def test_world_readable_file_with_a_literal_secret_warns(tmp_path: Path) -> None
     assert len(config.warnings) == 1
     assert "can be read by every user" in config.warnings[0]
     assert "accounts[0].secret_key" in config.warnings[0]
-    assert SK not in config.warnings[0]
+    assert_no_keys(config.warnings[0], keys=(SK,))
 
 
 def test_private_file_with_a_literal_secret_does_not_warn(tmp_path: Path) -> None:
@@ -218,6 +218,17 @@ def test_world_readable_secret_key_file_warns(tmp_path: Path) -> None:
     assert len(config.warnings) == 1
     assert config.warnings[0].startswith("accounts[0].secret_key_file")
     assert str(secret_file) in config.warnings[0]
-    assert SK not in config.warnings[0]
+    assert_no_keys(config.warnings[0], keys=(SK,))
     os.chmod(secret_file, 0o600)
     assert load_config(config_file, environ={}).warnings == ()
+
+
+def test_secret_key_file_over_a_few_kib_is_refused(tmp_path: Path) -> None:
+    big = tmp_path / "sk"
+    big.write_text("x" * (yamlfile.MAX_SECRET_BYTES + 1), encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        parse_config(
+            f"accounts: [{{name: a, access_key: {AK}, secret_key_file: {big}, jobs: [j]}}]"
+        )
+    assert info.value.problems == [f"accounts[0].secret_key_file: {big} is larger than 4 KiB"]
+

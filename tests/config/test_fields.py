@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field, fields
 
+import pytest
+
 from qf_exporter.config.fields import (
     Bound,
     Checker,
@@ -20,7 +22,16 @@ from qf_exporter.config.fields import (
     string,
     string_list,
 )
-from qf_exporter.config.file import Account, Config, Discovery, Poll, V1Target
+from qf_exporter.config.file import (
+    Account,
+    Config,
+    ConfigError,
+    Discovery,
+    Poll,
+    V1Target,
+    parse_config,
+)
+from tests.config_text import GOOD
 
 
 @dataclass(frozen=True)
@@ -102,3 +113,10 @@ def test_an_unknown_key_suggests_a_declared_one() -> None:
     c = Checker({})
     c.mapping({"tokn_file": 1}, "s", keys_of(Sample))
     assert c.problems == ["s.tokn_file: unknown key (did you mean token_file?)"]
+
+
+def test_a_key_with_a_line_break_is_shown_escaped() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(GOOD + 'poll: {"a\\nb": 1}\n')
+    assert info.value.problems == ["poll.'a\\nb': unknown key"]
+

@@ -19,7 +19,8 @@ from qf_exporter.config.file import (
     parse_config,
     parse_duration,
 )
-from tests.config_text import AK, CREDS, MINIMAL, SK, parse, problems
+from qf_exporter.util import yamlfile
+from tests.config_text import AK, CREDS, GOOD, MINIMAL, SK, parse, problems
 
 # --- defaults --------------------------------------------------------------------------
 
@@ -441,3 +442,72 @@ def test_the_examples_team_lines_are_valid_once_uncommented() -> None:
     assert [getattr(job, "team", None) for job in account.jobs] == [None, "nlp"]
     assert [pair.team for pair in account.tasks] == [None, "speech"]
     assert account.discovery.team_of("nlp-chat") == "nlp"
+
+
+# --- size limit, aliases, bounds ---------------------------------------------------
+
+
+def test_config_file_over_the_size_limit_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(GOOD + "#" * yamlfile.MAX_FILE_BYTES + "\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_config(config)
+    assert info.value.problems == [f"{config}: larger than 1 MiB"]
+
+
+def test_config_file_at_the_size_limit_is_read(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    padding = "#" * (yamlfile.MAX_FILE_BYTES - len(GOOD) - 1)
+    config.write_text(GOOD + padding + "\n", encoding="utf-8")
+    assert config.stat().st_size == yamlfile.MAX_FILE_BYTES
+    assert load_config(config).accounts[0].jobs == ("job-a",)
+
+
+def test_aliases_within_reason_are_fine() -> None:
+    """Anchors and merge keys to share settings between accounts stay usable."""
+    accounts = "".join(
+        f"  - {{<<: *base, name: acct{i}, access_key: {AK}{i}, jobs: *jobs}}\n"
+        for i in range(200)
+    )
+    text = (
+        "accounts:\n"
+        f"  - &base {{name: base, access_key: {AK}, secret_key: {SK}, qps: 2,\n"
+        "      jobs: &jobs [job-a, job-b, job-c, job-d, job-e, job-f, job-g, job-h]}\n"
+        + accounts
+    )
+    config = parse_config(text)
+    assert len(config.accounts) == 201
+    assert {a.qps for a in config.accounts} == {2.0}
+    assert config.accounts[200].jobs == config.accounts[0].jobs
+    assert config.accounts[200].secret_key.reveal() == SK
+
+
+@pytest.mark.parametrize(
+    ("poll", "account"),
+    [
+        (
+            "{interval: 1d, finished_interval: 1d, stale_after: 7d, timeout: 1d,"
+            " concurrency: 64, retries: 10, finished_retention: 3650d}",
+            "qps: 1000, max_runs: 1000000, discovery: {interval: 1d, max_age: 3650d}",
+        ),
+        (
+            "{interval: 1s, finished_interval: 1s, stale_after: 1s, timeout: 1s,"
+            " concurrency: 1, retries: 0, finished_retention: 0s}",
+            "qps: 0.01, max_runs: 1, discovery: {interval: 1s, max_age: 1s}",
+        ),
+    ],
+)
+def test_values_at_the_bounds_are_accepted(poll: str, account: str) -> None:
+    config = parse_config(
+        f"accounts: [{{name: a, access_key: {AK}, secret_key: {SK}, discover: true,"
+        f" {account}}}]\npoll: {poll}\n"
+    )
+    assert config.poll.timeout == config.poll.interval
+
+
+def test_a_value_out_of_bounds_is_one_problem_not_a_cascade() -> None:
+    """An interval refused for its size is not also compared with the others."""
+    with pytest.raises(ConfigError) as info:
+        parse_config(GOOD + "poll: {interval: 2d, finished_interval: 1h, stale_after: 1h}\n")
+    assert info.value.problems == ["poll.interval: must be at most 1d"]
+

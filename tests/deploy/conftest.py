@@ -30,8 +30,8 @@ def _exported_metric_names() -> set[str]:
 
 @pytest.fixture(scope="session")
 def known_metrics() -> set[str]:
-    """Every metric the exporter exposes (SPEC section 4 and the exporter's own), plus `up`,
-    plus the per-target last-success time SPEC section 4 defines (a rule annotation reads it;
+    """Every metric the exporter exposes (docs/metrics.md), plus `up`, plus the
+    per-target last-success time that section defines (a rule annotation reads it;
     it is exposed once the target-grain health change is in)."""
     return _exported_metric_names() | {
         "up",

@@ -11,6 +11,7 @@ import sys
 import pytest
 import yaml
 
+from tests.checks import assert_runbook, runbook_url
 from tests.deploy.files import (
     ALERTS,
     ALERTS_TEST,
@@ -81,8 +82,9 @@ def test_run_alerts_name_the_job_and_run() -> None:
 
 
 def test_run_and_target_alerts_carry_the_team_and_run_alerts_link_the_console() -> None:
-    """SPEC §4: every run and target alert has the owner's `team` label, for routing; a
-    run alert's console_url annotation is its info series' console_url label."""
+    """docs/alerts.md, "Routing by team": every run and target alert has the owner's `team`
+    label, for routing; a run alert's console_url annotation is its info series'
+    console_url label."""
     console = re.compile(
         r"query \(printf \"topk\(1, qianfan_finetune_run_info\{account=%q,api=%q,job_id=%q,"
         r"task_id=%q\}\)\" \$labels\.account \$labels\.api \$labels\.job_id \$labels\.task_id\)"
@@ -153,7 +155,7 @@ def test_every_runbook_url_is_absolute_under_one_base() -> None:
     text = ALERTS.read_text(encoding="utf-8")
     for rule in alert_rules():
         name = rule["alert"]
-        assert rule["annotations"]["runbook_url"] == f"{RUNBOOK_BASE}#{name.lower()}", name
+        assert rule["annotations"]["runbook_url"] == runbook_url(name), name
     # Outside comments, the base appears only in runbook links: replacing it changes
     # nothing else.
     uses = [line.strip() for line in text.splitlines()
@@ -181,20 +183,7 @@ def test_every_alert_has_a_runbook_in_the_docs() -> None:
     """Each alert has its own section under "Runbooks" in docs/alerts.md, which says what
     the alert means and what to do; the anchor of its runbook_url is that section's, and
     the runbook base is that page of the release."""
-    page = REPO / "docs" / "alerts.md"
     assert RUNBOOK_BASE.endswith("/docs/alerts.md")
-    text = page.read_text(encoding="utf-8")
-    found = sections(text)
-    assert "runbooks" in found
-    runbooks = text[text.index("\n## Runbooks\n") :]
-    end = runbooks.find("\n## ", 1)  # Runbooks may be the page's last section
-    runbooks = runbooks if end < 0 else runbooks[:end]
+    assert "runbooks" in sections((REPO / "docs" / "alerts.md").read_text(encoding="utf-8"))
     for rule in alert_rules():
-        name = rule["alert"]
-        url = rule["annotations"]["runbook_url"]
-        anchor = url.partition("#")[2]
-        assert anchor == name.lower(), name
-        assert anchor in found, f"{name}: no heading in docs/alerts.md for #{anchor}"
-        heading, body = found[anchor]
-        assert heading == f"### {name}" and f"\n{heading}\n" in runbooks, name
-        assert len(body.split()) >= 40, f"{name}: the runbook says too little"
+        assert_runbook(rule["alert"], rule["annotations"]["runbook_url"])

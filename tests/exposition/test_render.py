@@ -5,14 +5,17 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import os
+import re
 from pathlib import Path
+from types import MappingProxyType
 
 from prometheus_client import CollectorRegistry, generate_latest
 
 from qf_exporter.config.file import V1Target
 from qf_exporter.exposition.answer import gzip_answer
-from qf_exporter.exposition.render import FAMILIES
+from qf_exporter.exposition.render import FAMILIES, render_health
 from qf_exporter.polling.estimate import with_estimates
+from qf_exporter.polling.snapshot import AccountState, Snapshot, TargetState
 from qf_exporter.qianfan.models import Run, parse_v1_run, parse_v2_run
 from tests.examples import V1_SDK_EXAMPLE, V2_EXAMPLE
 from tests.exposition.pages import full_page, page_text, render_runs
@@ -25,7 +28,8 @@ GOLDEN = Path(__file__).parent.parent / "golden" / "runs.prom"
 def sample_runs() -> list[Run]:
     read = 1_705_400_000.25
     runs = [
-        # An owned run: the team comes from the configuration (README, "Who owns a run").
+        # An owned run: the team comes from the configuration (docs/configuration.md,
+        # "Who owns a run").
         dataclasses.replace(
             parse_v2_run(V2_EXAMPLE, account="team-a", job_id="job-ftp4icwebtnc", read_at=read),
             team="nlp",
@@ -136,3 +140,42 @@ def test_gzip_answer_matches_text() -> None:
     page = full_page(sample_runs(), 7)
     assert gzip.decompress(b"".join(gzip_answer(page))) == page_text(page)
     assert page.generation == 7
+
+
+def test_render_health_exposition() -> None:
+    targets = {
+        ("v1", "10250/6205"): TargetState(api="v1", name="10250/6205", up=True,
+                                          last_success=1700000000.5, team="nlp"),
+        ("v2", 'job-"q"'): TargetState(api="v2", name='job-"q"', up=False,
+                                       error="no such job", reason="client"),
+        ("v2", "job-b"): TargetState(api="v2", name="job-b", up=False, reason="server",
+                                     error="http=500", last_success=1699999000.0),
+    }
+    state = AccountState(name="team", targets=MappingProxyType(targets), up=True, polled=True,
+                         last_success=1700000001.0, poll_duration=0.25)
+    snapshot = Snapshot(MappingProxyType({"team": state}))
+    text = render_health(snapshot, ["team", "later"])
+    lines = [line for line in text.decode().splitlines() if not line.startswith("#")]
+    assert lines == [
+        'qianfan_up{account="later"} 0',
+        'qianfan_up{account="team"} 1',
+        'qianfan_target_up{account="team",api="v1",target="10250/6205",team="nlp"} 1',
+        'qianfan_target_up{account="team",api="v2",target="job-\\"q\\"",team=""} 0',
+        'qianfan_target_up{account="team",api="v2",target="job-b",team=""} 0',
+        'qianfan_target_last_success_timestamp_seconds{account="team",api="v1",'
+        'target="10250/6205",team="nlp"} 1700000000.5',
+        'qianfan_target_last_success_timestamp_seconds{account="team",api="v2",'
+        'target="job-b",team=""} 1699999000.0',
+        'qianfan_target_error_info{account="team",api="v2",target="job-\\"q\\"",team="",'
+        'reason="client"} 1',
+        'qianfan_target_error_info{account="team",api="v2",target="job-b",team="",'
+        'reason="server"} 1',
+        'qianfan_last_successful_poll_timestamp_seconds{account="team"} 1700000001.0',
+        'qianfan_poll_duration_seconds{account="team"} 0.25',
+    ]
+    helps = re.findall(r"^# HELP (\S+) ", text.decode(), flags=re.M)
+    assert {"qianfan_up", "qianfan_target_up", "qianfan_target_last_success_timestamp_seconds",
+            "qianfan_target_error_info",
+            "qianfan_last_successful_poll_timestamp_seconds"} <= set(helps)
+    promtool_check_metrics(text)
+

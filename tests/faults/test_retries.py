@@ -18,10 +18,6 @@ import pytest
 
 from qf_exporter.app import Exporter
 from qf_exporter.polling.snapshot import AccountState
-from qf_exporter.qianfan import errors
-from qf_exporter.qianfan.budget import RateLimiter
-from qf_exporter.qianfan.classify import from_http
-from qf_exporter.qianfan.classify import retry_after as _retry_after
 from qf_exporter.simulator import QianfanSimulator, World
 from tests.fake_time import LockstepBudget
 from tests.faults.fleet import (
@@ -115,16 +111,6 @@ def test_retry_after_is_honoured_within_the_poll_budget(
     assert value(scrape(exporter), "qianfan_up", account="a") == 1
 
 
-def test_retry_after_as_an_http_date() -> None:
-    now = 1_700_000_000.0  # 2023-11-14T22:13:20Z
-    assert _retry_after("Tue, 14 Nov 2023 22:13:50 GMT", now) == 30.0
-    assert _retry_after("Tue, 14 Nov 2023 22:13:00 GMT", now) == 0.0  # in the past
-    assert _retry_after("12", now) == 12.0
-    assert _retry_after("100000", now) == 300.0  # capped
-    assert _retry_after("soon", now) is None
-    assert _retry_after("nan", now) is None
-
-
 @pytest.mark.parametrize("kind", NOT_RETRIED)
 @pytest.mark.parametrize("api", ["v1", "v2"])
 def test_auth_and_client_errors_are_never_retried(
@@ -201,39 +187,6 @@ def test_budget_holds_with_many_targets_and_high_concurrency(
         # No trailing one-second window at the gateway holds more than qps arrivals.
         for i in range(len(arrivals) - qps):
             assert arrivals[i + qps] - arrivals[i] >= 1.0, i
-
-
-def test_an_interrupted_wait_for_budget_sends_nothing() -> None:
-    """Stopping the exporter wakes the callers waiting for budget; none of them then
-    goes out over budget."""
-    now = [100.0]
-    stopping = threading.Event()
-    limiter = RateLimiter(1, margin=0.0, clock=lambda: now[0], wait=stopping.wait)
-    assert limiter.acquire()  # the first start is free
-    stopping.set()
-    assert not limiter.acquire()  # its turn was a second away: refused, not sent
-
-
-@pytest.mark.parametrize(
-    ("status", "code", "error", "retried"),
-    [
-        (503, "336999", errors.ServerError, True),  # an unknown code under a 5xx
-        (429, "99", errors.RateLimited, True),
-        (400, "99", errors.ClientError, False),
-        (200, "18", errors.RateLimited, True),
-        (500, "14", errors.AuthError, False),  # a known code decides
-        (200, "InternalError", errors.ServerError, True),
-        (403, "RequestExpired", errors.AuthError, False),
-        (400, "IamAccessKeyNotExist", errors.AuthError, False),
-        (400, "InappropriateJSON", errors.ClientError, False),
-        (404, "ResourceNotFound", errors.NotFound, False),
-        (400, "ThrottlingException", errors.RateLimited, True),
-    ],
-)
-def test_error_classification(status: int, code: str, error: type[errors.QianfanError],
-                              retried: bool) -> None:
-    err = from_http(status, code, "message")
-    assert type(err) is error and err.retryable is retried
 
 
 def test_closing_the_exporter_closes_its_connections_at_once(

@@ -1,28 +1,16 @@
-"""The poller's pure steps as tables: what is due, what is stale, what is retained."""
+"""The poller's pure steps as tables: what is due and what is stale (what is retained:
+test_retention.py)."""
 
 from __future__ import annotations
 
-import logging
-
 import pytest
-from prometheus_client import CollectorRegistry
 
 from qf_exporter.config.file import Poll
 from qf_exporter.polling.cadence import discovery_due, due, expire, lag, read_order
-from qf_exporter.polling.retention import LeftOutCounter, retain
-from qf_exporter.polling.scheduler import AccountScheduler
 from qf_exporter.polling.snapshot import TargetState
-from qf_exporter.qianfan.models import Run
-from qf_exporter.qianfan.telemetry import ApiMetrics
+from tests.polling.runs import NOW, run
 
 POLL = Poll(interval=60, finished_interval=1800, stale_after=600)
-NOW = 1_000_000.0
-
-
-def run(task: str, status: str = "running", start: float | None = None,
-        finish: float | None = None, read: float = NOW) -> Run:
-    return Run(account="a", api="v2", job_id="j", task_id=task, status=status,
-               upstream_status=status, start_time=start, finish_time=finish, last_read=read)
 
 
 RUNNING = (run("t"),)
@@ -96,52 +84,3 @@ def test_expire(up: bool, read: float, expected_runs: int) -> None:
     assert (expired is state) is (expected_runs == 1)
 
 
-def test_retain_leaves_out_by_retention_then_by_cap_oldest_first() -> None:
-    runs = (
-        run("old-done", "succeeded", start=NOW - 9000, finish=NOW - 8000),
-        run("new-done", "failed", start=NOW - 500, finish=NOW - 100),
-        run("a", start=NOW - 300),
-        run("b", start=NOW - 200),
-        run("no-start"),
-    )
-    targets = {("v2", "j"): TargetState("v2", "j", up=True, runs=runs)}
-    retained = retain(targets, NOW, retention=3600, cap=2)
-    assert [r.task_id for r in retained.runs] == ["b", "a"]
-    assert [(o.run.task_id, o.reason) for o in retained.left_out] == [
-        ("old-done", "retention"), ("new-done", "max_runs"), ("no-start", "max_runs")]
-    assert retained.over_cap == 4
-    assert retain(targets, NOW, retention=None, cap=None).runs == runs
-
-
-def test_a_left_out_run_is_counted_once_until_a_good_read_drops_it() -> None:
-    metrics = ApiMetrics(CollectorRegistry())
-    counter = LeftOutCounter("a", metrics.runs_left_out)
-    old = run("old", "succeeded", start=NOW - 9000, finish=NOW - 8000)
-    targets = {("v2", "j"): TargetState("v2", "j", up=True, runs=(old,))}
-
-    def counted() -> float:
-        return float(metrics.runs_left_out.labels("a", "retention")._value.get())
-
-    for _ in range(3):
-        counter.count(targets, retain(targets, NOW, 3600, None).left_out)
-    assert counted() == 1
-    counter.count({("v2", "j"): TargetState("v2", "j", up=True)}, ())  # gone from the job
-    counter.count(targets, retain(targets, NOW, 3600, None).left_out)  # and back
-    assert counted() == 2
-
-
-def test_a_firing_skipped_while_the_poll_runs_is_not_logged_each_time() -> None:
-    """A poll longer than the interval skips firings; APScheduler's warning for each
-    skip is dropped (the poller logs the budget's numbers once instead), others stay."""
-    AccountScheduler(lambda name: None)
-    logger = logging.getLogger("apscheduler.scheduler")
-
-    def record(message: str) -> logging.LogRecord:
-        return logger.makeRecord(logger.name, logging.WARNING, __file__, 1, message,
-                                 ("poll a",), None)
-
-    skipped = record('Execution of job "%s" skipped: maximum number of running '
-                     "instances reached (1)")
-    missed = record('Run time of job "%s" was missed by 0:00:05')
-    assert not logger.filter(skipped)
-    assert logger.filter(missed)

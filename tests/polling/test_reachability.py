@@ -4,7 +4,6 @@ problem, named on the landing page and in ``qianfan_target_up``."""
 
 from __future__ import annotations
 
-import html
 import re
 from collections.abc import Callable
 from types import MappingProxyType
@@ -13,14 +12,17 @@ import requests
 
 from qf_exporter.app import Exporter
 from qf_exporter.exposition.render import render_health
-from qf_exporter.polling.snapshot import AccountState, Budget, Snapshot, TargetState
+from qf_exporter.polling.snapshot import AccountState, Budget, Snapshot
 from qf_exporter.simulator import QianfanSimulator, World
-from qf_exporter.web.landing import MESSAGE_LIMIT, landing_page
+from qf_exporter.web.landing import landing_page
+from tests.checks import assert_no_keys
 from tests.helpers import (
     ACCESS_KEY,
     SECRET_KEY,
     ManualClock,
     account,
+    account_cell,
+    down_rows,
     parse_samples,
     promtool_check_metrics,
     series,
@@ -38,24 +40,6 @@ def page_of(exporter: Exporter) -> str:
     answer = requests.get(f"http://127.0.0.1:{exporter.server.port}/", timeout=10)
     assert answer.status_code == 200
     return answer.text
-
-
-def down_rows(page: str) -> list[list[str]]:
-    """The cells of each row of the page's "Targets down" table, unescaped."""
-    section = page.split("<h2>Targets down</h2>", 1)[1]
-    rows = re.findall(r"<tr>(.*?)</tr>", section, flags=re.S)
-    return [[html.unescape(c) for c in re.findall(r"<td[^>]*>(.*?)</td>", row, flags=re.S)]
-            for row in rows if "<td" in row]
-
-
-def account_cell(page: str, name: str) -> str:
-    """The "Qianfan" cell of the account's row in the accounts table."""
-    section = page.split("<h2>Accounts</h2>", 1)[1].split("<h2>", 1)[0]
-    for row in re.findall(r"<tr>(.*?)</tr>", section, flags=re.S):
-        cells = re.findall(r"<td[^>]*>(.*?)</td>", row, flags=re.S)
-        if cells and html.unescape(cells[0]) == name:
-            return html.unescape(cells[1])
-    raise AssertionError(f"no row for account {name!r}")
 
 
 def five_jobs(world: World, clock: ManualClock) -> None:
@@ -130,7 +114,7 @@ def test_bad_credentials_make_the_account_down(
     rows = down_rows(page)
     assert sorted((r[0], r[2], r[3]) for r in rows) == sorted(
         [("bad", job, "auth") for job in GOOD_JOBS] + [("bad", "1/2", "auth")])
-    assert ACCESS_KEY not in page and SECRET_KEY not in page and "not-the-secret" not in page
+    assert_no_keys(page, keys=(ACCESS_KEY, SECRET_KEY, "not-the-secret"))
 
 
 def test_the_account_is_down_only_when_every_call_fails(
@@ -188,64 +172,6 @@ def test_answers_that_cannot_be_read_on_every_call_are_no_proof_of_access(
     assert value(samples, "qianfan_up") == 0
     assert exporter.poller.snapshot.accounts["default"].error.startswith(
         "every call failed (invalid_response)")
-
-
-def test_landing_page_lists_every_target_down_with_bounded_messages() -> None:
-    long = "x" * 5000
-    targets = {("v2", f"job-{k:02d}"): TargetState(api="v2", name=f"job-{k:02d}", up=False,
-                                                   error=f"<no such job {k}> " + long,
-                                                   reason="client")
-               for k in range(40)}
-    targets[("v1", "1/2")] = TargetState(api="v1", name="1/2", up=True, last_success=1.0)
-    state = AccountState(name="team", targets=MappingProxyType(targets), up=True, polled=True,
-                         last_success=2.0)
-    page = landing_page(Snapshot(MappingProxyType({"team": state})),
-                        telemetry_path="/metrics", version="1.2.3")
-    rows = down_rows(page)
-    assert [r[2] for r in rows] == [f"job-{k:02d}" for k in range(40)]
-    assert all(r[3] == "client" for r in rows)
-    assert all(r[4].startswith(f"<no such job {k}> ") and len(r[4]) == MESSAGE_LIMIT
-               for k, r in enumerate(rows))
-    assert "<no such job" not in page  # escaped
-    assert account_cell(page, "team") == "reachable"
-
-
-def test_render_health_exposition() -> None:
-    targets = {
-        ("v1", "10250/6205"): TargetState(api="v1", name="10250/6205", up=True,
-                                          last_success=1700000000.5, team="nlp"),
-        ("v2", 'job-"q"'): TargetState(api="v2", name='job-"q"', up=False,
-                                       error="no such job", reason="client"),
-        ("v2", "job-b"): TargetState(api="v2", name="job-b", up=False, reason="server",
-                                     error="http=500", last_success=1699999000.0),
-    }
-    state = AccountState(name="team", targets=MappingProxyType(targets), up=True, polled=True,
-                         last_success=1700000001.0, poll_duration=0.25)
-    snapshot = Snapshot(MappingProxyType({"team": state}))
-    text = render_health(snapshot, ["team", "later"])
-    lines = [line for line in text.decode().splitlines() if not line.startswith("#")]
-    assert lines == [
-        'qianfan_up{account="later"} 0',
-        'qianfan_up{account="team"} 1',
-        'qianfan_target_up{account="team",api="v1",target="10250/6205",team="nlp"} 1',
-        'qianfan_target_up{account="team",api="v2",target="job-\\"q\\"",team=""} 0',
-        'qianfan_target_up{account="team",api="v2",target="job-b",team=""} 0',
-        'qianfan_target_last_success_timestamp_seconds{account="team",api="v1",'
-        'target="10250/6205",team="nlp"} 1700000000.5',
-        'qianfan_target_last_success_timestamp_seconds{account="team",api="v2",'
-        'target="job-b",team=""} 1699999000.0',
-        'qianfan_target_error_info{account="team",api="v2",target="job-\\"q\\"",team="",'
-        'reason="client"} 1',
-        'qianfan_target_error_info{account="team",api="v2",target="job-b",team="",'
-        'reason="server"} 1',
-        'qianfan_last_successful_poll_timestamp_seconds{account="team"} 1700000001.0',
-        'qianfan_poll_duration_seconds{account="team"} 0.25',
-    ]
-    helps = re.findall(r"^# HELP (\S+) ", text.decode(), flags=re.M)
-    assert {"qianfan_up", "qianfan_target_up", "qianfan_target_last_success_timestamp_seconds",
-            "qianfan_target_error_info",
-            "qianfan_last_successful_poll_timestamp_seconds"} <= set(helps)
-    promtool_check_metrics(text)
 
 
 def test_an_account_whose_budget_cannot_hold_the_interval_says_so() -> None:

@@ -1,4 +1,5 @@
-"""``classify``: what each answer shape means, as a table, without a socket."""
+"""``classify``: what each answer shape means, as a table, without a socket; the typed
+error of an HTTP status and a code (``from_http``), and ``Retry-After``."""
 
 from __future__ import annotations
 
@@ -8,7 +9,15 @@ from typing import Any
 import pytest
 
 from qf_exporter.qianfan import errors
-from qf_exporter.qianfan.classify import MAX_UPSTREAM_MESSAGE, classify, cut_message, parse_json
+from qf_exporter.qianfan.classify import (
+    MAX_UPSTREAM_MESSAGE,
+    classify,
+    cut_message,
+    from_http,
+    parse_json,
+    retry_after,
+)
+from tests.checks import assert_no_keys
 
 NOW = 1_700_000_000.0
 AK, SK = "AKexample0123", "SKsecret4567"
@@ -93,7 +102,7 @@ def test_credentials_never_come_back(answer: bytes) -> None:
     for status in (200, 403):
         error = classify(status, {}, answer, action="A", secrets=(AK, SK), now=NOW)
         assert isinstance(error, errors.QianfanError)
-        assert AK not in str(error) and SK not in str(error)
+        assert_no_keys(str(error), keys=(AK, SK))
         assert "<redacted>" in str(error)
 
 
@@ -121,3 +130,35 @@ def test_ordinary_nesting_parses() -> None:
 def test_messages_are_cut() -> None:
     assert cut_message("x" * 1000) == "x" * MAX_UPSTREAM_MESSAGE + "…"
     assert cut_message("short") == "short"
+
+
+def test_retry_after_as_an_http_date() -> None:
+    now = 1_700_000_000.0  # 2023-11-14T22:13:20Z
+    assert retry_after("Tue, 14 Nov 2023 22:13:50 GMT", now) == 30.0
+    assert retry_after("Tue, 14 Nov 2023 22:13:00 GMT", now) == 0.0  # in the past
+    assert retry_after("12", now) == 12.0
+    assert retry_after("100000", now) == 300.0  # capped
+    assert retry_after("soon", now) is None
+    assert retry_after("nan", now) is None
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "error", "retried"),
+    [
+        (503, "336999", errors.ServerError, True),  # an unknown code under a 5xx
+        (429, "99", errors.RateLimited, True),
+        (400, "99", errors.ClientError, False),
+        (200, "18", errors.RateLimited, True),
+        (500, "14", errors.AuthError, False),  # a known code decides
+        (200, "InternalError", errors.ServerError, True),
+        (403, "RequestExpired", errors.AuthError, False),
+        (400, "IamAccessKeyNotExist", errors.AuthError, False),
+        (400, "InappropriateJSON", errors.ClientError, False),
+        (404, "ResourceNotFound", errors.NotFound, False),
+        (400, "ThrottlingException", errors.RateLimited, True),
+    ],
+)
+def test_error_classification(status: int, code: str, error: type[errors.QianfanError],
+                              retried: bool) -> None:
+    err = from_http(status, code, "message")
+    assert type(err) is error and err.retryable is retried

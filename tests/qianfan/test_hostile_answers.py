@@ -34,12 +34,12 @@ from qf_exporter.qianfan.telemetry import ApiMetrics
 from qf_exporter.simulator import QianfanSimulator
 from qf_exporter.simulator.faults import escaped
 from qf_exporter.util.secrets import FRAGMENT, REDACTED, Secret, redact_bytes, scrubber
+from tests.checks import polled_without_keys
 from tests.helpers import (
     ACCESS_KEY,
     SECRET_KEY,
     ManualClock,
     account,
-    polled_without_keys,
     reset_peak_rss,
     scrape,
     status_bytes,

@@ -13,6 +13,7 @@ import pytest
 from qf_exporter.app import Exporter
 from qf_exporter.config.file import Poll
 from qf_exporter.simulator import QianfanSimulator, World
+from tests.checks import assert_no_keys
 from tests.helpers import (
     ACCESS_KEY,
     SECRET_KEY,
@@ -276,7 +277,7 @@ def test_health_readiness_and_landing(world: World, sim: QianfanSimulator, clock
     assert "default" in page and "reachable" in page
     assert "<td>1</td>" in page  # one running, one failed
     assert http_get(exporter, "/nope").status_code == 404
-    assert ACCESS_KEY not in page and SECRET_KEY not in page
+    assert_no_keys(page)
 
 
 def test_scheduler_drives_polls(world: World, clock: ManualClock) -> None:

@@ -39,6 +39,7 @@ import requests
 import yaml
 
 from qf_exporter.simulator import QianfanSimulator, World
+from tests.checks import assert_runbook
 from tests.dashboard_queries import panel_queries
 from tests.helpers import (
     ACCESS_KEY,
@@ -296,7 +297,7 @@ def test_failed_run_alert_fires(stack: dict[str, Any]) -> None:
     assert labels["account"] in ("main", "broken") and labels["job_id"] == "job-fleet"
     assert labels["severity"]
     assert "support bot SFT" in failed[0]["annotations"]["summary"]
-    assert failed[0]["annotations"]["runbook_url"].endswith("#qianfanrunfailed")
+    assert_runbook("QianfanRunFailed", failed[0]["annotations"]["runbook_url"])
     # The successful and still-running runs raise no run alert.
     quiet = {a["labels"].get("task_id") for a in alerts(stack["api"])
              if a["labels"]["alertname"] in RUN_ALERTS}
@@ -324,7 +325,7 @@ def test_a_failed_runs_alert_names_its_team_and_links_the_console(
         assert alert["annotations"]["console_url"] == (
             "https://console.bce.baidu.com/qianfan/train/sft/job-fleet/task-failed/detail/"
             "traininglog")
-        assert alert["annotations"]["runbook_url"].startswith("https://")
+        assert_runbook("QianfanRunFailed", alert["annotations"]["runbook_url"])
     # The target's health says who owns it too.
     owners = {(r["metric"]["account"], r["metric"].get("team", ""))
               for r in promql(stack["api"], 'qianfan_target_up{target="job-fleet"}')}

@@ -16,6 +16,7 @@ from qf_exporter.util.secrets import (
     redact_bytes,
     scrubber,
 )
+from tests.checks import assert_no_keys
 from tests.helpers import ACCESS_KEY, SECRET_KEY
 
 SK = "SKcfg-secret-do-not-print-0123456789"
@@ -38,7 +39,7 @@ def test_secret_never_shows_its_value() -> None:
         f"{secret:}",
     ]
     for text in shown:
-        assert SK not in text
+        assert_no_keys(text, keys=(SK,))
         assert "redacted" in text
     assert Secret("a") == Secret("a")
     assert Secret("a") != Secret("b")
@@ -70,7 +71,8 @@ def test_the_log_formatters_use_the_shared_redactor(monkeypatch: pytest.MonkeyPa
     record = logging.makeLogRecord({"msg": "signing with %s", "args": (SK,), "name": "t"})
     for formatter in (logs.LogfmtFormatter(), logs.JsonFormatter()):
         line = formatter.format(record)
-        assert SK not in line and "<redacted>" in line
+        assert_no_keys(line, keys=(SK,))
+        assert "<redacted>" in line
 
 
 def test_redact_bytes_replaces_the_longest_secret_first() -> None:

@@ -14,6 +14,7 @@ import requests
 
 from qf_exporter.config.file import ConfigError
 from qf_exporter.web.webconfig.schema import load_web_config
+from tests.config_text import BOMB, GOOD, assert_refused, run
 from tests.webconfig_fixtures import (
     PKI,
     basic_auth_config,
@@ -327,3 +328,37 @@ def test_cli_serves_tls_and_basic_auth(pki: PKI, tmp_path: Path, users: dict[str
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert "Traceback" not in out + err
+
+
+# --- the same reader as the configuration file -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("basic_auth_users: &a {x: *a}\n", "found a recursive alias *a"),
+        (BOMB, "document contains excessive aliasing"),
+        ("basic_auth_users: {}\nbasic_auth_users: {}\n", "found duplicate key"),
+        ("basic_auth_users: {1: x}\n", "found a key that is not a string"),
+    ],
+)
+def test_web_config_is_read_by_the_same_reader(tmp_path: Path, text: str, problem: str) -> None:
+    path = tmp_path / "web.yml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_web_config(str(path))
+    (line,) = info.value.problems
+    assert line.startswith("invalid YAML at line") and problem in line
+
+
+def test_web_config_must_be_a_small_regular_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_web_config("/dev/zero")
+    assert info.value.problems == ["not a regular file (a character device)"]
+    fifo = tmp_path / "web.yml"
+    os.mkfifo(fifo)
+    config = tmp_path / "config.yaml"
+    config.write_text(GOOD, encoding="utf-8")
+    result = run(f"--config.file={config}", f"--web.config.file={fifo}", "--config.check")
+    assert_refused(result, f"{fifo}: not a regular file (a FIFO)")
+

@@ -24,7 +24,7 @@ from benchmarks.results import ExpositionSize, RegexColumn, SizeResults
 R = TypeVar("R")
 K = TypeVar("K", bound=Hashable)
 
-# Targets (SPEC section 5, the benchmark brief, and the issue that asked for the store).
+# Targets (the benchmark brief of docs/benchmark.md, and the issue that asked for the store).
 T_SPEEDUP = 15.0
 T_RENDER_S = 0.25
 T_P99_MS = 25.0

@@ -154,7 +154,6 @@ class QianfanClient:
         budget: bounded.ReadBudget,
     ) -> Iterator[Page]:
         marker: str | None = None
-        seen: set[str] = set()
         listing = _Listing(action, list_key)
         while True:
             request = dict(body, maxKeys=MAX_KEYS)
@@ -165,15 +164,7 @@ class QianfanClient:
             yield page
             if not page.truncated:
                 return
-            # nextMarker is documented only as "returned when isTruncated is true"
-            # (DescribeFineTuningTasks, https://cloud.baidu.com/doc/WENXINWORKSHOP/s/klt73okdd):
-            # without one, go on from the last item's id (the BCE marker convention); a
-            # marker seen before means no progress.
-            next_marker = page.next_marker or page.last_id
-            if not next_marker or next_marker in seen:
-                raise InvalidResponse(f"{action}: isTruncated without a new nextMarker")
-            seen.add(next_marker)
-            marker = next_marker
+            marker = listing.marker_after(page)
 
     # --- one call, with retries --------------------------------------------------------
 
@@ -267,14 +258,16 @@ class QianfanClient:
 
 
 class _Listing:
-    """The pages of one listing so far; a page past MAX_PAGES or MAX_LISTED is refused
-    (inside the call, so that it is counted as the invalid answer it is)."""
+    """One listing's pages so far and the markers that asked for them; a page past
+    MAX_PAGES or MAX_LISTED is refused (inside the call, so that it is counted as the
+    invalid answer it is)."""
 
     def __init__(self, action: str, list_key: str) -> None:
         self.action = action
         self.list_key = list_key
         self.pages = 0
         self.items = 0
+        self.seen: set[str] = set()
 
     def page(self, result: Any) -> Page:
         page = parse_page(result, self.list_key)
@@ -286,3 +279,15 @@ class _Listing:
             raise bounded.final(f"{self.action}: more than {MAX_LISTED} items listed "
                                  "(MAX_LISTED)")
         return page
+
+    def marker_after(self, page: Page) -> str:
+        """The marker that asks for the page after ``page`` (a truncated one)."""
+        # nextMarker is documented only as "returned when isTruncated is true"
+        # (DescribeFineTuningTasks, https://cloud.baidu.com/doc/WENXINWORKSHOP/s/klt73okdd):
+        # without one, go on from the last item's id (the BCE marker convention); a
+        # marker seen before means no progress.
+        marker = page.next_marker or page.last_id
+        if not marker or marker in self.seen:
+            raise InvalidResponse(f"{self.action}: isTruncated without a new nextMarker")
+        self.seen.add(marker)
+        return marker

@@ -60,22 +60,9 @@ def landing_page(snapshot: Snapshot, *, telemetry_path: str, version: str) -> st
     their reasons (and how many more there are)."""
     e = html.escape
     now = time.time()
-    down_rows: list[str] = []
-    down = 0
     accounts = sorted(snapshot.accounts.items())
-    shown = accounts[:MAX_ACCOUNT_ROWS]
-    rows = [_account_row(name, state, now) for name, state in shown]
-    behind = [_budget_line(name, state) for name, state in shown]
-    for name, state in accounts:
-        targets = state.targets_down
-        down += len(targets)
-        down_rows.extend(_down_rows(name, targets[: MAX_DOWN_ROWS - len(down_rows)], now))
-    if not rows:
-        rows.append(f"<tr><td colspan={len(STATUSES) + 4}>waiting for the first poll…</td></tr>")
-    if len(accounts) > MAX_ACCOUNT_ROWS:
-        rows.append(f"<tr><td colspan={len(STATUSES) + 4}>and "
-                    f"{len(accounts) - MAX_ACCOUNT_ROWS} more accounts</td></tr>")
-    down_table = _down_table(down_rows, down)
+    rows, behind = _accounts(accounts, now)
+    down_table = _targets_down(accounts, now)
     heads = "".join(f"<th>{s}</th>" for s in STATUSES)
     path = e(telemetry_path)
     return f"""<!doctype html>
@@ -107,6 +94,31 @@ As of {_stamp(now)}.</p>
 {down_table}
 </body></html>
 """
+
+
+def _accounts(accounts: list[tuple[str, AccountState]], now: float) -> tuple[list[str], list[str]]:
+    """The accounts' rows (the first ``MAX_ACCOUNT_ROWS``, the rest counted) and a line for
+    each shown account whose budget cannot hold the interval."""
+    shown = accounts[:MAX_ACCOUNT_ROWS]
+    rows = [_account_row(name, state, now) for name, state in shown]
+    behind = [_budget_line(name, state) for name, state in shown]
+    if not rows:
+        rows.append(f"<tr><td colspan={len(STATUSES) + 4}>waiting for the first poll…</td></tr>")
+    if len(accounts) > MAX_ACCOUNT_ROWS:
+        rows.append(f"<tr><td colspan={len(STATUSES) + 4}>and "
+                    f"{len(accounts) - MAX_ACCOUNT_ROWS} more accounts</td></tr>")
+    return rows, behind
+
+
+def _targets_down(accounts: list[tuple[str, AccountState]], now: float) -> str:
+    """The first ``MAX_DOWN_ROWS`` targets that are down, and how many there are."""
+    rows: list[str] = []
+    down = 0
+    for name, state in accounts:
+        targets = state.targets_down
+        down += len(targets)
+        rows.extend(_down_rows(name, targets[: MAX_DOWN_ROWS - len(rows)], now))
+    return _down_table(rows, down)
 
 
 def _account_row(name: str, state: AccountState, now: float) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import gzip
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import requests
@@ -156,7 +156,7 @@ def _api_head() -> tuple[Head, ApiMetrics, CollectorRegistry]:
 
 def test_the_head_renders_the_api_metrics_again_after_every_kind_of_change() -> None:
     head, metrics, whole = _api_head()
-    changes = [
+    changes: list[Callable[[], object]] = [
         lambda: metrics.requests.labels("a", "DescribeFineTuningTask"),  # a new series at 0
         lambda: metrics.requests.labels("a", "DescribeFineTuningTask").inc(),
         lambda: metrics.failures.labels("a", "DescribeFineTuningTask", "timeout").inc(),

@@ -816,7 +816,7 @@ def _plain_socket(writer: asyncio.StreamWriter) -> socket.socket | None:
     does the kernel's copying for every connection on one core; a sender thread copies
     with the GIL free, beside the loop. asyncio lets nothing else use
     a descriptor its transport owns, hence the duplicate. The duplicate shares the
-    non-blocking mode; a timeout on it makes Python wait with poll() between sends.
+    transport's mode; ``_send_all`` makes it blocking while it sends (``_blocking``).
     When no descriptor is left, answers go through the transport.
     """
     if writer.get_extra_info("sslcontext") is not None:

@@ -17,12 +17,13 @@ from prometheus_client.registry import Collector
 
 from qf_exporter import __version__
 from qf_exporter.config.file import Config, ConfigError, load_config
-from qf_exporter.exposition.answer import build
+from qf_exporter.exposition.answer import Head, build
 from qf_exporter.exposition.info import InfoCollector, ReloadState
 from qf_exporter.exposition.pages import CurrentPage
 from qf_exporter.logs import REDACTOR
 from qf_exporter.polling.poller import Poller
 from qf_exporter.polling.shard import Shard
+from qf_exporter.qianfan import telemetry
 from qf_exporter.qianfan.telemetry import ApiMetrics
 from qf_exporter.reloads import Reloader
 from qf_exporter.web.routes import ExporterHTTPServer
@@ -53,13 +54,17 @@ class Exporter:
         self.poller = Poller(config, self.metrics, shard=self.shard, clock=clock,
                              subscriber=self.current_page)
         self.reload_state = ReloadState(successful=True, last_success=time.time())
-        self.registry.register(
+        live: list[Collector] = [
             InfoCollector(__version__, self.reload_state, (self.shard.index, self.shard.total))
-        )
+        ]
         if process_metrics:
-            extra: tuple[Collector, ...] = (PROCESS_COLLECTOR, PLATFORM_COLLECTOR)
-            for collector in extra:
-                self.registry.register(collector)
+            live += (PROCESS_COLLECTOR, PLATFORM_COLLECTOR)
+        # Everything in ``registry``; what each scrape renders, split into the API
+        # metrics (kept until they change) and the rest (see answer.Head).
+        self.head = Head(_registry_of(live), _registry_of(self.metrics.collectors()),
+                         telemetry.version)
+        for collector in live:
+            self.registry.register(collector)
         REDACTOR.set(config.secrets())
         self.server: ExporterHTTPServer | None = None
         self._reload_lock = threading.Lock()
@@ -67,7 +72,7 @@ class Exporter:
 
     def exposition(self, *, openmetrics_format: bool = False) -> bytes:
         """The whole answer as one bytes object (``--once`` and tests)."""
-        answer = build(self.registry, self.current_page.page,
+        answer = build(self.head, self.current_page.page,
                        openmetrics_format=openmetrics_format)
         return b"".join(answer)
 
@@ -86,7 +91,7 @@ class Exporter:
             sockets,
             lifecycle=lifecycle,
             limits=limits,
-            registry=self.registry,
+            registry=self.head,
             page=lambda: self.current_page.page,
             snapshot=lambda: self.poller.snapshot,
             ready=self.poller.ready,
@@ -129,3 +134,10 @@ class Exporter:
             self.reload_state.last_success = time.time()
             log.info("configuration reloaded", extra={"accounts": len(config.accounts)})
             return True, "configuration reloaded"
+
+
+def _registry_of(collectors: Sequence[Collector]) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    for collector in collectors:
+        registry.register(collector)
+    return registry

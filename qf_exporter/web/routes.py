@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 
 from prometheus_client import CollectorRegistry
 
-from qf_exporter.exposition.answer import accepts_gzip, build, wants_openmetrics
+from qf_exporter.exposition.answer import Head, accepts_gzip, build, wants_openmetrics
 from qf_exporter.exposition.store import Page
 from qf_exporter.polling.snapshot import Snapshot
 from qf_exporter.web.gate import Gate
@@ -45,7 +45,7 @@ class ExporterHTTPServer:
         self,
         sockets: Sequence[socket.socket],
         *,
-        registry: CollectorRegistry,
+        registry: CollectorRegistry | Head,
         page: Callable[[], Page],
         snapshot: Callable[[], Snapshot],
         ready: threading.Event,

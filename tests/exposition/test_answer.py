@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import gzip
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import requests
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from qf_exporter.app import Exporter
-from qf_exporter.exposition.answer import OPENMETRICS, TEXT, accepts_gzip, build, wants_openmetrics
+from qf_exporter.exposition.answer import (
+    OPENMETRICS,
+    TEXT,
+    Head,
+    accepts_gzip,
+    build,
+    wants_openmetrics,
+)
 from qf_exporter.exposition.render import _HEALTH_HELP, FAMILIES
+from qf_exporter.qianfan import telemetry
+from qf_exporter.qianfan.telemetry import ApiMetrics
 from tests.helpers import promtool_check_metrics, serve
 
 PROMETHEUS_ACCEPT = (
@@ -131,3 +142,67 @@ def test_the_server_negotiates(exporter: Exporter) -> None:
     head = requests.head(url, headers={"Accept-Encoding": "identity"}, timeout=10)
     assert head.status_code == 200 and head.content == b""
     assert int(head.headers["Content-Length"]) > 0
+
+
+def _api_head() -> tuple[Head, ApiMetrics, CollectorRegistry]:
+    """A head of API metrics (counted) and nothing live, and a registry of the same."""
+    whole = CollectorRegistry(auto_describe=False)
+    metrics = ApiMetrics(whole)
+    counted = CollectorRegistry(auto_describe=False)
+    for collector in metrics.collectors():
+        counted.register(collector)
+    return Head(CollectorRegistry(), counted, telemetry.version), metrics, whole
+
+
+def test_the_head_renders_the_api_metrics_again_after_every_kind_of_change() -> None:
+    head, metrics, whole = _api_head()
+    changes: list[Callable[[], object]] = [
+        lambda: metrics.requests.labels("a", "DescribeFineTuningTask"),  # a new series at 0
+        lambda: metrics.requests.labels("a", "DescribeFineTuningTask").inc(),
+        lambda: metrics.failures.labels("a", "DescribeFineTuningTask", "timeout").inc(),
+        lambda: metrics.duration.labels("a", "DescribeFineTuningTask").observe(0.3),
+        lambda: metrics.runs_left_out.labels("a", "max_runs").inc(2),
+        lambda: metrics.forget_account("a"),
+    ]
+    for change in changes:
+        before = head.render(False)
+        change()
+        assert head.render(False) == generate_latest(whole) != before
+        om = openmetrics.generate_latest(whole)  # type: ignore[no-untyped-call]
+        assert head.render(True) == om
+
+
+def test_the_head_keeps_the_api_metrics_text_while_nothing_changes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    head, metrics, _ = _api_head()
+    metrics.duration.labels("a", "DescribeFineTuningTask").observe(0.3)
+    collected: list[str] = []
+    collect = metrics.duration.collect
+
+    def counting() -> object:
+        collected.append("duration")
+        return collect()
+
+    monkeypatch.setattr(metrics.duration, "collect", counting)
+    first = head.render(False)
+    assert [head.render(False) for _ in range(5)] == [first] * 5
+    assert collected == ["duration"]
+    metrics.requests.labels("a", "DescribeFineTuningTask").inc()
+    assert head.render(False) != first and collected == ["duration"] * 2
+
+
+def test_the_exporters_answer_renders_its_api_metrics_once_between_changes(
+    exporter: Exporter,
+) -> None:
+    page = exporter.current_page.page
+    first = b"".join(build(exporter.head, page))
+    assert b"qianfan_api_requests_total{" in first and b"process_cpu_seconds_total" in first
+    assert exporter.head._kept[False][0] == telemetry.version()
+    kept = exporter.head._kept[False][1]
+    b"".join(build(exporter.head, page))
+    assert exporter.head._kept[False][1] is kept  # not rendered again
+    exporter.poller.poll_all(force=True)
+    again = b"".join(build(exporter.head, page))
+    assert exporter.head._kept[False][1] is not kept
+    assert again.count(b"# HELP qianfan_api_requests_total ") == 1

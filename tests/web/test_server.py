@@ -7,6 +7,7 @@ hands the pieces as they are to ``sendmsg()``."""
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import threading
 import time
@@ -164,3 +165,26 @@ def test_a_reader_that_stops_reading_is_given_up_at_the_deadline() -> None:
         _send_all(sender, iter([b"x" * (1 << 20)] * 64), time.monotonic() + 0.5)
 
 
+
+
+def test_a_send_leaves_the_transports_socket_non_blocking_with_no_send_timeout() -> None:
+    # The sender's duplicate shares its mode with the event loop's transport: the send
+    # is blocking, and everything is as it was after it, even when it timed out.
+    sender, receiver = socket.socketpair()
+    sender.setblocking(False)
+    received = bytearray()
+    reader = threading.Thread(target=_drain, args=(receiver, received))
+    reader.start()
+    with sender, receiver:
+        _send_all(sender, iter([b"y" * (1 << 20)] * 8), time.monotonic() + 60)
+        assert not os.get_blocking(sender.fileno()) and sender.gettimeout() == 0.0
+        assert sender.getsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, 16) == bytes(16)
+        sender.shutdown(socket.SHUT_WR)
+        reader.join()
+    assert bytes(received) == b"y" * (8 << 20)
+    stalled, peer = socket.socketpair()
+    stalled.setblocking(False)
+    with stalled, peer:
+        with pytest.raises(TimeoutError):
+            _send_all(stalled, iter([b"x" * (1 << 20)] * 64), time.monotonic() + 0.5)
+        assert not os.get_blocking(stalled.fileno())

@@ -75,3 +75,22 @@ def test_comments_name_only_files_the_repository_has() -> None:
                 if not known:
                     wrong.append(f"{rel}:{line}: {ref}")
     assert not wrong, "\n".join(wrong)
+
+
+MOST_FUNCTION_LINES = 50
+MOST_CLASS_LINES = 200
+
+
+def test_functions_and_classes_stay_small() -> None:
+    """Each part reads in one sitting: no function over 50 lines, no class over 200
+    (complexity is ruff's C90, at most 10)."""
+    large: list[str] = []
+    for path in sorted((ROOT / "qf_exporter").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                most = MOST_CLASS_LINES if isinstance(node, ast.ClassDef) else MOST_FUNCTION_LINES
+                lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                if lines > most:
+                    large.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.name}, "
+                                 f"{lines} lines (at most {most})")
+    assert not large, "\n".join(large)

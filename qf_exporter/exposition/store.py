@@ -311,7 +311,7 @@ class RunStore:
                 self._group()
             else:
                 self._rejoin()
-            self._list()
+            self._plain, self._deflated = _listing(self._blocks)
 
     def _update(self, bucket: _Bucket, before: _Bucket | None,
                 changed_before: list[int]) -> list[int]:
@@ -380,14 +380,15 @@ class RunStore:
         self._blocks = grouped
         self._regroup = False
 
-    def _list(self) -> None:
-        """The page: each family's header, then its blocks (empty ones left out)."""
-        plain: list[bytes] = []
-        deflated: list[bytes] = []
-        for header, segment, blocks in zip(_HEADERS, _HEADERS_DEFLATED, self._blocks,
-                                           strict=True):
-            plain.append(header)
-            plain.extend([block.plain for block in blocks if block.plain])
-            deflated.append(segment)
-            deflated.extend([block.deflated for block in blocks if block.deflated])
-        self._plain, self._deflated = tuple(plain), tuple(deflated)
+
+def _listing(families: list[list[_Block]]) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
+    """The page, plain and deflated: each family's header, then its blocks (empty ones
+    left out)."""
+    plain: list[bytes] = []
+    deflated: list[bytes] = []
+    for header, segment, blocks in zip(_HEADERS, _HEADERS_DEFLATED, families, strict=True):
+        plain.append(header)
+        plain.extend([block.plain for block in blocks if block.plain])
+        deflated.append(segment)
+        deflated.extend([block.deflated for block in blocks if block.deflated])
+    return tuple(plain), tuple(deflated)

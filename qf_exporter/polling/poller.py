@@ -14,7 +14,11 @@ An account's poll is a sequence of steps, each in a module of its own:
    (``retention.py``).
 
 ``Poller`` swaps each account's new state into the snapshot in one step and hands
-the snapshot before and after to its subscriber (the page, ``exposition/pages.py``);
+the snapshot before and after to its subscriber (the page, ``exposition/pages.py``).
+Once an account's first poll has ended, a poll that runs longer than ``PUBLISH_EVERY``
+also hands over what it has read so far at that pace (with the health of the last poll
+that ended), so a change is on the page soon after its target is read, not only when
+the whole poll ends;
 ``scheduler.py`` fires each account's polls every ``poll.interval``. Accounts never
 share a worker, a client, a budget or a scheduler thread, so one account's failures,
 slowness or throttling never delay another's poll.
@@ -31,7 +35,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from types import MappingProxyType
@@ -45,14 +49,27 @@ from qf_exporter.polling.reader import TargetReader
 from qf_exporter.polling.retention import LeftOutCounter, retain
 from qf_exporter.polling.scheduler import AccountScheduler
 from qf_exporter.polling.shard import Shard
-from qf_exporter.polling.snapshot import AccountState, Budget, Snapshot, TargetKey
+from qf_exporter.polling.snapshot import (
+    AccountState,
+    Budget,
+    Snapshot,
+    TargetKey,
+    TargetState,
+)
 from qf_exporter.polling.targets import Targets
 from qf_exporter.qianfan.budget import Deadline, RateLimiter
 from qf_exporter.qianfan.client import QianfanClient
 from qf_exporter.qianfan.errors import REASONS
+from qf_exporter.qianfan.models import Run
 from qf_exporter.qianfan.telemetry import ApiMetrics
 
 log = logging.getLogger(__name__)
+
+# While a poll runs, what it has read so far is published at most this often: a change
+# waits at most this long (and the render of what changed) after its target is read.
+# Each publication renders only the runs read since the one before, so a shorter pace
+# costs a little fixed work per publication (listing the page's blocks, the health).
+PUBLISH_EVERY = 0.5
 
 
 class Subscriber(Protocol):
@@ -123,6 +140,11 @@ class AccountPoller:
         )
         self._cap_warned = False
         self._budget = Budget(self.limiter.qps)
+        # What the last poll that ended published (None before the first ends): a long
+        # poll publishes it with what it has read so far (see PUBLISH_EVERY).
+        self._shown: AccountState | None = None
+        # Called with the state so far while a long poll runs (see PUBLISH_EVERY).
+        self.progress: Callable[[AccountState], object] | None = None
         self._lock = threading.Lock()  # one poll of this account at a time
         self._warn_cap(len(self.targets.pairs), "v1_pairs",
                        "the configured V1 pairs alone exceed max_runs: the oldest runs "
@@ -202,15 +224,18 @@ class AccountPoller:
                               holds if behind else None)
 
     def _read(self, due: list[TargetKey], now: float) -> list[Outcome]:
-        """Read the due targets with the account's workers; one outcome per read."""
-        states, outcomes = self.targets.states, []
+        """Read the due targets with the account's workers; one outcome per read, in the
+        order of ``due``. Each read is kept as it completes, and what the poll has read
+        so far is handed to ``progress`` every ``PUBLISH_EVERY`` seconds."""
+        states, outcomes = self.targets.states, {}
         todo = {key: (states[key], self.targets.pair(key)) for key in due}
-        for key, read in self.reader.read_all(self.workers, todo, now, self.stop).items():
+        published = time.monotonic()
+        for key, read in self.reader.read_all(self.workers, todo, now, self.stop):
             state = read.state
             # A job whose list was read but a run's detail was not (its runs were read
             # at this poll, the target is down) did reach Qianfan.
             reached = state.up or any(run.last_read >= now for run in state.runs)
-            outcomes.append(Outcome() if reached else Outcome(state.reason, state.error))
+            outcomes[key] = Outcome() if reached else Outcome(state.reason, state.error)
             if read.vanished and key not in self.targets.configured:
                 log.info("discovered job vanished upstream, dropping it",
                          extra={"account": self.account.name, "target": key[1]})
@@ -218,7 +243,11 @@ class AccountPoller:
                 self.discovery.forget(key[1])
             else:
                 states[key] = state
-        return outcomes
+            if (self._shown is not None and self.progress is not None
+                    and time.monotonic() - published >= PUBLISH_EVERY):
+                self.progress(self._interim(self._shown, outcomes))
+                published = time.monotonic()
+        return [outcomes[key] for key in due if key in outcomes]
 
     def _expire(self, now: float) -> None:
         for key, state in list(self.targets.states.items()):
@@ -236,12 +265,27 @@ class AccountPoller:
             self._warn_cap(retained.over_cap, "runs", "more runs than max_runs: the oldest "
                            "are not exported (see qianfan_runs_left_out_total)")
         self.left_out.count(states, retained.left_out)
+        self._shown = self._account_state(retained.runs)
+        return self._shown
+
+    def _interim(self, shown: AccountState, read: Iterable[TargetKey]) -> AccountState:
+        """The account while a poll runs: as last published, the targets ``read`` so far
+        up to date (one not read yet waits for the poll's end, as it would have), the
+        health of the last poll that ended; left-out runs are counted at the end."""
+        targets = _brought_up_to_date(shown.targets, self.targets.states, read)
+        retained = retain(targets, self.clock(), self.poll.finished_retention,
+                          self.account.max_runs)
+        return self._account_state(retained.runs, targets)
+
+    def _account_state(self, runs: tuple[Run, ...],
+                       targets: Mapping[TargetKey, TargetState] | None = None) -> AccountState:
         return AccountState(
-            name=self.account.name, targets=MappingProxyType(dict(states)),
+            name=self.account.name,
+            targets=MappingProxyType(dict(self.targets.states if targets is None else targets)),
             up=self.health.up, polled=True, last_success=self.health.last_success,
             poll_duration=self.health.last_duration, discovery_error=self.discovery.error,
             discovered_jobs=len(self.discovery.jobs) if self.account.discover else None,
-            runs=retained.runs, error=self.health.error, budget=self._budget,
+            runs=runs, error=self.health.error, budget=self._budget,
         )
 
     def _warn_cap(self, runs: int, what: str, message: str) -> None:
@@ -251,6 +295,20 @@ class AccountPoller:
             return
         self._cap_warned = True
         log.warning(message, extra={"account": self.account.name, "max_runs": cap, what: runs})
+
+
+def _brought_up_to_date(shown: Mapping[TargetKey, TargetState],
+                        states: Mapping[TargetKey, TargetState],
+                        read: Iterable[TargetKey]) -> dict[TargetKey, TargetState]:
+    """The targets as ``shown``, those ``read`` since as they are in ``states`` now (or
+    gone, when they vanished upstream)."""
+    targets = dict(shown)
+    for key in read:
+        if key in states:
+            targets[key] = states[key]
+        else:
+            targets.pop(key, None)
+    return targets
 
 
 class Poller:
@@ -286,9 +344,12 @@ class Poller:
             self.subscriber.publish(before, self._snapshot, list(self.accounts))
 
     def _account_poller(self, account: Account, poll: Poll) -> AccountPoller:
-        """A new poller of one account, on this replica's shard, clock and stop."""
-        return AccountPoller(account, poll, self.metrics, shard=self.shard, clock=self.clock,
-                             stop=self.stop_event)
+        """A new poller of one account, on this replica's shard, clock and stop, whose
+        long polls publish what they have read so far."""
+        poller = AccountPoller(account, poll, self.metrics, shard=self.shard,
+                               clock=self.clock, stop=self.stop_event)
+        poller.progress = functools.partial(self._swap_in, account.name, poller)
+        return poller
 
     # --- reading the state -------------------------------------------------------------
 
@@ -301,20 +362,25 @@ class Poller:
     def poll_account(self, name: str, force: bool = False) -> AccountState:
         poller = self.accounts[name]
         state = poller.poll_once(force=force)
+        self._swap_in(name, poller, state)
+        return state
+
+    def _swap_in(self, name: str, poller: AccountPoller, state: AccountState) -> None:
+        """Make ``state`` the account's in the snapshot (unless a reload replaced its
+        poller meanwhile) and publish the change."""
         with self._swap:
             if self.accounts.get(name) is not poller:  # reloaded away meanwhile
-                return state
+                return
             before = self._snapshot
             # Runs the poll did not read are the same objects as before, so comparing
             # even 10,000 of them costs an identity check each.
             if before.accounts.get(name) == state:
-                return state
+                return
             self._snapshot = before.with_account(state)
             self._publish(before)
             snapshot = self._snapshot
         if snapshot.ready:
             self.ready.set()
-        return state
 
     def poll_all(self, force: bool = True) -> Snapshot:
         """Poll every account now, in parallel; used by ``--once`` and the tests."""

@@ -12,8 +12,9 @@ target's previous runs (``with_estimates``).
 from __future__ import annotations
 
 import logging
+import queue
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import CancelledError, Executor, Future
 from dataclasses import dataclass, replace
 
@@ -110,27 +111,33 @@ class TargetReader:
         due: Mapping[TargetKey, tuple[TargetState, V1Target | None]],
         started: float,
         stop: threading.Event,
-    ) -> dict[TargetKey, Read]:
-        """Read the ``due`` targets (state and pair, by key) in parallel on ``workers``.
+    ) -> Iterator[tuple[TargetKey, Read]]:
+        """Read the ``due`` targets (state and pair, by key) in parallel on ``workers``,
+        yielding each read as it completes.
 
         Once ``stop`` is set, no more reads start; reads that never started, or whose
-        wait for budget the stop cut short, are left out of the answer.
+        wait for budget the stop cut short, are left out.
         """
-        futures: dict[TargetKey, Future[Read]] = {}
+        futures: dict[Future[Read], TargetKey] = {}
+        # Not concurrent.futures.as_completed: a future cancelled by the workers'
+        # shutdown (cancel_futures) never wakes it, while done callbacks do run.
+        done: queue.SimpleQueue[Future[Read]] = queue.SimpleQueue()
         for key, (state, pair) in due.items():
             if stop.is_set():
                 break
             try:
-                futures[key] = workers.submit(self.read, state, started, pair)
+                future = workers.submit(self.read, state, started, pair)
             except RuntimeError:  # the workers were shut down: the exporter is stopping
                 break
-        reads = {}
-        for key, future in futures.items():
+            futures[future] = key
+            future.add_done_callback(done.put)
+        for _ in futures:
+            future = done.get()
             try:
-                reads[key] = future.result()
+                read = future.result()
             except (CancelledError, NotSent):  # stopping: this read never happened
                 continue
-        return reads
+            yield futures[future], read
 
     def _failed(self, state: TargetState, started: float, exc: QianfanError) -> Read:
         log.warning(

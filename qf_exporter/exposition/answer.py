@@ -136,12 +136,7 @@ class Head:
 
     def render(self, openmetrics_format: bool) -> bytes:
         """The families' text in the format asked for (OpenMetrics ends with ``# EOF``)."""
-        live: bytes
-        if openmetrics_format:
-            live = openmetrics.generate_latest(self.live)  # type: ignore[no-untyped-call]
-        else:
-            live = generate_latest(self.live)
-        return self._counted(openmetrics_format) + live
+        return self._counted(openmetrics_format) + _generate(self.live, openmetrics_format)
 
     def _counted(self, openmetrics_format: bool) -> bytes:
         if self.counted is None:
@@ -150,14 +145,18 @@ class Head:
         kept = self._kept.get(openmetrics_format)
         if kept is not None and kept[0] == version:
             return kept[1]
-        text: bytes
-        if openmetrics_format:
-            text = openmetrics.generate_latest(self.counted)  # type: ignore[no-untyped-call]
-            text = text.removesuffix(_EOF)  # the live part ends the answer
-        else:
-            text = generate_latest(self.counted)
+        # In OpenMetrics the live part ends the answer, with its ``# EOF``.
+        text = _generate(self.counted, openmetrics_format).removesuffix(_EOF)
         self._kept[openmetrics_format] = (version, text)
         return text
+
+
+def _generate(registry: CollectorRegistry, openmetrics_format: bool) -> bytes:
+    """prometheus_client's text of ``registry`` in the format asked for."""
+    if openmetrics_format:
+        text: bytes = openmetrics.generate_latest(registry)  # type: ignore[no-untyped-call]
+        return text
+    return generate_latest(registry)
 
 
 def build(

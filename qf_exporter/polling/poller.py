@@ -18,10 +18,9 @@ the snapshot before and after to its subscriber (the page, ``exposition/pages.py
 Once an account's first poll has ended, a poll that runs longer than ``PUBLISH_EVERY``
 also hands over what it has read so far at that pace (with the health of the last poll
 that ended), so a change is on the page soon after its target is read, not only when
-the whole poll ends;
-``scheduler.py`` fires each account's polls every ``poll.interval``. Accounts never
-share a worker, a client, a budget or a scheduler thread, so one account's failures,
-slowness or throttling never delay another's poll.
+the whole poll ends. ``scheduler.py`` fires each account's polls every
+``poll.interval``. Accounts never share a worker, a client, a budget or a scheduler
+thread, so one account's failures, slowness or throttling never delay another's poll.
 
 With ``--total-shards=N`` each replica uses ``qps / N`` of an account's budget: the
 shards share one access key, and so its quota. A poll that needs more than the

@@ -22,7 +22,13 @@ from qf_exporter.exposition.answer import gzip_answer, plain_answer
 from qf_exporter.exposition.store import Page
 from qf_exporter.qianfan.models import Run
 from qf_exporter.web import server as http_server
-from qf_exporter.web.server import Limits, _coalesce, _send_all, _write_through
+from qf_exporter.web.server import (
+    Limits,
+    _coalesce,
+    _send_all,
+    _write_at_once,
+    _write_through,
+)
 from tests.conftest import EmptyServer
 from tests.exposition.pages import full_page, page_text
 
@@ -135,6 +141,58 @@ def test_a_big_plain_answer_goes_out_from_a_sender_thread_whole(
     # The gzip answer (well under 4 MiB) goes through the event loop.
     zipped = requests.get(url, timeout=30)
     assert zipped.content == plain.content and len(sent) == 1
+
+
+async def _at_once_then_through(pieces: list[bytes], sndbuf: int, queued: bytes = b""
+                                ) -> tuple[int, bytes]:
+    """What ``_write_at_once`` handed the kernel itself (bytes), and everything the
+    other end received once the rest went through the transport."""
+    ours, theirs = socket.socketpair()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+    _, writer = await asyncio.open_connection(sock=ours)
+    if queued:  # bytes an earlier answer left in the transport go first
+        writer.transport._buffer.extend(queued)  # type: ignore[attr-defined]
+    rest = list(_write_at_once(writer, iter(pieces)))
+    direct = sum(map(len, pieces)) - sum(map(len, rest))
+    received = bytearray()
+    reader = threading.Thread(target=_drain, args=(theirs, received))
+    reader.start()
+    if queued:
+        writer.transport._buffer.clear()  # type: ignore[attr-defined]
+        received += queued  # what the transport would have sent first
+    await _write_through(writer, iter(rest), STEP)
+    writer.close()
+    await writer.wait_closed()
+    reader.join()
+    theirs.close()
+    return direct, bytes(received)
+
+
+@given(st.lists(st.binary(min_size=1, max_size=40_000), min_size=1, max_size=40))
+@settings(max_examples=25, deadline=None)
+def test_the_first_write_takes_what_the_socket_takes_and_the_rest_follows(
+    pieces: list[bytes],
+) -> None:
+    # A small socket buffer: the one writev ends inside a piece, and the transport
+    # must go on from there.
+    direct, received = asyncio.run(_at_once_then_through(pieces, 4096))
+    assert received == b"".join(pieces)
+    assert 0 < direct <= len(received)
+
+
+def test_what_the_socket_buffer_holds_goes_to_the_kernel_in_one_write() -> None:
+    answer = plain_answer(page_of(1000))
+    # As big as the kernel lets it be (net.core.wmem_max): through the transport,
+    # every 32 KiB of it was a write and a turn of the loop.
+    direct, received = asyncio.run(_at_once_then_through(list(answer), 64 << 20))
+    assert received == b"".join(answer)
+    assert direct > 2 * STEP
+
+
+def test_nothing_is_written_past_bytes_the_transport_still_holds() -> None:
+    pieces = [b"a" * 1000, b"b" * 1000]
+    direct, received = asyncio.run(_at_once_then_through(pieces, 4096, queued=b"earlier"))
+    assert direct == 0 and received == b"earlier" + b"".join(pieces)
 
 
 def _drain(sock: socket.socket, into: bytearray) -> None:

@@ -54,16 +54,17 @@ class Exporter:
         self.poller = Poller(config, self.metrics, shard=self.shard, clock=clock,
                              subscriber=self.current_page)
         self.reload_state = ReloadState(successful=True, last_success=time.time())
-        live: list[Collector] = [
-            InfoCollector(__version__, self.reload_state, (self.shard.index, self.shard.total))
-        ]
-        if process_metrics:
-            live += (PROCESS_COLLECTOR, PLATFORM_COLLECTOR)
+        info = InfoCollector(__version__, self.reload_state,
+                             (self.shard.index, self.shard.total))
+        process: list[Collector] = (
+            [PROCESS_COLLECTOR, PLATFORM_COLLECTOR] if process_metrics else [])
         # Everything in ``registry``; what each scrape renders, split into the API
-        # metrics (kept until they change) and the rest (see answer.Head).
-        self.head = Head(_registry_of(live), _registry_of(self.metrics.collectors()),
-                         telemetry.version)
-        for collector in live:
+        # metrics (kept until they change), the process metrics (sampled) and the info
+        # (see answer.Head).
+        self.head = Head(_registry_of([info]), _registry_of(self.metrics.collectors()),
+                         telemetry.version,
+                         process=_registry_of(process) if process else None)
+        for collector in (info, *process):
             self.registry.register(collector)
         REDACTOR.set(config.secrets())
         self.server: ExporterHTTPServer | None = None

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import gzip
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import pytest
 import requests
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, Gauge, Metric, generate_latest
 from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
 from prometheus_client.parser import text_string_to_metric_families as parse_text
@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 from qf_exporter.app import Exporter
 from qf_exporter.exposition.answer import (
     OPENMETRICS,
+    PROCESS_EVERY,
     TEXT,
     Head,
     accepts_gzip,
@@ -206,3 +207,30 @@ def test_the_exporters_answer_renders_its_api_metrics_once_between_changes(
     again = b"".join(build(exporter.head, page))
     assert exporter.head._kept[False][1] is not kept
     assert again.count(b"# HELP qianfan_api_requests_total ") == 1
+
+
+def test_the_head_samples_the_process_metrics_at_most_every_process_every() -> None:
+    process = CollectorRegistry(auto_describe=False)
+    reads = Gauge("sampled_reads", "Times the process part was read.", registry=process)
+    reads.set_function(lambda: len(collected) + 0.0)
+    collected: list[float] = []
+    collect = process.collect
+
+    def counting() -> Iterable[Metric]:
+        collected.append(now[0])
+        return collect()
+
+    now = [100.0]
+    info = CollectorRegistry(auto_describe=False)
+    Gauge("live_info", "Rendered at every scrape.", registry=info).set(1)
+    head = Head(info, process=process, clock=lambda: now[0])
+    process.collect = counting  # type: ignore[method-assign]
+    first = head.render(False)
+    now[0] += PROCESS_EVERY / 2
+    assert head.render(False) == first and collected == [100.0]
+    now[0] += PROCESS_EVERY / 2
+    again = head.render(False)
+    assert again != first and len(collected) == 2
+    assert again.index(b"sampled_reads") < again.index(b"live_info")
+    om = head.render(True)  # each format is sampled apart, and # EOF ends it once
+    assert om.endswith(b"# EOF\n") and om.count(b"# EOF") == 1 and len(collected) == 3

@@ -61,9 +61,12 @@ class Exporter:
         # Everything in ``registry``; what each scrape renders, split into the API
         # metrics (kept until they change), the process metrics (sampled) and the info
         # (see answer.Head).
+        reload_state = self.reload_state
         self.head = Head(_registry_of([info]), _registry_of(self.metrics.collectors()),
                          telemetry.version,
-                         process=_registry_of(process) if process else None)
+                         process=_registry_of(process) if process else None,
+                         live_version=lambda: (reload_state.successful,
+                                               reload_state.last_success))
         for collector in (info, *process):
             self.registry.register(collector)
         REDACTOR.set(config.secrets())

@@ -23,7 +23,7 @@ from __future__ import annotations
 import itertools
 import time
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -60,14 +60,17 @@ def plain_answer(page: Page, head: bytes = b"", content_type: str = TEXT) -> Ans
     return Answer((page.runs, (page.health, head)), page.size + len(head), content_type)
 
 
-def gzip_answer(page: Page, head: bytes = b"", content_type: str = TEXT) -> Answer:
+def gzip_answer(page: Page, head: bytes | HeadText = b"", content_type: str = TEXT) -> Answer:
     """The page as one gzip stream, with ``head`` (rendered per scrape) last."""
-    crc = zlib.crc32(head, page.crc)
+    if not isinstance(head, HeadText):
+        head = HeadText(head)
+    size = len(head.text)
+    crc = zlib.crc32(head.text, page.crc)  # the head is a few KB: a microsecond
     tail = (
         page.health_deflated,
-        gzipstream.segment(head),
+        head.segment,
         gzipstream.END,
-        gzipstream.trailer(crc, page.size + len(head)),
+        gzipstream.trailer(crc, page.size + size),
     )
     body = (gzipstream.HEADER, page.deflated)
     return Answer((body, tail), sum(map(len, body)) + sum(map(len, tail)), content_type, True)
@@ -117,65 +120,99 @@ def accepts_gzip(accept_encoding: str | None) -> bool:
 _EOF = b"# EOF\n"
 
 
-# The process metrics (CPU, memory, descriptors, from /proc) are read at most this
-# often, whatever the scrape rate: reading them was a third of the event loop's work
-# per gzip scrape at 10,000 runs, and a second is far below any scrape interval.
+# The process metrics (CPU, memory, descriptors, from /proc) are read at most once in
+# each period of this many seconds, whatever the scrape rate: reading them was a third
+# of the event loop's work per gzip scrape at 10,000 runs, and a second is far below
+# any scrape interval.
 PROCESS_EVERY = 1.0
 
 
+class HeadText:
+    """The head in one format, with its deflate segment made at the first gzip answer
+    that needs it (then kept as long as the text is)."""
+
+    __slots__ = ("_segment", "text")
+
+    def __init__(self, text: bytes) -> None:
+        self.text = text
+        self._segment: bytes | None = None
+
+    @property
+    def segment(self) -> bytes:
+        if self._segment is None:
+            self._segment = gzipstream.segment(self.text)
+        return self._segment
+
+
 class Head:
-    """What each scrape renders after the page: prometheus_client's families.
+    """What each scrape adds after the page: prometheus_client's families, in three
+    parts, each rendered again only when its key moves:
 
-    Three parts, kept as long as they stay true:
+    - ``counted``, the API request counters and durations (``telemetry.py``), by
+      ``version()``, which moves with every change to them (during a poll). At 10,000
+      runs rendering them was most of the event loop's time per scrape.
+    - ``process``, the process and platform metrics, once per ``PROCESS_EVERY``.
+    - ``live``, the build, reload and shard info, by ``live_version()`` (the reload
+      state); at every scrape when there is none.
 
-    - ``counted`` (the API request counters and durations, ``telemetry.py``) changes
-      only when ``version()`` moves, during a poll: its text is kept per format until
-      then. At 10,000 runs rendering it was most of the time the event loop held the
-      GIL per scrape (about 1 ms a render, more than the rest of a gzip answer).
-    - ``process`` (process and platform metrics) is sampled at most every
-      ``PROCESS_EVERY`` seconds.
-    - ``live`` (build, reload and shard info) is rendered at every scrape.
+    The text and its gzip segment are kept per format while no key moves, so a scrape
+    between changes renders and compresses nothing.
     """
 
     def __init__(self, live: CollectorRegistry, counted: CollectorRegistry | None = None,
-                 version: Callable[[], int] = lambda: 0, *,
+                 version: Callable[[], Hashable] = lambda: 0, *,
                  process: CollectorRegistry | None = None,
+                 live_version: Callable[[], Hashable] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.live = live
-        self.counted = counted
-        self.version = version
-        self.process = process
-        self.clock = clock
-        self._kept: dict[bool, tuple[int, bytes]] = {}
-        self._sampled: dict[bool, tuple[float, bytes]] = {}
+        parts: list[tuple[CollectorRegistry, Callable[[], Hashable]]] = []
+        if counted is not None:
+            parts.append((counted, version))
+        if process is not None:
+            parts.append((process, lambda: clock() // PROCESS_EVERY))
+        # Last: in OpenMetrics it ends the answer with its ``# EOF``.
+        parts.append((live, live_version or _every_time))
+        self._parts = tuple(parts)
+        self._kept: dict[bool, tuple[tuple[Hashable, ...], HeadText]] = {}
+        self._texts: dict[tuple[int, bool], tuple[Hashable, bytes]] = {}
 
     def render(self, openmetrics_format: bool) -> bytes:
         """The families' text in the format asked for (OpenMetrics ends with ``# EOF``)."""
-        return (self._counted(openmetrics_format) + self._process(openmetrics_format)
-                + _generate(self.live, openmetrics_format))
+        return self.text(openmetrics_format).text
 
-    def _counted(self, openmetrics_format: bool) -> bytes:
-        if self.counted is None:
-            return b""
-        version = self.version()  # before rendering: a change made meanwhile moves it
+    def text(self, openmetrics_format: bool) -> HeadText:
+        """The head in the format asked for, the same object while no part changed."""
+        # Keys before rendering: a change made meanwhile moves them for the next scrape.
+        keys = tuple(key() for _, key in self._parts)
         kept = self._kept.get(openmetrics_format)
-        if kept is not None and kept[0] == version:
+        if kept is not None and kept[0] == keys and _EVERY_TIME not in keys:
             return kept[1]
-        # In OpenMetrics the live part ends the answer, with its ``# EOF``.
-        text = _generate(self.counted, openmetrics_format).removesuffix(_EOF)
-        self._kept[openmetrics_format] = (version, text)
+        last = len(self._parts) - 1
+        text = b"".join(
+            self._part(i, registry, key, openmetrics_format, i == last)
+            for i, ((registry, _), key) in enumerate(zip(self._parts, keys, strict=True))
+        )
+        head = HeadText(text)
+        self._kept[openmetrics_format] = (keys, head)
+        return head
+
+    def _part(self, i: int, registry: CollectorRegistry, key: Hashable,
+              openmetrics_format: bool, last: bool) -> bytes:
+        kept = self._texts.get((i, openmetrics_format))
+        if kept is not None and kept[0] == key and key is not _EVERY_TIME:
+            return kept[1]
+        text = _generate(registry, openmetrics_format)
+        if not last:
+            text = text.removesuffix(_EOF)
+        self._texts[(i, openmetrics_format)] = (key, text)
         return text
 
-    def _process(self, openmetrics_format: bool) -> bytes:
-        if self.process is None:
-            return b""
-        now = self.clock()
-        sampled = self._sampled.get(openmetrics_format)
-        if sampled is not None and now - sampled[0] < PROCESS_EVERY:
-            return sampled[1]
-        text = _generate(self.process, openmetrics_format).removesuffix(_EOF)
-        self._sampled[openmetrics_format] = (now, text)
-        return text
+
+# The key of a part rendered at every scrape: never equal to the one before.
+_EVERY_TIME = object()
+
+
+def _every_time() -> object:
+    return _EVERY_TIME
 
 
 def _generate(registry: CollectorRegistry, openmetrics_format: bool) -> bytes:
@@ -198,8 +235,8 @@ def build(
     ``Head``, which keeps what has not changed)."""
     head_of = registry if isinstance(registry, Head) else Head(registry)
     # prometheus_client's OpenMetrics output ends with "# EOF", and it goes last.
-    head = head_of.render(openmetrics_format)
+    head = head_of.text(openmetrics_format)
     content_type = OPENMETRICS if openmetrics_format else TEXT
     if gzipped:
         return gzip_answer(page, head, content_type)
-    return plain_answer(page, head, content_type)
+    return plain_answer(page, head.text, content_type)

@@ -194,19 +194,40 @@ def test_the_head_keeps_the_api_metrics_text_while_nothing_changes(
 
 
 def test_the_exporters_answer_renders_its_api_metrics_once_between_changes(
-    exporter: Exporter,
+    exporter: Exporter, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    collected: list[int] = []
+    collect = exporter.metrics.requests.collect
+
+    def counting() -> Iterable[Metric]:
+        collected.append(telemetry.version())
+        return collect()
+
+    monkeypatch.setattr(exporter.metrics.requests, "collect", counting)
     page = exporter.current_page.page
     first = b"".join(build(exporter.head, page))
     assert b"qianfan_api_requests_total{" in first and b"process_cpu_seconds_total" in first
-    assert exporter.head._kept[False][0] == telemetry.version()
-    kept = exporter.head._kept[False][1]
-    b"".join(build(exporter.head, page))
-    assert exporter.head._kept[False][1] is kept  # not rendered again
+    zipped = b"".join(build(exporter.head, page, gzipped=True))
+    assert gzip.decompress(zipped) == first and len(collected) == 1  # not rendered again
     exporter.poller.poll_all(force=True)
     again = b"".join(build(exporter.head, page))
-    assert exporter.head._kept[False][1] is not kept
+    assert len(collected) == 2
     assert again.count(b"# HELP qianfan_api_requests_total ") == 1
+
+
+def test_the_head_keeps_its_text_and_segment_while_nothing_changes() -> None:
+    state = [0]
+    live = CollectorRegistry(auto_describe=False)
+    Gauge("live_info", "Rendered when its key moves.", registry=live).set_function(
+        lambda: float(state[0]))
+    head = Head(live, live_version=lambda: state[0])
+    first = head.text(False)
+    assert head.text(False) is first and first.segment is first.segment
+    state[0] = 1
+    changed = head.text(False)
+    assert changed is not first and b"live_info 1.0" in changed.text
+    unkeyed = Head(live)
+    assert unkeyed.text(False) is not unkeyed.text(False)  # no key: every time
 
 
 def test_the_head_samples_the_process_metrics_at_most_every_process_every() -> None:

@@ -25,7 +25,15 @@ from qf_exporter.qianfan.bounded import ReadBudget
 from qf_exporter.qianfan.budget import Deadline, NotSent
 from qf_exporter.qianfan.client import QianfanClient
 from qf_exporter.qianfan.errors import InvalidResponse, NotFound, QianfanError
-from qf_exporter.qianfan.models import Fields, Run, parse_v1_run, parse_v2_run, running, v2_listing
+from qf_exporter.qianfan.models import (
+    Fields,
+    Run,
+    fingerprint,
+    parse_v1_run,
+    parse_v2_run,
+    running,
+    v2_listing,
+)
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +119,11 @@ class TargetReader:
         due: Mapping[TargetKey, tuple[TargetState, V1Target | None]],
         started: float,
         stop: threading.Event,
-    ) -> Iterator[tuple[TargetKey, Read]]:
+        tick: float | None = None,
+    ) -> Iterator[tuple[TargetKey, Read] | None]:
         """Read the ``due`` targets (state and pair, by key) in parallel on ``workers``,
-        yielding each read as it completes.
+        yielding each read as it completes, and None after each ``tick`` seconds in
+        which none did (so that the caller can act on time between reads).
 
         Once ``stop`` is set, no more reads start; reads that never started, or whose
         wait for budget the stop cut short, are left out.
@@ -131,8 +141,14 @@ class TargetReader:
                 break
             futures[future] = key
             future.add_done_callback(done.put)
-        for _ in futures:
-            future = done.get()
+        left = len(futures)
+        while left:
+            try:
+                future = done.get(timeout=tick)
+            except queue.Empty:
+                yield None
+                continue
+            left -= 1
             try:
                 read = future.result()
             except (CancelledError, NotSent):  # stopping: this read never happened
@@ -172,10 +188,8 @@ class TargetReader:
         listed = v2_listing(self.client.describe_tasks(job_id, deadline, budget))
         read_at = self.clock()
         failure = self._add_details(listed, deadline, budget)
-        runs = tuple(
-            parse_v2_run(fields, account=self.account, job_id=job_id, read_at=read_at)
-            for fields in listed.values()
-        )
+        runs = _parsed(listed, previous, account=self.account, job_id=job_id,
+                       read_at=read_at)
         return _V2Runs(_keep_vdl_links(runs, previous), read_at, failure)
 
     def _add_details(self, listed: dict[str, Fields], deadline: Deadline,
@@ -202,6 +216,23 @@ class TargetReader:
         )
         return replace(state, up=False, runs=with_estimates(state.runs, runs),
                        last_attempt=started, error=str(exc), reason=exc.reason)
+
+
+def _parsed(listed: Mapping[str, Fields], previous: tuple[Run, ...], *, account: str,
+            job_id: str, read_at: float) -> tuple[Run, ...]:
+    """The listed runs, parsed; a settled run whose fields read the same as last time
+    is the run as it was, read again at ``read_at`` (what parsing them would give)."""
+    before = {run.task_id: run for run in previous if run.settled and run.source}
+    runs = []
+    for task_id, fields in listed.items():
+        source = fingerprint(fields.raw)
+        last = before.get(task_id)
+        if last is not None and last.source == source:
+            runs.append(replace(last, last_read=read_at))
+        else:
+            runs.append(parse_v2_run(fields, account=account, job_id=job_id,
+                                     read_at=read_at, source=source))
+    return tuple(runs)
 
 
 def _keep_vdl_links(runs: tuple[Run, ...], previous: tuple[Run, ...]) -> tuple[Run, ...]:

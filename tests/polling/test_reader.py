@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from qf_exporter.app import Exporter
+from qf_exporter.polling import reader as reader_module
 from qf_exporter.qianfan.client import QianfanClient
 from qf_exporter.qianfan.models import Run, parse_v2_run
 from qf_exporter.qianfan.telemetry import ApiMetrics
@@ -249,3 +250,61 @@ def test_the_demo_as_shipped_reads_progress_through_the_detail() -> None:
                and dict(labels)["status"] == "running" and dict(labels)["api"] == "v2"}
     assert running and set(progress) == running
     assert simulator.request_count("DescribeFineTuningTask") == len(running)
+
+
+def test_a_settled_run_that_reads_the_same_is_not_parsed_again(
+    world: World, sim: QianfanSimulator, clock: ManualClock,
+    make_exporter: Callable[..., Exporter], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    world.add_job("job-1", created=clock() - 3600)
+    world.add_run("job-1", "task-run", created=clock() - 100, wait=0, duration=4000)
+    world.add_run("job-1", "task-done", created=clock() - 3000, wait=0, duration=600)
+    parsed: list[str] = []
+
+    def counting(raw: Any, **kw: Any) -> Run:
+        run = parse_v2_run(raw, **kw)
+        parsed.append(run.task_id)
+        return run
+
+    monkeypatch.setattr(reader_module, "parse_v2_run", counting)
+    exporter = make_exporter(account(sim, jobs=("job-1",)))
+    exporter.poller.poll_all()
+    first = _run_samples(exporter, "task-done")
+    assert sorted(parsed) == ["task-done", "task-run"]
+    clock.advance(60)
+    exporter.poller.poll_all()
+    # The running run is parsed at every read; the ended one only read again.
+    assert parsed[2:] == ["task-run"]
+    again = _run_samples(exporter, "task-done")
+    assert _last_read(again) == clock() != _last_read(first)
+    assert again == first
+    # Fields that change upstream are parsed again, whatever the run's status.
+    next(run for run in world.jobs["job-1"].runs if run.task_id == "task-done").metrics = {
+        "BLEU-4": "42%"}
+    clock.advance(60)
+    exporter.poller.poll_all()
+    assert sorted(parsed[3:]) == ["task-done", "task-run"]
+    samples = parse_samples(exporter.exposition())
+    assert value(samples, "qianfan_finetune_run_evaluation_ratio", task_id="task-done",
+                 metric="BLEU-4") == 0.42
+
+
+def _run_samples(exporter: Exporter, task_id: str) -> Samples:
+    """One run's samples; its last-read time taken out (``_last_read``)."""
+    return {key: v for key, v in parse_samples(exporter.exposition()).items()
+            if ("task_id", task_id) in key[1]}
+
+
+def _last_read(samples: Samples) -> float:
+    (key,) = [key for key in samples
+              if key[0] == "qianfan_finetune_run_last_read_timestamp_seconds"]
+    return samples.pop(key)
+
+
+def test_an_ended_run_without_a_finish_time_is_not_settled() -> None:
+    # Its duration runs to the read time, so each read must parse it.
+    ended = Run("a", "v2", "job", "task", "failed", "Fail", start_time=1.0)
+    assert ended.final and not ended.settled
+    assert Run("a", "v2", "job", "task", "failed", "Fail", start_time=1.0,
+               finish_time=2.0).settled
+    assert not Run("a", "v2", "job", "task", "running", "Running", start_time=1.0).settled

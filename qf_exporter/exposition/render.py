@@ -14,7 +14,7 @@ Every metric name of the run series is defined in ``FAMILIES`` below.
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from operator import attrgetter
@@ -242,10 +242,12 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def render_families(runs: list[Run]) -> tuple[bytes, ...]:
-    """The lines of ``runs`` (already in key order), one piece per family in page order."""
+def render_families(runs: list[Run], only: Sequence[int] | None = None) -> tuple[bytes, ...]:
+    """The lines of ``runs`` (already in key order), one piece per family in page order,
+    or per family of ``only`` (indices into ``FAMILIES``, in that order)."""
     labelled = [(run, *_labels(run)) for run in runs]
-    return tuple("".join(_LINES[family.name](labelled)).encode("utf-8") for family in FAMILIES)
+    families = FAMILIES if only is None else [FAMILIES[i] for i in only]
+    return tuple("".join(_LINES[family.name](labelled)).encode("utf-8") for family in families)
 
 
 # A chunk: per run, (run, its base labels ``{account=...,task_id="..."``, the rest of

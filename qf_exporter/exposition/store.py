@@ -34,11 +34,18 @@ from __future__ import annotations
 import zlib
 from bisect import bisect_right, insort
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import cached_property
+from operator import attrgetter
 
 from qf_exporter.exposition import gzipstream
-from qf_exporter.exposition.render import FAMILIES, HEADERS, gc_paused, render_families
+from qf_exporter.exposition.render import (
+    FAMILIES,
+    HEADERS,
+    LAST_READ,
+    gc_paused,
+    render_families,
+)
 from qf_exporter.polling.snapshot import RunKey as Key
 from qf_exporter.qianfan.models import Run
 
@@ -63,12 +70,15 @@ _HEADERS_DEFLATED = tuple(gzipstream.segment(header) for header in _HEADERS)
 class _Bucket:
     """Up to ``BUCKET_RUNS`` runs adjacent in key order, and their rendered lines."""
 
-    __slots__ = ("after", "blocks", "cuts", "deflated", "dirty", "keys", "plain", "runs")
+    __slots__ = ("after", "blocks", "cuts", "deflated", "dirty", "families", "keys", "plain",
+                 "runs")
 
     def __init__(self, runs: dict[Key, Run]) -> None:
         self.runs = runs
         self.keys = sorted(runs)
         self.dirty = True
+        # While dirty: the families to render again (indices into FAMILIES), None for all.
+        self.families: set[int] | None = None
         # Per family, once rendered: the piece (a view into its block once joined), its
         # deflate segment, whether a block ends after it, and that block.
         self.plain: list[Bytes] = []
@@ -79,10 +89,30 @@ class _Bucket:
         # has the text of that bucket's piece of the family as its dictionary.
         self.after: _Bucket | None = None
 
+    def mark(self, family: int | None = None) -> None:
+        """Make the bucket dirty: ``family`` (an index into FAMILIES) to render again,
+        or every family (None)."""
+        if not self.dirty:
+            self.families = None if family is None else {family}
+        elif self.families is not None:
+            if family is None:
+                self.families = None
+            else:
+                self.families.add(family)
+        self.dirty = True
+
     def render(self, block_bytes: int) -> list[int]:
-        """Render every family again; returns the families whose text changed."""
-        texts = render_families([self.runs[key] for key in self.keys])
-        self.dirty = False
+        """Render the dirty families again; returns those whose text changed."""
+        only = sorted(self.families) if self.families is not None and self.cuts else None
+        texts = render_families([self.runs[key] for key in self.keys], only)
+        self.dirty, self.families = False, None
+        if only is not None:
+            changed = []
+            for f, text in zip(only, texts, strict=True):
+                if not _same(text, self.plain[f]):
+                    self.plain[f] = text
+                    changed.append(f)
+            return changed
         if not self.cuts:
             u = zlib.crc32("\0".join(self.keys[0]).encode()) / 2**32
             self.plain = list(texts)
@@ -107,6 +137,27 @@ class _Bucket:
             before = after.plain[f] if after is not None else b""
             self.deflated[f] = gzipstream.segment(self.plain[f], before)
         self.after = after
+
+
+# Every field of a run that ``==`` compares but its last read: most reads change only
+# that (every run of a job is read again at each poll of it), and then only the
+# last-read family's lines change, the one family rendered again. (Comparing these and
+# then the last read also takes half the time of the dataclass's ``==``.)
+_BUT_LAST_READ = attrgetter(*(f.name for f in fields(Run) if f.compare and f.name != "last_read"))
+_LAST_READ = FAMILIES.index(LAST_READ)
+_UNCHANGED = -1
+
+
+def _change(old: Run | None, new: Run) -> int | None:
+    """What a run's lines need: ``_UNCHANGED`` nothing, ``_LAST_READ`` that family
+    alone (it was only read again), None every family (it changed, or is new)."""
+    if old is None:
+        return None
+    if old is new:
+        return _UNCHANGED
+    if _BUT_LAST_READ(old) != _BUT_LAST_READ(new):
+        return None
+    return _LAST_READ if old.last_read != new.last_read else _UNCHANGED
 
 
 def _same(text: bytes, old: Bytes) -> bool:
@@ -205,32 +256,30 @@ class RunStore:
     def replace(self, old: Sequence[Run], new: Sequence[Run]) -> int:
         """Swap the runs ``old`` (what an account had) for ``new``; returns runs changed.
 
-        Only the buckets of added, changed and removed runs are rendered again. The
-        poller keeps the runs of a target it did not read as the same objects, in the
-        same order, so the usual poll costs one identity check per run and an equality
-        check per run it read.
+        Only the buckets of added, changed and removed runs are rendered again, and of a
+        run read again with only its last read changed, only that family. The poller
+        keeps the runs of a target it did not read as the same objects, in the same
+        order, so the usual poll costs one identity check per run and a comparison per
+        run it read.
         """
         if len(old) == len(new):
             pairs = [(a, b) for a, b in zip(old, new, strict=True) if a is not b]
             if all(a.key == b.key for a, b in pairs):
-                changed = [b for a, b in pairs if a != b]
-                for run in changed:
-                    self._put(run.key, run)
-                if changed:
-                    self._refresh()
-                return len(changed)
+                return self._apply([(b, _change(a, b)) for a, b in pairs])
         incoming = {run.key: run for run in new}
-        count = 0
-        for run in old:
-            if run.key not in incoming and run.key in self._runs:
-                self._remove(run.key)
+        removed = [run.key for run in old if run.key not in incoming and run.key in self._runs]
+        for key in removed:
+            self._remove(key)
+        return self._apply([(run, _change(self._runs.get(key), run))
+                            for key, run in incoming.items()], len(removed))
+
+    def _apply(self, changes: Iterable[tuple[Run, int | None]], removed: int = 0) -> int:
+        """Put each run that ``_change`` found changed; the runs changed and removed."""
+        count = removed
+        for run, family in changes:
+            if family != _UNCHANGED:
+                self._put(run.key, run, family)
                 count += 1
-        for key, run in incoming.items():
-            previous = self._runs.get(key)
-            if previous is run or previous == run:
-                continue
-            self._put(key, run)
-            count += 1
         if count:
             self._refresh()
         return count
@@ -240,7 +289,9 @@ class RunStore:
     def _index(self, key: Key) -> int:
         return max(0, bisect_right(self._firsts, key) - 1)
 
-    def _put(self, key: Key, run: Run) -> None:
+    def _put(self, key: Key, run: Run, family: int | None = None) -> None:
+        """Add or change a run; ``family``: the one family its change shows in (the
+        run was there before), None for any."""
         if not self._buckets:
             self._buckets.append(_Bucket({}))
             self._firsts.append(key)
@@ -250,9 +301,10 @@ class RunStore:
         if key not in bucket.runs:
             insort(bucket.keys, key)
             self._firsts[i] = bucket.keys[0]
+            family = None
         bucket.runs[key] = run
         self._runs[key] = run
-        bucket.dirty = True
+        bucket.mark(family)
         if len(bucket.keys) > self._size:
             self._split(i)
 
@@ -261,7 +313,7 @@ class RunStore:
         half = len(bucket.keys) // 2
         upper = _Bucket({key: bucket.runs.pop(key) for key in bucket.keys[half:]})
         del bucket.keys[half:]
-        bucket.dirty = True
+        bucket.mark()
         self._buckets.insert(i + 1, upper)
         self._firsts.insert(i + 1, upper.keys[0])
         self._regroup = True
@@ -272,7 +324,7 @@ class RunStore:
         del bucket.runs[key]
         bucket.keys.remove(key)
         del self._runs[key]
-        bucket.dirty = True
+        bucket.mark()
         if not bucket.keys:
             del self._buckets[i]
             del self._firsts[i]
@@ -292,7 +344,7 @@ class RunStore:
         bucket.keys.extend(right.keys)  # right's keys all sort after bucket's
         del self._buckets[i + 1]
         del self._firsts[i + 1]
-        bucket.dirty = True
+        bucket.mark()
         self._regroup = True
 
     def page(self, generation: int, health: bytes = b"") -> Page:

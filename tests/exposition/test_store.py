@@ -7,13 +7,16 @@ import gzip
 import random
 import tracemalloc
 import zlib
+from collections.abc import Sequence
 from dataclasses import replace
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from qf_exporter.exposition import store as store_module
 from qf_exporter.exposition.answer import gzip_answer, plain_answer
-from qf_exporter.exposition.render import FAMILIES
+from qf_exporter.exposition.render import FAMILIES, LAST_READ
 from qf_exporter.exposition.store import RunStore
 from qf_exporter.qianfan.models import STATUSES, Run
 from tests.exposition.pages import page_text, render_runs
@@ -51,12 +54,25 @@ def step(previous: list[Run], new: list[Run], keep: random.Random) -> list[Run]:
     """``new``, except that some runs equal to ``previous`` ones stay the same objects
     (as the poller keeps a target it did not read), and sometimes in another order."""
     old = {run.key: run for run in previous}
-    result = [old[r.key] if r.key in old and keep.random() < 0.5 else r for r in new]
+    result = [_kept_or_read_again(old.get(r.key), r, keep) for r in new]
     result += [run for run in previous if keep.random() < 0.3 and run.key not in
                {r.key for r in result}]
     if keep.random() < 0.2:
         keep.shuffle(result)
     return result
+
+
+def _kept_or_read_again(old: Run | None, new: Run, keep: random.Random) -> Run:
+    """``new``; or, for a run there before, that same object, or the run read again with
+    nothing but its last read changed (as most runs are at each poll)."""
+    if old is None:
+        return new
+    draw = keep.random()
+    if draw < 0.4:
+        return old
+    if draw < 0.7:
+        return replace(old, last_read=new.last_read)
+    return new
 
 
 @settings(max_examples=150, deadline=None)
@@ -108,6 +124,30 @@ def test_a_change_renders_only_its_bucket() -> None:
     assert len(deflated) == 1 and inflate.decompress(deflated[0]) == fresh[0]
     assert store.replace(changed, list(changed)) == 0
     assert store.page(3).runs is after.runs
+
+
+def test_runs_read_again_unchanged_render_only_their_last_read_lines(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    runs = [Run("a", "v2", "job", f"t{i:03d}", "succeeded", "Done", last_read=1.0,
+                progress=0.5) for i in range(200)]
+    store = RunStore(bucket_runs=16)
+    store.replace((), runs)
+    rendered: list[Sequence[int] | None] = []
+    render = store_module.render_families  # type: ignore[attr-defined]
+
+    def recording(runs: list[Run], only: Sequence[int] | None = None) -> tuple[bytes, ...]:
+        rendered.append(only)
+        return render(runs, only)
+
+    monkeypatch.setattr(store_module, "render_families", recording)
+    read_again = [replace(run, last_read=2.0) for run in runs]
+    read_again[7] = replace(read_again[7], progress=0.75)  # one run also moved on
+    assert store.replace(runs, read_again) == 200
+    assert page_text(store.page(2)) == render_runs(read_again)
+    last_read = [FAMILIES.index(LAST_READ)]
+    assert rendered.count(None) == 1  # the bucket of run 7: every family
+    assert rendered.count(last_read) == len(rendered) - 1 >= 200 // 16
 
 
 def test_the_pieces_pass_promtool_and_the_parser() -> None:

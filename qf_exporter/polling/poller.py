@@ -44,7 +44,7 @@ from qf_exporter.config.file import Account, Config, Poll
 from qf_exporter.polling import cadence
 from qf_exporter.polling.discovery import JobDiscovery
 from qf_exporter.polling.reachability import Health, Outcome
-from qf_exporter.polling.reader import TargetReader
+from qf_exporter.polling.reader import Read, TargetReader
 from qf_exporter.polling.retention import LeftOutCounter, retain
 from qf_exporter.polling.scheduler import AccountScheduler
 from qf_exporter.polling.shard import Shard
@@ -202,7 +202,7 @@ class AccountPoller:
                          key=lambda key: cadence.read_order(states[key]))
             outcomes += self._read(due, now)
             end = self.clock()
-            self._expire(end)
+            _expire(self.account.name, self.targets.states, end, self.poll)
             self.health.update(outcomes, self.discovery.error)
             if due:
                 self._weigh(lag, self.limiter.granted - granted)
@@ -230,33 +230,29 @@ class AccountPoller:
         so far is handed to ``progress`` every ``PUBLISH_EVERY`` seconds."""
         states, outcomes = self.targets.states, {}
         todo = {key: (states[key], self.targets.pair(key)) for key in due}
-        published = time.monotonic()
-        for key, read in self.reader.read_all(self.workers, todo, now, self.stop):
-            state = read.state
-            # A job whose list was read but a run's detail was not (its runs were read
-            # at this poll, the target is down) did reach Qianfan.
-            reached = state.up or any(run.last_read >= now for run in state.runs)
-            outcomes[key] = Outcome() if reached else Outcome(state.reason, state.error)
-            if read.vanished and key not in self.targets.configured:
-                log.info("discovered job vanished upstream, dropping it",
-                         extra={"account": self.account.name, "target": key[1]})
-                del states[key]
-                self.discovery.forget(key[1])
-            else:
-                states[key] = state
-            if (self._shown is not None and self.progress is not None
+        published, unpublished = time.monotonic(), False
+        for item in self.reader.read_all(self.workers, todo, now, self.stop, PUBLISH_EVERY):
+            if item is not None:
+                outcomes[item[0]] = self._keep(*item, now)
+                unpublished = True
+            # On time also while no read completes: the budget lets reads through in
+            # bursts, and a read just before a pause would otherwise wait for its end.
+            if (unpublished and self._shown is not None and self.progress is not None
                     and time.monotonic() - published >= PUBLISH_EVERY):
                 self.progress(self._interim(self._shown, outcomes))
-                published = time.monotonic()
+                published, unpublished = time.monotonic(), False
         return [outcomes[key] for key in due if key in outcomes]
 
-    def _expire(self, now: float) -> None:
-        for key, state in list(self.targets.states.items()):
-            expired = cadence.expire(state, now, self.poll)
-            if expired is not state:
-                log.info("dropping stale runs", extra={"account": self.account.name,
-                                                       "target": state.name})
-                self.targets.states[key] = expired
+    def _keep(self, key: TargetKey, read: Read, now: float) -> Outcome:
+        """Keep a target's read (of a poll that started at ``now``); its outcome."""
+        if read.vanished and key not in self.targets.configured:
+            log.info("discovered job vanished upstream, dropping it",
+                     extra={"account": self.account.name, "target": key[1]})
+            del self.targets.states[key]
+            self.discovery.forget(key[1])
+        else:
+            self.targets.states[key] = read.state
+        return Outcome.of_read(read.state, now)
 
     def _state(self, end: float, duration: float, read: bool) -> AccountState:
         self.health.polled(end, duration, read)
@@ -296,6 +292,16 @@ class AccountPoller:
             return
         self._cap_warned = True
         log.warning(message, extra={"account": self.account.name, "max_runs": cap, what: runs})
+
+
+def _expire(account: str, states: dict[TargetKey, TargetState], now: float,
+            poll: Poll) -> None:
+    """Drop the runs of the targets that stayed down past ``stale_after``."""
+    for key, state in list(states.items()):
+        expired = cadence.expire(state, now, poll)
+        if expired is not state:
+            log.info("dropping stale runs", extra={"account": account, "target": state.name})
+            states[key] = expired
 
 
 def _brought_up_to_date(shown: Mapping[TargetKey, TargetState],

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from qf_exporter.polling.snapshot import AccountState
+from qf_exporter.polling.snapshot import AccountState, TargetState
 
 # Failures that say nothing about Qianfan accepting the account's credentials. Any other
 # outcome of a call (a good answer, "no such job", a refused request) is an authoritative
@@ -30,6 +30,15 @@ class Outcome:
 
     reason: str = ""
     error: str = ""
+
+    @classmethod
+    def of_read(cls, state: TargetState, started: float) -> Outcome:
+        """A target's read in a poll that started at ``started``. A job whose list was
+        read but a run's detail was not (its runs were read at this poll, the target is
+        down) did reach Qianfan."""
+        if state.up or any(run.last_read >= started for run in state.runs):
+            return cls()
+        return cls(state.reason, state.error)
 
 
 class Health:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
 from dataclasses import replace
 
@@ -81,3 +82,47 @@ def test_a_short_poll_publishes_once(
     finally:
         poller.stop()
     assert [jobs_shown(s) for s in recorder.snapshots] == [[], list(JOBS)]
+
+
+def test_a_read_is_published_on_time_while_no_other_read_completes(
+    clock: ManualClock, world: World, sim: QianfanSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read followed by a pause (the budget lets reads through in bursts; here a
+    listing that takes long) is published after PUBLISH_EVERY, not at the next read."""
+    monkeypatch.setattr(poller_module, "PUBLISH_EVERY", 0.05)
+    for job_id in ("job-a", "job-b"):
+        world.add_job(job_id, created=clock() - 600)
+        world.add_run(job_id, f"task-{job_id}", created=clock() - 300, duration=3600)
+    seen = threading.Condition()
+    snapshots: list[Snapshot] = []
+
+    class Notifying(Recorder):
+        def publish(self, before: Snapshot, after: Snapshot, accounts: Iterable[str]) -> None:
+            with seen:
+                snapshots.append(after)
+                seen.notify_all()
+
+    def fresh(job_id: str) -> bool:
+        state = snapshots[-1].accounts.get("default")
+        return state is not None and any(
+            run.job_id == job_id and run.last_read == clock() for run in state.runs)
+
+    poller = Poller(Config(accounts=(account(sim, jobs=("job-a", "job-b")),),
+                           poll=replace(FAST_POLL, concurrency=2, timeout=60)),
+                    ApiMetrics(CollectorRegistry()), clock=clock, subscriber=Notifying())
+    second = threading.Thread(target=poller.poll_account, args=("default", True))
+    try:
+        poller.poll_account("default")
+        clock.advance(60)
+        # Answered when the fault is cleared (below), or after 60 s.
+        sim.add_fault("delay", action="DescribeFineTuningTasks", target="job-b", seconds=60)
+        second.start()
+        with seen:
+            assert seen.wait_for(lambda: fresh("job-a"), timeout=30)
+        assert not fresh("job-b") and second.is_alive()  # job-b's answer is still due
+    finally:
+        sim.clear_faults()
+        if second.ident is not None:
+            second.join(timeout=30)
+        poller.stop()
+    assert fresh("job-a") and fresh("job-b")

@@ -26,6 +26,7 @@ from qf_exporter.polling.shard import Shard
 from qf_exporter.qianfan import telemetry
 from qf_exporter.qianfan.telemetry import ApiMetrics
 from qf_exporter.reloads import Reloader
+from qf_exporter.util.heap import HeapSettler
 from qf_exporter.web.routes import ExporterHTTPServer
 from qf_exporter.web.server import Limits
 from qf_exporter.web.webconfig.live import LiveWebConfig
@@ -45,14 +46,18 @@ class Exporter:
         shard: Shard | None = None,
         clock: Callable[[], float] = time.time,
         process_metrics: bool = True,
+        settle_heap: bool = False,
     ) -> None:
         self.config_path = config_path
         self.shard = shard or Shard()
         self.registry = CollectorRegistry(auto_describe=False)
         self.metrics = ApiMetrics(self.registry)
         self.current_page = CurrentPage()
+        # The daemon's heap is frozen after each publication (util/heap.py); not in
+        # tests, where it would hold every test's garbage cycles for ten minutes.
         self.poller = Poller(config, self.metrics, shard=self.shard, clock=clock,
-                             subscriber=self.current_page)
+                             subscriber=self.current_page,
+                             heap=HeapSettler() if settle_heap else None)
         self.reload_state = ReloadState(successful=True, last_success=time.time())
         info = InfoCollector(__version__, self.reload_state,
                              (self.shard.index, self.shard.total))

@@ -101,6 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config,
         config_path=None if args.demo else args.config_file,
         shard=Shard(args.shard, args.total_shards),
+        settle_heap=not args.once,
     )
     try:
         if args.once:

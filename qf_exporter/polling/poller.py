@@ -61,6 +61,7 @@ from qf_exporter.qianfan.client import QianfanClient
 from qf_exporter.qianfan.errors import REASONS
 from qf_exporter.qianfan.models import Run
 from qf_exporter.qianfan.telemetry import ApiMetrics
+from qf_exporter.util.heap import HeapSettler
 
 log = logging.getLogger(__name__)
 
@@ -329,11 +330,13 @@ class Poller:
         shard: Shard | None = None,
         clock: Callable[[], float] = time.time,
         subscriber: Subscriber | None = None,
+        heap: HeapSettler | None = None,
     ) -> None:
         self.metrics = metrics
         self.shard = shard or Shard()
         self.clock = clock
         self.subscriber = subscriber
+        self.heap = heap  # settled after each publication (util/heap.py)
         self.stop_event = threading.Event()
         self.config = config
         self.accounts = {account.name: self._account_poller(account, config.poll)
@@ -386,6 +389,8 @@ class Poller:
             self._snapshot = before.with_account(state)
             self._publish(before)
             snapshot = self._snapshot
+        if self.heap is not None:
+            self.heap.settle()
         if snapshot.ready:
             self.ready.set()
 

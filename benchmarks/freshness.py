@@ -3,10 +3,11 @@
 The time from a change in the simulated Qianfan (a running run fails) to that change
 on ``/metrics``, p50 and p99 over many changes, with the real daemon
 (``python -m qf_exporter``) polling every 5 s against a gateway that enforces the
-account's quota. Two budgets per size: one that holds the interval, and one of half
-what a cycle needs, where every target must still be read (none down, no failure)
-and the lag measured at the gateway (how much later than the interval each job was
-read again) must match ``qianfan_poll_lag_seconds``.
+account's quota; and where that time went: until the gateway's next read of the run's
+job, then from that read to the page. Two budgets per size: one that holds the
+interval, and one of half what a cycle needs, where every target must still be read
+(none down, no failure) and the lag measured at the gateway (how much later than the
+interval each job was read again) must match ``qianfan_poll_lag_seconds``.
 
 The world: jobs of ``RUNS_PER_JOB`` runs (one list page each), ``RUNNING_PER_JOB``
 of them running (a detail read each), the rest finished long ago. A cycle therefore
@@ -64,6 +65,8 @@ class FreshnessRow:
     failures: float
     throttled: int
     behind_logged: bool
+    to_read: tuple[float, float]  # p50 and p99: from the change to its job's next read
+    read_to_page: tuple[float, float]  # p50 and p99: from that read to /metrics
 
 
 def world_of(runs: int, now: float) -> World:
@@ -137,6 +140,7 @@ class Watcher:
         answer = read_json(self.proc)
         finish(self.proc)
         self.delays, self.lags = answer["delays"], answer["lags"]
+        self.seen = answer["seen"]
 
 
 def watch(port: int) -> None:
@@ -145,6 +149,7 @@ def watch(port: int) -> None:
     pending: dict[bytes, float] = {}
     delays: list[float] = []
     lags: list[float] = []
+    seen: list[tuple[str, float, float, float]] = []
     lock, settle = threading.Lock(), threading.Event()
     until = [float("inf")]
 
@@ -162,7 +167,9 @@ def watch(port: int) -> None:
     url = f"http://127.0.0.1:{port}/metrics"
     with requests.Session() as session:
         while not (settle.is_set() and (not pending or time.monotonic() > until[0])):
-            page = session.get(url, timeout=30).content
+            answer = session.get(url, timeout=30, stream=True)
+            begun = time.time()  # the exporter picked its page before this
+            page = answer.content
             got = time.time()
             at = page.find(LAG)
             if at >= 0:
@@ -172,9 +179,32 @@ def watch(port: int) -> None:
                 for series, changed in list(pending.items()):
                     if series in page:
                         delays.append(got - changed)
+                        seen.append((series.decode(), changed, begun, got))
                         del pending[series]
-    emit({"delays": delays, "lags": lags})
+    emit({"delays": delays, "lags": lags, "seen": seen})
     sys.stdin.readline()  # "quit"
+
+
+def wait_parts(sim: QianfanSimulator, seen: list[tuple[str, float, float, float]]
+               ) -> tuple[list[float], list[float]]:
+    """Where each change's wait went: from the change to the gateway's next read of its
+    job's list, and from that read to the first answer of ``/metrics`` that showed it
+    (the exporter had picked its page when the answer began)."""
+    offset = time.time() - time.monotonic()  # the gateway stamps arrivals on monotonic
+    reads: dict[str, list[float]] = {}
+    for entry in sim.logged():
+        if entry.action == "DescribeFineTuningTasks":
+            reads.setdefault(entry.target, []).append(entry.arrived + offset)
+    to_read, to_page = [], []
+    for series, changed, begun, _ in seen:
+        job = series.partition('job_id="')[2].partition('"')[0]
+        # A read that arrived just before the change may still answer with it.
+        after = [t for t in reads.get(job, []) if t <= begun]
+        if after:
+            read = min((t for t in after if t >= changed), default=max(after))
+            to_read.append(max(0.0, read - changed))
+            to_page.append(begun - read)
+    return sorted(to_read), sorted(to_page)
 
 
 def measured_lag(sim: QianfanSimulator, since: float) -> tuple[list[float], int]:
@@ -229,6 +259,7 @@ class Observed:
     jobs_read: int = 0
     page: bytes = b""
     log: bytes = b""
+    parts: tuple[list[float], list[float]] = ([], [])
 
 
 def measure(runs: int, share: float, duration: float, ak: str, sk: str) -> FreshnessRow:
@@ -259,7 +290,12 @@ def measure(runs: int, share: float, duration: float, ak: str, sk: str) -> Fresh
         jobs_read=(seen.jobs_read, jobs), targets_up=(int(sum(ups)), len(ups)),
         failures=sum(float(v) for v in FAILURES.findall(seen.page)),
         throttled=throttled, behind_logged=b"cannot hold poll.interval" in seen.log,
+        to_read=_p50_p99(seen.parts[0]), read_to_page=_p50_p99(seen.parts[1]),
     )
+
+
+def _p50_p99(values: list[float]) -> tuple[float, float]:
+    return percentile(values, 50), percentile(values, 99)
 
 
 def observe(sim: QianfanSimulator, world: World, rng: random.Random, config: Path,
@@ -277,6 +313,7 @@ def observe(sim: QianfanSimulator, world: World, rng: random.Random, config: Pat
         watcher.stop(settle=settle)
         seen.delays, seen.exported = watcher.delays, watcher.lags
         seen.gateway, seen.jobs_read = measured_lag(sim, since)
+        seen.parts = wait_parts(sim, watcher.seen)
         seen.page = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=60).content
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -300,9 +337,10 @@ def _change(world: World, rng: random.Random, watcher: Watcher, duration: float)
 
 def markdown(rows: list[FreshnessRow]) -> str:
     head = ("| runs | qps (a cycle needs) | changes seen | change → /metrics p50 / p99 | "
-            "goal p99 | lag: exported median / max | lag: at the gateway median / max | "
+            "goal p99 | of which: to the next read; read → page, p50 / p99 | "
+            "lag: exported median / max | lag: at the gateway median / max | "
             "jobs read | targets up | failures | refused |\n"
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     lines = [head]
     for r in rows:
         needs = r.cycle_requests / INTERVAL
@@ -310,6 +348,8 @@ def markdown(rows: list[FreshnessRow]) -> str:
             f"| {r.runs:,} | {r.qps:g} ({needs:g}/s) | {r.seen}/{r.changes} | "
             f"{r.p50:.2f} s / {r.p99:.2f} s | ≤ {INTERVAL + 1:g} s"
             f"{' (holds)' if r.qps >= needs else ' (n/a: budget short)'} | "
+            f"{r.to_read[0]:.2f} / {r.to_read[1]:.2f} s; "
+            f"{r.read_to_page[0]:.2f} / {r.read_to_page[1]:.2f} s | "
             f"{r.exported_lag[0]:.1f} / {r.exported_lag[1]:.1f} s | "
             f"{r.measured_lag[0]:.1f} / {r.measured_lag[1]:.1f} s | "
             f"{r.jobs_read[0]}/{r.jobs_read[1]} | {r.targets_up[0]}/{r.targets_up[1]} | "

@@ -23,16 +23,15 @@ header size cap, and every policy a network-facing exporter needs is a few lines
   conflicting framing (Transfer-Encoding with Content-Length, differing or invalid
   Content-Length) is a 400 and a close;
 - answers are a sequence of byte pieces (the page's blocks of about 64 KB, and small
-  ones between them), never joined whole. On plain TCP an answer is first offered to
-  the socket in one ``writev`` on the loop (``_write_at_once``), which takes what its
-  buffer holds (often a whole answer of a few MB, such as the gzip page of 10,000
-  runs). What it does not take goes, for answers over ``thread_send_bytes`` (4 MiB),
-  from a bounded pool of sender threads, the pieces gathered by ``sendmsg`` (see
-  ``_send_all`` and ``_plain_socket``); for the rest (and TLS answers), through the
-  transport in 32 KiB slices (views of the blocks; small pieces joined), each written
-  once the transport holds at most half of ``write_buffer``, so a slow reader holds
-  at most that (64 KiB). An answer not taken whole within ``write_timeout`` of its
-  start closes the connection, and its request slot is held until then;
+  ones between them), never joined whole: plain-TCP answers over ``thread_send_bytes``
+  (4 MiB) go from a bounded pool of sender threads, the pieces gathered by ``sendmsg``
+  (see ``_send_all`` and ``_plain_socket``); the rest (TLS answers, and answers up to
+  4 MiB such as the gzip page of 10,000 runs) are first offered to the socket in one
+  ``writev`` on plain TCP (``_write_at_once``), and what it does not take goes through
+  the transport in 32 KiB slices (views of the blocks; small pieces joined), each
+  written once the transport holds at most half of ``write_buffer``, so a slow reader
+  holds at most that (64 KiB); an answer not taken whole within ``write_timeout`` of
+  its start closes the connection, and its request slot is held until then;
 - connections are closed gracefully (what is buffered sent, TLS closed with its
   close_notify), aborted only after ``close_timeout``;
 - TLS is started per connection with the context current at that moment, so a rotated
@@ -541,14 +540,11 @@ class _Connection:
     async def _write(self, sock: socket.socket | None, pieces: Iterator[bytes]) -> None:
         """Send ``pieces`` in order, within ``write_timeout`` from now."""
         timeout = self.limits.write_timeout
-        # What the socket takes now goes at once, also before a sender thread takes the
-        # rest: the client reads while that thread wakes up (on a busy machine, a wait
-        # for a core that had added a few ms to every plain scrape).
-        pieces = _write_at_once(self.writer, pieces)
         if sock is not None:
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(self.server.senders, _send_within, sock, pieces, timeout)
             return
+        pieces = _write_at_once(self.writer, pieces)
         # Slices of the page's own blocks (views, not copies), each written once the
         # transport holds less than half of write_buffer: a client that does not read
         # holds at most write_buffer here, whatever the answer's size.
@@ -826,7 +822,6 @@ def _set_send_timeout(sock: socket.socket, seconds: float) -> None:
 
 def _send_vector(sock: socket.socket, buffers: list[bytes], deadline: float) -> None:
     pending: Sequence[bytes | memoryview] = buffers
-    total = sum(map(len, pending))
     while pending:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -836,9 +831,6 @@ def _send_vector(sock: socket.socket, buffers: list[bytes], deadline: float) -> 
             sent = sock.sendmsg(pending)
         except BlockingIOError:  # the send timeout passed with nothing sent
             continue
-        if sent == total:  # the usual case: a blocking send takes it all
-            return
-        total -= sent
         done = 0
         for buffer in pending:
             size = len(buffer)

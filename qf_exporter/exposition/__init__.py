@@ -15,5 +15,6 @@ Glossary:
 - page: what every scrape serves until the next poll (``store.Page``): each family's
   header and blocks, then the health, as text and as segments.
 - answer: one reply (``answer.Answer``): the page, then the families prometheus_client
-  renders per scrape, plain or as one gzip stream, as byte strings written in order.
+  renders (the head, kept until it changes), plain or as one gzip stream, as byte
+  strings written in order.
 """

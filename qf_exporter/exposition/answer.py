@@ -2,10 +2,10 @@
 
 One answer is, in order: the page, that is the run metrics and the per-account and
 per-target health kept pre-rendered (``store.py``), then the head: the families
-prometheus_client renders on the spot (build and reload info, shard, the API
-counters, process metrics). The head goes last so that the gzip answer's CRC
-continues from the page's, computed once (``gzipstream.py``). The answer is a
-sequence of byte strings that the server writes one after another (its
+prometheus_client renders (build and reload info, shard, the API counters, process
+metrics), each part kept until it changes (``Head``). The head goes last so that the
+gzip answer's CRC continues from the page's, computed once (``gzipstream.py``). The
+answer is a sequence of byte strings that the server writes one after another (its
 Content-Length is their total size): the plain page's blocks as they are, and the
 gzip page's segments as one buffer, joined once per page at its first gzip answer.
 
@@ -56,12 +56,12 @@ class Answer:
 
 
 def plain_answer(page: Page, head: bytes = b"", content_type: str = TEXT) -> Answer:
-    """The page's text, with ``head`` (rendered per scrape) last."""
+    """The page's text, with ``head`` (``Head``'s text) last."""
     return Answer((page.runs, (page.health, head)), page.size + len(head), content_type)
 
 
 def gzip_answer(page: Page, head: bytes | HeadText = b"", content_type: str = TEXT) -> Answer:
-    """The page as one gzip stream, with ``head`` (rendered per scrape) last."""
+    """The page as one gzip stream, with ``head`` (``Head``'s text) last."""
     if not isinstance(head, HeadText):
         head = HeadText(head)
     size = len(head.text)

@@ -780,15 +780,11 @@ def _send_all(sock: socket.socket, pieces: Iterator[bytes], deadline: float) -> 
     scrape's p99. Blocking, the kernel takes the whole batch in one call.
     """
     with _blocking(sock):
-        batch: list[bytes] = []
-        for piece in pieces:
-            if piece:
-                batch.append(piece)
-                if len(batch) == _IOV_MAX:
-                    _send_vector(sock, batch, deadline)
-                    batch = []
-        if batch:
-            _send_vector(sock, batch, deadline)
+        # Batches of up to _IOV_MAX pieces, the empty ones left out, gathered without a
+        # Python loop (a plain page at 10,000 runs is about 650 pieces).
+        while chunk := list(itertools.islice(pieces, _IOV_MAX)):
+            if batch := list(filter(None, chunk)):
+                _send_vector(sock, batch, deadline)
 
 
 @contextlib.contextmanager
@@ -822,6 +818,7 @@ def _set_send_timeout(sock: socket.socket, seconds: float) -> None:
 
 def _send_vector(sock: socket.socket, buffers: list[bytes], deadline: float) -> None:
     pending: Sequence[bytes | memoryview] = buffers
+    total = sum(map(len, pending))
     while pending:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -831,6 +828,9 @@ def _send_vector(sock: socket.socket, buffers: list[bytes], deadline: float) -> 
             sent = sock.sendmsg(pending)
         except BlockingIOError:  # the send timeout passed with nothing sent
             continue
+        if sent == total:  # the usual case: a blocking send takes it all
+            return
+        total -= sent
         done = 0
         for buffer in pending:
             size = len(buffer)

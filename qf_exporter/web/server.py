@@ -544,12 +544,12 @@ class _Connection:
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(self.server.senders, _send_within, sock, pieces, timeout)
             return
-        pieces = _write_at_once(self.writer, pieces)
+        rest = _write_at_once(self.writer, pieces)
         # Slices of the page's own blocks (views, not copies), each written once the
         # transport holds less than half of write_buffer: a client that does not read
         # holds at most write_buffer here, whatever the answer's size.
         async with asyncio.timeout(timeout):
-            if await _write_through(self.writer, pieces, self.limits.write_buffer // 2):
+            if await _write_through(self.writer, rest, self.limits.write_buffer // 2):
                 self.heavy = True
 
 async def _admitted(server: HTTPServer, request: Request) -> Response | None:
@@ -635,7 +635,8 @@ async def _handshake(
     return True, cert
 
 
-def _write_at_once(writer: asyncio.StreamWriter, pieces: Iterator[bytes]) -> Iterator[bytes]:
+def _write_at_once(writer: asyncio.StreamWriter, pieces: Iterator[bytes]
+                   ) -> Iterator[bytes | memoryview]:
     """Hand the kernel as much of ``pieces`` as the socket takes now, in one ``writev``
     on the loop; the pieces it did not take (the first perhaps in part), to write next.
 
@@ -658,19 +659,25 @@ def _write_at_once(writer: asyncio.StreamWriter, pieces: Iterator[bytes]) -> Ite
         sent = os.writev(writer.get_extra_info("socket").fileno(), batch)
     except OSError:  # BlockingIOError (the buffer is full), or a broken connection
         sent = 0
+    return itertools.chain(_unsent(batch, sent), pieces)
+
+
+def _unsent(pieces: Sequence[bytes | memoryview], sent: int) -> list[bytes | memoryview]:
+    """What a send of ``sent`` bytes left of ``pieces``: those after the last it took
+    whole, the first of them (as a view) from where the send ended."""
     done = 0
-    for piece in batch:
+    for piece in pieces:
         if sent < len(piece):
             break
         sent -= len(piece)
         done += 1
-    rest: list[bytes] = batch[done:]
+    rest = list(pieces[done:])
     if sent:
-        rest[0] = memoryview(rest[0])[sent:]  # type: ignore[call-overload]
-    return itertools.chain(rest, pieces)
+        rest[0] = memoryview(rest[0])[sent:]
+    return rest
 
 
-async def _write_through(writer: asyncio.StreamWriter, pieces: Iterator[bytes],
+async def _write_through(writer: asyncio.StreamWriter, pieces: Iterator[bytes | memoryview],
                          step: int) -> bool:
     """Write ``pieces`` through the transport in slices of ``step``, each once it holds
     less than ``step``; whether the client made it hold any (then it was slow)."""
@@ -725,7 +732,7 @@ def _request(
     return request, problem, has_body
 
 
-def _coalesce(pieces: Iterable[bytes], size: int) -> Iterator[bytes]:
+def _coalesce(pieces: Iterable[bytes | memoryview], size: int) -> Iterator[bytes | memoryview]:
     """The pieces in writes of up to about ``size`` bytes: consecutive small ones joined
     (a copy of at most ``size``), big ones as they are (``_write_through`` then slices
     them into views).
@@ -736,7 +743,7 @@ def _coalesce(pieces: Iterable[bytes], size: int) -> Iterator[bytes]:
     rendered per scrape, the gzip header and trailer. Each write may cost a drain and a
     turn of the loop, so the small ones go out together rather than one write each.
     """
-    batch: list[bytes] = []
+    batch: list[bytes | memoryview] = []
     held = 0
     for piece in pieces:
         if not piece:
@@ -831,17 +838,7 @@ def _send_vector(sock: socket.socket, buffers: list[bytes], deadline: float) -> 
         if sent == total:  # the usual case: a blocking send takes it all
             return
         total -= sent
-        done = 0
-        for buffer in pending:
-            size = len(buffer)
-            if sent < size:
-                break
-            sent -= size
-            done += 1
-        rest = list(pending[done:])
-        if sent:
-            rest[0] = memoryview(rest[0])[sent:]
-        pending = rest
+        pending = _unsent(pending, sent)
 
 
 def _plain_socket(writer: asyncio.StreamWriter) -> socket.socket | None:

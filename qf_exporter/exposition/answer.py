@@ -170,21 +170,19 @@ class Head:
         if process is not None:
             parts.append((process, lambda: clock() // PROCESS_EVERY))
         # Last: in OpenMetrics it ends the answer with its ``# EOF``.
-        parts.append((live, live_version or _every_time))
+        # Without a key: a new object at each call, never equal to the one before.
+        parts.append((live, live_version or object))
         self._parts = tuple(parts)
         self._kept: dict[bool, tuple[tuple[Hashable, ...], HeadText]] = {}
         self._texts: dict[tuple[int, bool], tuple[Hashable, bytes]] = {}
 
-    def render(self, openmetrics_format: bool) -> bytes:
-        """The families' text in the format asked for (OpenMetrics ends with ``# EOF``)."""
-        return self.text(openmetrics_format).text
-
     def text(self, openmetrics_format: bool) -> HeadText:
-        """The head in the format asked for, the same object while no part changed."""
+        """The head in the format asked for (OpenMetrics ends with ``# EOF``), the same
+        object while no part changed."""
         # Keys before rendering: a change made meanwhile moves them for the next scrape.
         keys = tuple(key() for _, key in self._parts)
         kept = self._kept.get(openmetrics_format)
-        if kept is not None and kept[0] == keys and _EVERY_TIME not in keys:
+        if kept is not None and kept[0] == keys:
             return kept[1]
         last = len(self._parts) - 1
         text = b"".join(
@@ -198,21 +196,13 @@ class Head:
     def _part(self, i: int, registry: CollectorRegistry, key: Hashable,
               openmetrics_format: bool, last: bool) -> bytes:
         kept = self._texts.get((i, openmetrics_format))
-        if kept is not None and kept[0] == key and key is not _EVERY_TIME:
+        if kept is not None and kept[0] == key:
             return kept[1]
         text = _generate(registry, openmetrics_format)
         if not last:
             text = text.removesuffix(_EOF)
         self._texts[(i, openmetrics_format)] = (key, text)
         return text
-
-
-# The key of a part rendered at every scrape: never equal to the one before.
-_EVERY_TIME = object()
-
-
-def _every_time() -> object:
-    return _EVERY_TIME
 
 
 def _generate(registry: CollectorRegistry, openmetrics_format: bool) -> bytes:

@@ -166,11 +166,11 @@ def test_the_head_renders_the_api_metrics_again_after_every_kind_of_change() -> 
         lambda: metrics.forget_account("a"),
     ]
     for change in changes:
-        before = head.render(False)
+        before = head.text(False).text
         change()
-        assert head.render(False) == generate_latest(whole) != before
+        assert head.text(False).text == generate_latest(whole) != before
         om = openmetrics.generate_latest(whole)  # type: ignore[no-untyped-call]
-        assert head.render(True) == om
+        assert head.text(True).text == om
 
 
 def test_the_head_keeps_the_api_metrics_text_while_nothing_changes(
@@ -186,11 +186,11 @@ def test_the_head_keeps_the_api_metrics_text_while_nothing_changes(
         return collect()
 
     monkeypatch.setattr(metrics.duration, "collect", counting)
-    first = head.render(False)
-    assert [head.render(False) for _ in range(5)] == [first] * 5
+    first = head.text(False).text
+    assert [head.text(False).text for _ in range(5)] == [first] * 5
     assert collected == ["duration"]
     metrics.requests.labels("a", "DescribeFineTuningTask").inc()
-    assert head.render(False) != first and collected == ["duration"] * 2
+    assert head.text(False).text != first and collected == ["duration"] * 2
 
 
 def test_the_exporters_answer_renders_its_api_metrics_once_between_changes(
@@ -246,12 +246,12 @@ def test_the_head_samples_the_process_metrics_at_most_every_process_every() -> N
     Gauge("live_info", "Rendered at every scrape.", registry=info).set(1)
     head = Head(info, process=process, clock=lambda: now[0])
     process.collect = counting  # type: ignore[method-assign]
-    first = head.render(False)
+    first = head.text(False).text
     now[0] += PROCESS_EVERY / 2
-    assert head.render(False) == first and collected == [100.0]
+    assert head.text(False).text == first and collected == [100.0]
     now[0] += PROCESS_EVERY / 2
-    again = head.render(False)
+    again = head.text(False).text
     assert again != first and len(collected) == 2
     assert again.index(b"sampled_reads") < again.index(b"live_info")
-    om = head.render(True)  # each format is sampled apart, and # EOF ends it once
+    om = head.text(True).text  # each format is sampled apart, and # EOF ends it once
     assert om.endswith(b"# EOF\n") and om.count(b"# EOF") == 1 and len(collected) == 3

@@ -92,13 +92,12 @@ class _Bucket:
     def mark(self, family: int | None = None) -> None:
         """Make the bucket dirty: ``family`` (an index into FAMILIES) to render again,
         or every family (None)."""
-        if not self.dirty:
-            self.families = None if family is None else {family}
+        if family is None:
+            self.families = None
+        elif not self.dirty:
+            self.families = {family}
         elif self.families is not None:
-            if family is None:
-                self.families = None
-            else:
-                self.families.add(family)
+            self.families.add(family)
         self.dirty = True
 
     def render(self, block_bytes: int) -> list[int]:

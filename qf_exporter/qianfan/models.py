@@ -372,7 +372,7 @@ def parse_v1_run(result: Any, *, account: str, pair: V1Ids, read_at: float) -> R
         parameter_scale=f.text("peftType"),
         version=f.text("version"),
         vdl_link=f.text("vdlLink", limit=1024),
-        progress=None if progress is None else min(max(progress, 0.0), 1.0),
+        progress=_ratio(progress),
         duration=_non_negative(number_or_none(f.get("runTime"))),
         train_duration=_non_negative(number_or_none(f.get("trainTime"))),
         start_time=timestamp(f.get("startTime"), BEIJING),
@@ -388,6 +388,11 @@ def _finish(status: str, finished: float | None) -> float | None:
 
 def _non_negative(value: float | None) -> float | None:
     return None if value is None or value < 0 else value
+
+
+def _ratio(progress: float | None) -> float | None:
+    """A run's progress held to 0..1 (both APIs' progress is a share of the run)."""
+    return None if progress is None else min(max(progress, 0.0), 1.0)
 
 
 # --- V2 ------------------------------------------------------------------------------
@@ -484,7 +489,7 @@ def parse_v2_run(
         train_mode=f.text("trainMode"),
         parameter_scale=f.text("parameterScale"),
         vdl_link=f.text("vdlLink", limit=1024),
-        progress=None if progress is None else min(max(progress, 0.0), 1.0),
+        progress=_ratio(progress),
         duration=duration,
         start_time=created,
         finish_time=finished,

@@ -64,8 +64,11 @@ def child(url: str, jobs: int, qps: float) -> None:
     from qf_exporter.web.listen import bind
 
     account = make_account(url, jobs, ak, sk, qps=qps)
+    # As the daemon runs: its heap frozen after each publication (util/heap.py), so
+    # that no full collection of the 10,000 runs' objects stops the scrapes.
     exporter = Exporter(Config(accounts=(account,),
-                               poll=Poll(concurrency=quota.POLL_CONCURRENCY)))
+                               poll=Poll(concurrency=quota.POLL_CONCURRENCY)),
+                        settle_heap=True)
     rss_imported = proc_status("VmRSS")
     cpu0, wall0 = cpu_seconds(), time.perf_counter()
     state = exporter.poller.poll_account(ACCOUNT, force=True)

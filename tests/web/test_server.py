@@ -26,6 +26,7 @@ from qf_exporter.web.server import (
     Limits,
     _coalesce,
     _send_all,
+    _Senders,
     _write_at_once,
     _write_through,
 )
@@ -223,6 +224,65 @@ def test_a_reader_that_stops_reading_is_given_up_at_the_deadline() -> None:
         _send_all(sender, iter([b"x" * (1 << 20)] * 64), time.monotonic() + 0.5)
 
 
+def _read_to_the_end(receiver: socket.socket) -> tuple[threading.Thread, bytearray]:
+    received = bytearray()
+    reader = threading.Thread(target=_drain, args=(receiver, received))
+    reader.start()
+    return reader, received
+
+
+def test_sender_threads_are_reused_and_never_more_than_their_bound() -> None:
+    senders = _Senders(most=2)
+    answer = [b"z" * (1 << 20)] * 4
+
+    async def send_all(count: int) -> list[bytes]:
+        pairs = [socket.socketpair() for _ in range(count)]
+        readers = [_read_to_the_end(receiver) for _, receiver in pairs]
+        await asyncio.gather(*(senders.send(sock, iter(answer), 60) for sock, _ in pairs))
+        # Each thread closed the socket it was handed, so each reader saw the end.
+        assert all(sock.fileno() == -1 for sock, _ in pairs)
+        for (thread, _), (_, receiver) in zip(readers, pairs, strict=True):
+            thread.join()
+            receiver.close()
+        return [bytes(received) for _, received in readers]
+
+    async def scenario() -> None:
+        for _ in range(3):  # one after another: one thread sends them all
+            assert await send_all(1) == [b"".join(answer)]
+        assert len(senders.threads) == 1
+        # Five at once: two threads, the other answers wait for one of them.
+        assert await send_all(5) == [b"".join(answer)] * 5
+        assert len(senders.threads) == 2
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        senders.stop()
+    for thread in senders.threads:
+        thread.join(timeout=30)
+    assert not any(thread.is_alive() for thread in senders.threads)
+
+
+def test_a_failed_send_is_raised_where_its_request_waits_and_frees_its_thread() -> None:
+    senders = _Senders(most=1)
+
+    async def scenario() -> None:
+        gone, peer = socket.socketpair()
+        peer.close()
+        with pytest.raises(OSError):
+            await senders.send(gone, iter([b"x" * (1 << 20)]), 60)
+        assert gone.fileno() == -1
+        sock, receiver = socket.socketpair()
+        reader, received = _read_to_the_end(receiver)
+        await senders.send(sock, iter([b"after"]), 60)
+        reader.join()
+        receiver.close()
+        assert bytes(received) == b"after" and len(senders.threads) == 1
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        senders.stop()
 
 
 def test_a_send_leaves_the_transports_socket_non_blocking_with_no_send_timeout() -> None:

@@ -60,8 +60,10 @@ def exporter_child(url: str, jobs: int) -> None:
     from qf_exporter.app import Exporter
 
     ak, sk = child_credentials()
+    # As the daemon runs: its heap frozen after each publication (util/heap.py).
     exporter = Exporter(Config(accounts=(account(url, jobs, ak, sk),),
-                               poll=Poll(interval=5, finished_interval=1800, concurrency=4)))
+                               poll=Poll(interval=5, finished_interval=1800, concurrency=4)),
+                        settle_heap=True)
     exporter.start()
     exporter.poller.ready.wait()
     server = exporter.serve([bind("127.0.0.1", 0)], "/metrics", None)

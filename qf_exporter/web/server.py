@@ -645,8 +645,8 @@ def _write_at_once(writer: asyncio.StreamWriter, pieces: Iterator[bytes]
         return pieces
     if writer.transport.get_write_buffer_size():
         return pieces
-    batch = [piece for piece in itertools.islice(pieces, _IOV_MAX) if piece]
-    if not batch:
+    batch = next(_batches(pieces), None)
+    if batch is None:
         return pieces
     try:
         sent = os.writev(writer.get_extra_info("socket").fileno(), batch)
@@ -757,6 +757,15 @@ def _coalesce(pieces: Iterable[bytes | memoryview], size: int) -> Iterator[bytes
 _IOV_MAX = 1024
 
 
+def _batches(pieces: Iterator[bytes]) -> Iterator[list[bytes]]:
+    """The non-empty pieces in lists of up to ``_IOV_MAX``, what one ``writev`` or
+    ``sendmsg`` takes, gathered without a Python loop (a plain page at 10,000 runs is
+    about 650 pieces). Each list is taken from ``pieces`` only when asked for."""
+    while chunk := list(itertools.islice(pieces, _IOV_MAX)):
+        if batch := list(filter(None, chunk)):
+            yield batch
+
+
 @dataclass
 class _Job:
     """A big plain answer handed to a sender thread, and how it tells the loop it ended."""
@@ -777,9 +786,10 @@ class _Senders:
     queue, and each answer handed to it woke two of them (the second only to find the
     queue empty and wait again, taking the GIL on the way), and its end came back
     through two chained futures. With four scrapers on two cores every wake-up can
-    wait for a core: a request's first byte left p50 0.8 / p99 5.7 ms after the loop
-    read it (10,000 runs, see "Scrapes" in docs/benchmark.md). Here an answer wakes
-    the one thread it is given to.
+    wait for a core: from the loop reading a request to its ``sendmsg`` took p99
+    7.9-9.0 ms, 6.4-6.7 ms with an inbox per thread (10,000 runs, "Scrapes against
+    the floor" in docs/benchmark.md). Here an answer wakes the one thread it is given
+    to.
 
     At most ``most`` threads, each started when an answer finds none idle, and kept
     until ``stop``. A thread counts as busy from its answer's start until the loop has
@@ -870,11 +880,8 @@ def _send_all(sock: socket.socket, pieces: Iterator[bytes], deadline: float) -> 
     scrape's p99. Blocking, the kernel takes the whole batch in one call.
     """
     with _blocking(sock):
-        # Batches of up to _IOV_MAX pieces, the empty ones left out, gathered without a
-        # Python loop (a plain page at 10,000 runs is about 650 pieces).
-        while chunk := list(itertools.islice(pieces, _IOV_MAX)):
-            if batch := list(filter(None, chunk)):
-                _send_vector(sock, batch, deadline)
+        for batch in _batches(pieces):
+            _send_vector(sock, batch, deadline)
 
 
 @contextlib.contextmanager

@@ -1,9 +1,10 @@
 """Item 3: one full poll's wall time against the pace the account's budget allows, with
 the simulator enforcing the quota, and how many answers it throttled.
 
-The pace is requests ÷ qps with each one-second window of the budget 100 ms longer: the
-rate limiter's margin for jitter between a request's start and its arrival at the
-gateway (``qianfan/budget.py``), which costs 10 % of a budget that is used up.
+The pace is requests ÷ qps with each one-second window of the budget ``POLL_MARGIN``
+(100 ms) longer: the rate limiter's margin for jitter between a request's start and its
+arrival at the gateway (``qianfan/budget.py``), which costs 10 % of a budget that is
+used up.
 
 The requests are every job's list pages plus one DescribeFineTuningTask detail per
 running run, where V2 progress comes from. The poll itself runs in the exporter process
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from benchmarks.common import size_label
+from qf_exporter.qianfan.budget import RateLimiter
 
 if TYPE_CHECKING:  # this module is imported by the exporter's child process
     from qf_exporter.simulator import QianfanSimulator
@@ -26,6 +28,8 @@ if TYPE_CHECKING:  # this module is imported by the exporter's child process
 POLL_QPS = 20
 POLL_LATENCY = 0.05
 POLL_CONCURRENCY = 4
+# The slack the rate limiter keeps after each window of the budget (seconds).
+POLL_MARGIN = RateLimiter(POLL_QPS).margin
 
 Decision = tuple[float, bool]  # the gateway's arrival stamp, and whether it throttled
 
@@ -82,8 +86,6 @@ def result(sim: QianfanSimulator, decisions: list[Decision], wall: float, up: bo
     requests = sim.request_count()
     arrivals = sorted(a for a, _ in decisions)
     counts = window_counts(arrivals)
-    from qf_exporter.qianfan.budget import RateLimiter
-
     floor = requests / POLL_QPS
     pace = RateLimiter(POLL_QPS).seconds_for(requests)
     return QuotaResult(

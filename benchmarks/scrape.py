@@ -203,11 +203,22 @@ def bare_child(exporter_port: int) -> None:
 ROUNDS = 4
 
 
+def per_round(settings: Settings) -> int:
+    """Timed scrapes per scraper in each round."""
+    return max(1, settings.scrapes // ROUNDS)
+
+
+def served(settings: Settings) -> int:
+    """Scrapes the exporter answers in ``measure``: plain and gzip, each round one
+    untimed scrape per scraper and its timed ones."""
+    return 2 * ROUNDS * settings.scrapers * (per_round(settings) + 1)
+
+
 def measure(port: int, settings: Settings) -> ScrapesResult:
     """The exporter on ``port`` and the bare server sending the same bytes, in
     ``ROUNDS`` interleaved rounds; each mode's latencies pooled over the rounds."""
     bare = spawn_child("bare-child", str(port))
-    per_round = max(1, settings.scrapes // ROUNDS)
+    count = per_round(settings)
     runs: dict[tuple[str, str], list[ScrapeResult]] = {}
     try:
         bare_port = read_json(bare)["port"]
@@ -215,7 +226,7 @@ def measure(port: int, settings: Settings) -> ScrapesResult:
             servers = [("exporter", port), ("bare", bare_port)]
             for encoding in ("identity", "gzip"):
                 for name, at in servers if r % 2 == 0 else servers[::-1]:
-                    result = scrape(at, encoding, settings.scrapers, per_round)
+                    result = scrape(at, encoding, settings.scrapers, count)
                     runs.setdefault((name, encoding), []).append(result)
     finally:
         finish(bare)

@@ -140,10 +140,8 @@ def measure(jobs: int, ak: str, sk: str, settings: Settings, with_scrapes: bool)
             return ServeResult(poll, memory_result(first, None, 0), None)
         scrapes = scrape.measure(first["port"], settings)
         tell(proc, "stats")
-        # Plain and gzip, each round one untimed scrape per scraper and its timed ones.
-        per_round = max(1, settings.scrapes // scrape.ROUNDS)
-        served = 2 * scrape.ROUNDS * settings.scrapers * (per_round + 1)
-        return ServeResult(poll, memory_result(first, read_json(proc), served), scrapes)
+        stats = read_json(proc)
+        return ServeResult(poll, memory_result(first, stats, scrape.served(settings)), scrapes)
     finally:
         finish(proc)
         sim.stop()

@@ -17,7 +17,7 @@ from benchmarks import scrape
 from benchmarks.common import GROUPS, TARGET_RUNS, Settings, fmt_int, fmt_mb, fmt_ms, fmt_s
 from benchmarks.exposition import CHANGED
 from benchmarks.exposition_memory import SCRAPERS
-from benchmarks.quota import POLL_CONCURRENCY, POLL_LATENCY, POLL_QPS
+from benchmarks.quota import POLL_CONCURRENCY, POLL_LATENCY, POLL_MARGIN, POLL_QPS
 from benchmarks.regex_engines import EVIL_LENGTHS
 from benchmarks.results import ExpositionSize, RegexColumn, SizeResults
 
@@ -169,8 +169,8 @@ QUOTA_ROWS: list[Row[SizeResults]] = [
     Row("quota", "requests in that poll: list pages + details (one per running run)",
         lambda r: f"{r.quota.list_pages} + {r.quota.details} = {r.quota.requests}"),
     Row("quota", f"full poll wall time ÷ the budget's pace (requests ÷ qps, each window "
-        f"100 ms longer for arrival jitter; qps={POLL_QPS}, {POLL_LATENCY * 1000:g} ms "
-        f"latency, {POLL_CONCURRENCY} workers)", _pace,
+        f"{POLL_MARGIN * 1000:g} ms longer for arrival jitter; qps={POLL_QPS}, "
+        f"{POLL_LATENCY * 1000:g} ms latency, {POLL_CONCURRENCY} workers)", _pace,
         f"≤ {T_POLL_RATIO}× pace (every size)", lambda r: r.quota.ratio <= T_POLL_RATIO,
         every_size=True),
     Row("quota", "throttled answers (`sim.stats.throttled`)", _throttled,

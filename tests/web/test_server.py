@@ -155,9 +155,7 @@ async def _at_once_then_through(pieces: list[bytes], sndbuf: int, queued: bytes 
         writer.transport._buffer.extend(queued)  # type: ignore[attr-defined]
     rest = list(_write_at_once(writer, iter(pieces)))
     direct = sum(map(len, pieces)) - sum(map(len, rest))
-    received = bytearray()
-    reader = threading.Thread(target=_drain, args=(theirs, received))
-    reader.start()
+    reader, received = _read_to_the_end(theirs)
     if queued:
         writer.transport._buffer.clear()  # type: ignore[attr-defined]
         received += queued  # what the transport would have sent first
@@ -201,6 +199,14 @@ def _drain(sock: socket.socket, into: bytearray) -> None:
         into += chunk
 
 
+def _read_to_the_end(receiver: socket.socket) -> tuple[threading.Thread, bytearray]:
+    """A thread reading ``receiver`` until its end, and what it has read."""
+    received = bytearray()
+    reader = threading.Thread(target=_drain, args=(receiver, received))
+    reader.start()
+    return reader, received
+
+
 @given(st.lists(st.binary(max_size=5000), max_size=2500))
 @settings(max_examples=25, deadline=None)
 def test_vectored_sends_keep_every_byte_in_order(pieces: list[bytes]) -> None:
@@ -208,9 +214,7 @@ def test_vectored_sends_keep_every_byte_in_order(pieces: list[bytes]) -> None:
     # sends end inside pieces, and the rest must follow from there.
     sender, receiver = socket.socketpair()
     sender.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    received = bytearray()
-    reader = threading.Thread(target=_drain, args=(receiver, received))
-    reader.start()
+    reader, received = _read_to_the_end(receiver)
     with sender, receiver:
         _send_all(sender, iter(pieces), time.monotonic() + 60)
         sender.shutdown(socket.SHUT_WR)
@@ -222,13 +226,6 @@ def test_a_reader_that_stops_reading_is_given_up_at_the_deadline() -> None:
     sender, receiver = socket.socketpair()
     with sender, receiver, pytest.raises(TimeoutError):
         _send_all(sender, iter([b"x" * (1 << 20)] * 64), time.monotonic() + 0.5)
-
-
-def _read_to_the_end(receiver: socket.socket) -> tuple[threading.Thread, bytearray]:
-    received = bytearray()
-    reader = threading.Thread(target=_drain, args=(receiver, received))
-    reader.start()
-    return reader, received
 
 
 def test_sender_threads_are_reused_and_never_more_than_their_bound() -> None:
@@ -290,9 +287,7 @@ def test_a_send_leaves_the_transports_socket_non_blocking_with_no_send_timeout()
     # is blocking, and everything is as it was after it, even when it timed out.
     sender, receiver = socket.socketpair()
     sender.setblocking(False)
-    received = bytearray()
-    reader = threading.Thread(target=_drain, args=(receiver, received))
-    reader.start()
+    reader, received = _read_to_the_end(receiver)
     with sender, receiver:
         _send_all(sender, iter([b"y" * (1 << 20)] * 8), time.monotonic() + 60)
         assert not os.get_blocking(sender.fileno()) and sender.gettimeout() == 0.0

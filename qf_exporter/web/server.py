@@ -46,7 +46,6 @@ from __future__ import annotations
 import asyncio
 import asyncio.selector_events
 import asyncio.sslproto
-import collections
 import contextlib
 import ctypes
 import ctypes.util
@@ -54,6 +53,7 @@ import http
 import itertools
 import logging
 import os
+import queue
 import re
 import socket
 import ssl
@@ -528,9 +528,9 @@ class _Connection:
         # a descriptor held only while they are sent (at most --web.max-requests).
         big = length > self.limits.thread_send_bytes
         sock = _plain_socket(self.writer) if big else None
-        if sock is None or not await self.server.senders.send(
-            sock, wire, self.limits.write_timeout
-        ):
+        if sock is not None:
+            await self.server.senders.send(sock, wire, self.limits.write_timeout)
+        else:
             await self._write(wire)
 
     async def _write(self, pieces: Iterator[bytes]) -> None:
@@ -777,41 +777,10 @@ class _Job:
     done: asyncio.Future[None]
 
 
-class _Inbox:
-    """Where one sender thread waits for its next answer: a pipe, one byte written to it
-    for each job (or None, to end) put in the queue beside it.
-
-    Not a ``queue.SimpleQueue``, whose ``put`` wakes the waiting thread while the event
-    loop holds the GIL: on a busy machine the woken thread often runs at once, ahead
-    of the loop, finds the GIL taken and sleeps again until the loop lets go of it, so
-    the answer's first byte waited for two wake-ups. ``os.write`` lets go of the GIL
-    before the kernel wakes the thread, which can then go straight on to its
-    ``sendmsg``. At 10,000 runs, four scrapers: plain p99 1.16-1.29x the bare
-    server's with the queue, 1.07-1.20x with the pipe ("Scrapes against the floor" in
-    docs/benchmark.md).
-    """
-
-    def __init__(self) -> None:
-        self._read, self._write = os.pipe()  # OSError when no descriptor is left
-        self._jobs: collections.deque[_Job | None] = collections.deque()
-
-    def put(self, job: _Job | None) -> None:
-        self._jobs.append(job)
-        os.write(self._write, b"\0")  # one byte into an emptied pipe: never blocks
-
-    def get(self) -> _Job | None:
-        os.read(self._read, 1)
-        return self._jobs.popleft()
-
-    def close(self) -> None:
-        os.close(self._read)
-        os.close(self._write)
-
-
 class _Senders:
-    """The sender threads: each waits on an inbox of its own (``_Inbox``) for a big
-    plain answer, sends it with ``_send_within``, closes the socket it was handed, and
-    tells the event loop with one ``call_soon_threadsafe``.
+    """The sender threads: each waits on an inbox of its own for a big plain answer,
+    sends it with ``_send_within``, closes the socket it was handed, and tells the
+    event loop with one ``call_soon_threadsafe``.
 
     Not ``concurrent.futures.ThreadPoolExecutor``: its idle workers wait on one shared
     queue, and each answer handed to it woke two of them (the second only to find the
@@ -824,22 +793,19 @@ class _Senders:
 
     At most ``most`` threads, each started when an answer finds none idle, and kept
     until ``stop``. A thread counts as busy from its answer's start until the loop has
-    heard of its end, so a send never finds more than ``most`` busy. A thread's inbox
-    takes two descriptors; when none are left, the answer goes through the loop.
+    heard of its end, so a send never finds more than ``most`` busy.
     """
 
     def __init__(self, most: int) -> None:
         self.most = most
         self.threads: list[threading.Thread] = []
-        self._idle: list[_Inbox] = []
-        self._inboxes: list[_Inbox] = []
+        self._idle: list[queue.SimpleQueue[_Job | None]] = []
+        self._inboxes: list[queue.SimpleQueue[_Job | None]] = []
         self._busy: asyncio.Semaphore | None = None  # made on the loop, at first use
-        self._stopped = False
 
-    async def send(self, sock: socket.socket, pieces: Iterator[bytes], timeout: float) -> bool:
+    async def send(self, sock: socket.socket, pieces: Iterator[bytes], timeout: float) -> None:
         """Send ``pieces`` on ``sock`` from a sender thread, within ``timeout`` from when
-        the thread starts; ``sock`` is the thread's from here, closed when it is done.
-        False, with ``sock`` closed and nothing sent, when no thread could be had."""
+        the thread starts; ``sock`` is the thread's from here, closed when it is done."""
         loop = asyncio.get_running_loop()
         if self._busy is None:
             self._busy = asyncio.Semaphore(self.most)
@@ -848,31 +814,18 @@ class _Senders:
         except BaseException:
             sock.close()
             raise
-        if self._stopped:
-            inbox = None
-        else:
-            inbox = self._idle.pop() if self._idle else self._start()
-        if inbox is None:
-            self._busy.release()
-            sock.close()
-            return False
+        inbox = self._idle.pop() if self._idle else self._start()
         done: asyncio.Future[None] = loop.create_future()
         inbox.put(_Job(sock, pieces, timeout, loop, done))
         await done
-        return True
 
     def stop(self) -> None:
-        """Each thread ends after the answer it is sending, if any, and closes its inbox."""
-        self._stopped = True
-        inboxes, self._inboxes, self._idle = self._inboxes, [], []
-        for inbox in inboxes:
+        """Each thread ends after the answer it is sending, if any."""
+        for inbox in self._inboxes:
             inbox.put(None)
 
-    def _start(self) -> _Inbox | None:
-        try:
-            inbox = _Inbox()
-        except OSError:
-            return None
+    def _start(self) -> queue.SimpleQueue[_Job | None]:
+        inbox: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         thread = threading.Thread(target=self._run, args=(inbox,), daemon=True,
                                   name=f"http-send-{len(self.threads)}")
         self._inboxes.append(inbox)
@@ -880,25 +833,18 @@ class _Senders:
         thread.start()
         return inbox
 
-    def _run(self, inbox: _Inbox) -> None:
-        try:
-            while (job := inbox.get()) is not None:
-                self._answer(inbox, job)
-        finally:
-            inbox.close()
-
-    def _answer(self, inbox: _Inbox, job: _Job) -> None:
-        error: Exception | None = None
-        try:
-            _send_within(job.sock, job.pieces, job.timeout)
-        except Exception as exc:  # the request's, raised where it waits
-            error = exc
-        finally:
-            job.sock.close()
-        if not self._stopped:
+    def _run(self, inbox: queue.SimpleQueue[_Job | None]) -> None:
+        while (job := inbox.get()) is not None:
+            error: Exception | None = None
+            try:
+                _send_within(job.sock, job.pieces, job.timeout)
+            except Exception as exc:  # the request's, raised where it waits
+                error = exc
+            finally:
+                job.sock.close()
             self._idle.append(inbox)
-        with contextlib.suppress(RuntimeError):  # the loop is closed: the server stopped
-            job.loop.call_soon_threadsafe(self._ended, job.done, error)
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the server stopped
+                job.loop.call_soon_threadsafe(self._ended, job.done, error)
 
     def _ended(self, done: asyncio.Future[None], error: Exception | None) -> None:
         assert self._busy is not None

@@ -144,22 +144,6 @@ def test_a_big_plain_answer_goes_out_from_a_sender_thread_whole(
     assert zipped.content == plain.content and len(sent) == 1
 
 
-def test_with_no_descriptor_for_a_sender_thread_a_big_answer_goes_through_the_loop(
-    empty_server: EmptyServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    def no_descriptor() -> tuple[int, int]:
-        raise OSError(24, "Too many open files")
-
-    monkeypatch.setattr(os, "pipe", no_descriptor)  # a sender thread's inbox is a pipe
-    page = page_of(6000)
-    server = empty_server(page=page)
-    url = f"http://127.0.0.1:{server.port}/metrics"
-    for _ in range(2):  # and the refused thread took no slot
-        plain = requests.get(url, headers={"Accept-Encoding": "identity"}, timeout=30)
-        assert plain.status_code == 200 and plain.content.startswith(page_text(page))
-        assert int(plain.headers["Content-Length"]) == len(plain.content)
-
-
 async def _at_once_then_through(pieces: list[bytes], sndbuf: int, queued: bytes = b""
                                 ) -> tuple[int, bytes]:
     """What ``_write_at_once`` handed the kernel itself (bytes), and everything the
@@ -274,42 +258,6 @@ def test_sender_threads_are_reused_and_never_more_than_their_bound() -> None:
     for thread in senders.threads:
         thread.join(timeout=30)
     assert not any(thread.is_alive() for thread in senders.threads)
-
-
-def _descriptors() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
-def test_stopped_sender_threads_end_and_close_their_inboxes() -> None:
-    before = _descriptors()
-    senders = _Senders(most=3)
-
-    async def scenario() -> None:
-        pairs = [socket.socketpair() for _ in range(3)]
-        readers = [_read_to_the_end(receiver) for _, receiver in pairs]
-        await asyncio.gather(*(senders.send(sock, iter([b"q" * (1 << 20)]), 60)
-                               for sock, _ in pairs))
-        for (thread, _), (_, receiver) in zip(readers, pairs, strict=True):
-            thread.join()
-            receiver.close()
-
-    asyncio.run(scenario())
-    # Two descriptors a thread (how many threads three answers took depends on timing).
-    assert senders.threads and _descriptors() == before + 2 * len(senders.threads)
-    senders.stop()
-    for thread in senders.threads:
-        thread.join(timeout=30)
-    assert not any(thread.is_alive() for thread in senders.threads)
-    assert _descriptors() == before
-
-    async def after_stop() -> bool:
-        sock, receiver = socket.socketpair()
-        with receiver:
-            sent = await senders.send(sock, iter([b"late"]), 60)
-            assert sock.fileno() == -1  # handed over, and closed unsent
-            return sent
-
-    assert asyncio.run(after_stop()) is False
 
 
 def test_a_failed_send_is_raised_where_its_request_waits_and_frees_its_thread() -> None:
